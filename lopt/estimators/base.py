@@ -1,0 +1,259 @@
+"""What every estimator shares: validation, noise, step-unlocking, resets.
+
+Conventions (algorithms.md §2.0, §2.8, §3):
+
+* Each ES particle is an antithetic pair: members "+" and "-" run under
+  theta + eps and theta - eps with the same step keys, data and resets, and
+  the pair contributes credit * (L+ - L-) / (2 sigma^2) per step.
+* The gradient is the mean of the step contributions over the W steps of the
+  call and over the particles, so its scale does not depend on W or N.
+* Episodes end eagerly: the step that reaches the horizon T re-initialises
+  both members from one fresh key, and its loss still counts for the old
+  episode. A step with a non-finite loss is masked out of the gradient and
+  the loss, counted in `info["nonfinite"]`, and ends the episode early, so a
+  diverged trajectory costs one step, not the rest of its episode.
+* Particles are step-unlocked: `init` staggers their episode counters and
+  runs a burn-in of T steps, so that each particle then sits at its own
+  offset with a genuine state produced under theta (algorithms.md §3).
+"""
+
+import abc
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from lopt.systems import UnrolledSystem
+
+PyTree = Any
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+  """Returns `value` if it is an int in [low, high], else raises ValueError."""
+  bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+  if value < low or (high is not None and value > high):
+    raise ValueError(f"{name} must be an integer {bounds}, got {value}")
+  return value
+
+
+def check_sigma(sigma: Any) -> float:
+  """Returns `sigma` if it is a finite positive number, else raises."""
+  try:
+    value = float(sigma)
+  except (TypeError, ValueError):
+    raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}") from None
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+  return value
+
+
+def sample_noise(key: jax.Array, like: PyTree, sigma: float) -> PyTree:
+  """Draws eps ~ N(0, sigma^2 I) with the structure of `like`.
+
+  One draw for the whole tree rather than one per leaf: each separate
+  random call costs compile time on XLA:CPU, and the result is the same
+  distribution.
+  """
+  flat, unravel = ravel_pytree(like)
+  return unravel(sigma * jax.random.normal(key, flat.shape, flat.dtype))
+
+
+def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree):
+  """Leafwise `jnp.where` with one scalar condition for the whole tree."""
+  return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def tree_scale(tree: PyTree, factor: jax.Array) -> PyTree:
+  return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree)
+
+
+def stack_members(state: PyTree, num_members: int) -> PyTree:
+  """Copies one state into `num_members` identical members (leading axis)."""
+  return jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (num_members,) + jnp.shape(x)), state)
+
+
+def member_thetas(theta: PyTree, noise: PyTree, unperturbed: bool = False):
+  """Stacks theta + eps, theta - eps (and theta) on a leading member axis.
+
+  Running the members as one batch lets XLA fuse their work into the same
+  batched matmuls instead of separate programs per member.
+  """
+  def stack(t, e):
+    members = [t + e, t - e] + ([t] if unperturbed else [])
+    return jnp.stack(members)
+  return jax.tree.map(stack, theta, noise)
+
+
+class Estimator(abc.ABC):
+  """Base class of lopt's gradient estimators over an `UnrolledSystem`.
+
+  Subclasses implement `_init_particles` (the state of every particle at
+  episode step 0 with the given counters), `_window` (one particle's work
+  over a number of steps) and `estimate`. The estimators are pure: every
+  method is a function of its arguments, safe under `jax.jit`, and the state
+  is a pytree of arrays whose leaves lead with the particle axis.
+  """
+
+  name: str = "estimator"
+  #: Inner steps each particle takes per inner step of its episode.
+  members: int = 2
+
+  def __init__(
+      self,
+      system: UnrolledSystem,
+      *,
+      num_particles: int,
+      unroll_length: int,
+      step_unlocked: bool = True,
+  ):
+    horizon = check_int("system.horizon", getattr(system, "horizon", None), 1)
+    self.system = system
+    self.horizon = horizon
+    self.num_particles = check_int("num_particles", num_particles, 1)
+    self.unroll_length = check_int(
+        "unroll_length", unroll_length, 1, horizon)
+    self.step_unlocked = bool(step_unlocked)
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}(num_particles={self.num_particles}, "
+            f"unroll_length={self.unroll_length}, horizon={self.horizon})")
+
+  # -- step-unlocking --------------------------------------------------------
+
+  def initial_counters(self, key: jax.Array) -> jax.Array:
+    """Each particle's episode counter before burn-in.
+
+    Uniform over the window starts {0, W, 2W, ...} when W divides T (so
+    every particle's windows align with its episode), else uniform over
+    [0, T). All zeros for lockstep particles.
+    """
+    n, big_t, w = self.num_particles, self.horizon, self.unroll_length
+    if not self.step_unlocked:
+      return jnp.zeros((n,), jnp.int32)
+    if big_t % w == 0:
+      return w * jax.random.randint(key, (n,), 0, big_t // w, jnp.int32)
+    return jax.random.randint(key, (n,), 0, big_t, jnp.int32)
+
+  def init(self, theta: PyTree, key: jax.Array):
+    """Returns the state of `num_particles` particles, ready to estimate.
+
+    Step-unlocked particles (the default) get staggered counters and a
+    burn-in of T steps under theta: every particle resets exactly once
+    during it and ends at its own counter with a genuine state. Lockstep
+    particles all start at episode step 0.
+
+    Args:
+      theta: the meta-parameters; the burn-in runs under them.
+      key: a PRNG key; all randomness of the state derives from it.
+    """
+    k_counter, k_init, k_burn = jax.random.split(key, 3)
+    counters = self.initial_counters(k_counter)
+    state = self._init_particles(theta, counters, k_init)
+    if self.step_unlocked:
+      state, _ = self._run(theta, state, k_burn, self.horizon)
+    return state
+
+  # -- the shared machinery --------------------------------------------------
+
+  def _fresh_inner(self, key: jax.Array, num_members: int) -> PyTree:
+    return stack_members(self.system.init(key), num_members)
+
+  def _run(self, theta, state, key, num_steps: int):
+    """Advances every particle `num_steps` steps: vmap of `_window`."""
+    keys = jax.random.split(key, self.num_particles)
+    return jax.vmap(self._window, in_axes=(None, 0, 0, None))(
+        theta, state, keys, num_steps)
+
+  @abc.abstractmethod
+  def _init_particles(self, theta, counters, key): ...
+
+  @abc.abstractmethod
+  def _window(self, theta, particle, key, num_steps: int): ...
+
+  def estimate(self, theta: PyTree, state, key: jax.Array):
+    """Returns (grad, new_state, info) for one truncation of every particle.
+
+    Args:
+      theta: the meta-parameters.
+      state: the estimator state from `init` or a previous `estimate`.
+      key: a PRNG key for this call's noise, data and resets.
+
+    Returns:
+      grad: an estimate of the gradient of the mean per-step loss, with the
+        structure of theta: the mean over the valid steps of all particles.
+      state: the advanced state.
+      info: a dict of scalars: `loss` (mean per-step loss of the call's
+        valid steps), `steps` (inner steps taken, every member counted),
+        `nonfinite` (steps masked out for a non-finite loss).
+    """
+    state, (grad_sums, loss_sums, valid) = self._run(
+        theta, state, key, self.unroll_length)
+    grad, info = average(grad_sums, loss_sums, valid, self._entries,
+                         self.members * self._entries)
+    return grad, state, info
+
+  def particle_estimates(self, theta: PyTree, state, key: jax.Array):
+    """Like `estimate`, but returns each particle's own estimate.
+
+    The leaves of the returned gradient lead with the particle axis; their
+    mean is `estimate`'s gradient when no step was masked. Used to measure
+    the variance of the estimator across particles.
+    """
+    state, (grad_sums, loss_sums, valid) = self._run(
+        theta, state, key, self.unroll_length)
+    _, info = summarize(loss_sums, valid, self._entries,
+                        self.members * self._entries)
+    per_step = jnp.maximum(valid, 1)
+    grads = jax.tree.map(
+        lambda g: g / per_step.reshape((-1,) + (1,) * (g.ndim - 1)).astype(
+            g.dtype), grad_sums)
+    return grads, state, info
+
+  @property
+  def _entries(self) -> int:
+    """The (particle, step) entries of one call."""
+    return self.num_particles * self.unroll_length
+
+
+def step_members(system, thetas, inner, counter, key):
+  """One step of all members of one particle; returns (inner, losses, ok)."""
+  inner, losses = jax.vmap(system.step, in_axes=(0, 0, None, None))(
+      thetas, inner, counter, key)
+  return inner, losses, jnp.all(jnp.isfinite(losses))
+
+
+def end_of_step(system, inner, counter, finite, key, num_members):
+  """Advances the counter and re-initialises finished or diverged episodes."""
+  counter = counter + 1
+  done = (counter >= system.horizon) | ~finite
+  inner = tree_where(done, stack_members(system.init(key), num_members), inner)
+  return inner, jnp.where(done, 0, counter), done
+
+
+def summarize(loss_sums, valid_counts, num_entries: int, steps: int):
+  """The info dict from per-particle loss sums and valid-step counts."""
+  count = jnp.sum(valid_counts)
+  info = {
+      "loss": jnp.sum(loss_sums) / jnp.maximum(count, 1),
+      "steps": jnp.asarray(steps, jnp.int32),
+      "nonfinite": jnp.asarray(num_entries - count, jnp.int32),
+  }
+  return count, info
+
+
+def average(grad_sums, loss_sums, valid_counts, num_entries: int, steps: int):
+  """Reduces per-particle sums (leading particle axis) to (grad, info).
+
+  The gradient and the loss are means over the valid (particle, step)
+  entries, so masked steps drop out of numerator and denominator alike.
+  """
+  count, info = summarize(loss_sums, valid_counts, num_entries, steps)
+  denominator = jnp.maximum(count, 1)
+  grad = jax.tree.map(
+      lambda g: jnp.sum(g, axis=0) / denominator.astype(g.dtype), grad_sums)
+  return grad, info

@@ -1,0 +1,377 @@
+"""The estimators are right: statistical checks against known gradients.
+
+Every check runs at a fixed theta with fixed seeds, and every tolerance is a
+multiple of a standard error computed from the same samples (algorithms.md
+§7: oracles O2, O3, O5, O7, O8, O10, O14). Run with `-s` to see the
+z-scores and the variance ratio.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from lopt import estimators, outer, systems
+
+THETA = (0.2, 0.1)
+SIGMA = 0.1
+W = 10
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def lq():
+  return systems.LinearQuadratic()
+
+
+def build(name, system, num_particles, unroll_length=W, **kwargs):
+  kwargs.setdefault("noise_period", 20)
+  kwargs.setdefault("sigma", SIGMA)
+  return estimators.make(name, system, num_particles=num_particles,
+                         unroll_length=unroll_length, **kwargs)
+
+
+def episode_averages(est, theta, key):
+  """Each particle's mean estimate over one whole episode from step 0.
+
+  Particles that start at step 0 and run one episode are independent, so
+  these samples give an honest standard error (algorithms.md O6).
+  """
+  k_init, k_calls = jax.random.split(key)
+  calls = est.horizon // est.unroll_length
+
+  @jax.jit
+  def run(theta):
+    state = est.init(theta, k_init)
+
+    def body(state, call_key):
+      grads, state, _ = est.particle_estimates(theta, state, call_key)
+      return state, grads
+
+    _, grads = jax.lax.scan(body, state, jax.random.split(k_calls, calls))
+    return grads.mean(axis=0)
+
+  return np.asarray(run(jnp.asarray(theta)))
+
+
+def z_scores(samples, target):
+  mean = samples.mean(axis=0)
+  se = samples.std(axis=0, ddof=1) / np.sqrt(len(samples))
+  return mean, se, (mean - target) / se
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("nres", {}), ("pes", {}), ("gpes", {"noise_period": 20}),
+    ("gpes", {"noise_period": 50}), ("full_es", {})])
+def test_unbiased_estimators_match_the_true_gradient(name, extra):
+  system, num = lq(), 20_000
+  est = build(name, system, num, step_unlocked=False, **extra)
+  samples = episode_averages(est, THETA, jax.random.key(0))
+  mean, se, z = z_scores(samples, system.true_gradient(THETA))
+  print(f"\n{name}{extra}: mean={mean} se={se} z={z}")
+  assert np.all(np.abs(z) < 4), z
+
+
+@pytest.mark.parametrize("name", ["tes", "tbptt"])
+def test_truncated_estimators_miss_the_true_gradient(name):
+  system, num = lq(), 20_000
+  est = build(name, system, num, step_unlocked=False)
+  samples = episode_averages(est, THETA, jax.random.key(1))
+  truncated = system.truncated_gradient(THETA, W)
+  # SE from the samples; TBPTT is deterministic, so floor it at float eps.
+  mean, se, _ = z_scores(samples, truncated)
+  se = np.maximum(se, 1e-12)
+  z_true = (mean - system.true_gradient(THETA)) / se
+  print(f"\n{name}: mean={mean} z vs true gradient={z_true}")
+  assert np.all(np.abs(z_true) > 100)
+  # In expectation both equal the window-local gradient (oracle O3).
+  assert np.all(np.abs(mean - truncated) < 4 * se + 1e-10)
+
+
+def test_tbptt_over_the_whole_episode_is_backprop():
+  system = lq()
+  est = build("tbptt", system, 1, unroll_length=system.horizon,
+              step_unlocked=False)
+  grad, _, _ = est.estimate(jnp.asarray(THETA),
+                            est.init(jnp.asarray(THETA), jax.random.key(0)),
+                            jax.random.key(1))
+  np.testing.assert_allclose(grad, system.true_gradient(THETA), rtol=1e-10)
+
+
+def window_samples(est, theta, key):
+  """One step-unlocked window estimate per particle (algorithms.md O2)."""
+  k_init, k_call = jax.random.split(key)
+
+  @jax.jit
+  def run(theta):
+    state = est.init(theta, k_init)
+    return est.particle_estimates(theta, state, k_call)[0]
+
+  return np.asarray(run(jnp.asarray(theta)))
+
+
+# Exact trace variances of one window estimate on the O2 system, W = 10.
+ORACLE_TRACE_VARIANCE = {"pes": 1221.36, "gpes20": 1108.03,
+                         "gpes50": 846.52, "nres": 678.82}
+
+
+def test_nres_has_the_least_per_estimate_variance():
+  system, num = lq(), 50_000
+  variances, errors = {}, {}
+  for label, name, period in [("pes", "pes", None), ("gpes20", "gpes", 20),
+                              ("gpes50", "gpes", 50), ("nres", "nres", None)]:
+    est = build(name, system, num, noise_period=period)
+    samples = window_samples(est, THETA, jax.random.key(2))
+    mean, se, z = z_scores(samples, system.true_gradient(THETA))
+    assert np.all(np.abs(z) < 4), (label, z)
+    squared = ((samples - mean) ** 2).sum(axis=1)
+    variances[label] = squared.mean()
+    errors[label] = squared.std(ddof=1) / np.sqrt(num)
+    z_var = (variances[label] - ORACLE_TRACE_VARIANCE[label]) / errors[label]
+    print(f"\n{label}: trace var {variances[label]:.1f} ± {errors[label]:.1f}"
+          f" (exact {ORACLE_TRACE_VARIANCE[label]}, z={z_var:.2f})")
+    assert abs(z_var) < 4
+  ratio = variances["pes"] / variances["nres"]
+  print(f"\nPES/NRES per-estimate variance ratio at W={W}, T=100: "
+        f"{ratio:.3f} (exact 1.80)")
+  order = [variances[k] for k in ("pes", "gpes20", "gpes50", "nres")]
+  assert order == sorted(order, reverse=True)
+  gap = variances["pes"] - variances["nres"]
+  assert gap > 4 * np.hypot(errors["pes"], errors["nres"])
+
+
+def test_nres_and_full_es_agree_in_expectation_when_w_equals_t():
+  system, num = lq(), 20_000
+  t = system.horizon
+  nres = episode_averages(
+      build("nres", system, num, unroll_length=t, step_unlocked=False),
+      THETA, jax.random.key(3))
+  full = episode_averages(build("full_es", system, num), THETA,
+                          jax.random.key(4))
+  diff = nres.mean(0) - full.mean(0)
+  se = np.hypot(nres.std(0, ddof=1), full.std(0, ddof=1)) / np.sqrt(num)
+  print(f"\nNRES(W=T) - FullES: {diff}, z={diff / se}")
+  assert np.all(np.abs(diff / se) < 4)
+
+
+def test_nres_windows_telescope_to_the_full_es_estimate():
+  """Oracle O5: one episode's window means equal FullES with the same eps."""
+  system = lq()
+  theta = jnp.asarray(THETA)
+  est = build("nres", system, 3, step_unlocked=False)
+  state = est.init(theta, jax.random.key(0))
+  call = jax.jit(est.particle_estimates)
+  windows = []
+  for call_key in jax.random.split(jax.random.key(1), system.horizon // W):
+    grads, state, _ = call(theta, state, call_key)
+    windows.append(grads)
+  eps = state.noise  # drawn at step 0; kept until the next episode starts
+
+  def mean_loss(th):
+    def body(s, t):
+      return system.step(th, s, t, None)
+    return jnp.mean(jax.lax.scan(body, system.init(None),
+                                 jnp.arange(system.horizon))[1])
+
+  for i in range(3):
+    delta = mean_loss(theta + eps[i]) - mean_loss(theta - eps[i])
+    full_es = eps[i] * delta / (2 * SIGMA**2)
+    np.testing.assert_allclose(np.mean([w[i] for w in windows], axis=0),
+                               full_es, rtol=1e-10)
+
+
+def test_gpes_ends_are_pes_and_nres_bit_for_bit():
+  system, theta = lq(), jnp.asarray(THETA)
+  key_init, key_call = jax.random.key(5), jax.random.key(6)
+
+  def run(est):
+    @jax.jit
+    def once(theta):
+      return est.estimate(theta, est.init(theta, key_init), key_call)[:2]
+    return jax.tree.leaves(once(theta))
+
+  pairs = [
+      (build("gpes", system, 8, noise_period=system.horizon + 1),
+       build("nres", system, 8)),
+      (build("gpes", system, 8, noise_period=W), build("pes", system, 8)),
+      (build("pes", system, 8, unroll_length=100),
+       build("nres", system, 8, unroll_length=100)),
+  ]
+  for a, b in pairs:
+    for x, y in zip(run(a), run(b)):
+      np.testing.assert_array_equal(x, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counter:
+  """s <- s + theta, L_t = s_t: dL_t/dtheta = t (algorithms.md O7)."""
+
+  horizon: int = 3
+
+  def init(self, key):
+    del key
+    return jnp.zeros(())
+
+  def step(self, theta, state, t, key):
+    s = state + theta
+    return s, s
+
+
+def test_episode_end_inside_a_window_by_hand():
+  """T = 3, W = 2: window B holds L_3 of episode 1 and L_1 of episode 2."""
+  system, theta = Counter(), jnp.asarray(0.3)
+  est = build("nres", system, 4, unroll_length=2, step_unlocked=False)
+  state = est.init(theta, jax.random.key(0))
+  window_a, state, _ = est.particle_estimates(theta, state, jax.random.key(1))
+  e = state.noise
+  window_b, state, _ = est.particle_estimates(theta, state, jax.random.key(2))
+  e_new = state.noise
+  assert np.all(np.asarray(e) != np.asarray(e_new))
+  np.testing.assert_allclose(window_a, 1.5 * e**2 / SIGMA**2, rtol=1e-12)
+  np.testing.assert_allclose(window_b, (3 * e**2 + e_new**2) / (2 * SIGMA**2),
+                             rtol=1e-12)
+  np.testing.assert_array_equal(state.counter, 1)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("nres", (1.5, 2.0)), ("pes", (1.5, 2.0)), ("tes", (1.5, 1.0))])
+def test_episode_end_credit_in_expectation(name, expected):
+  """O7 in expectation: the truth is (1.5, 2); TES misses window B."""
+  system, theta, num = Counter(), jnp.asarray(0.3), 100_000
+  est = build(name, system, num, unroll_length=2, step_unlocked=False)
+
+  @jax.jit
+  def run():
+    state = est.init(theta, jax.random.key(0))
+    a, state, _ = est.particle_estimates(theta, state, jax.random.key(1))
+    b, _, _ = est.particle_estimates(theta, state, jax.random.key(2))
+    return a, b
+
+  for window, target in zip(run(), expected):
+    _, _, z = z_scores(np.asarray(window), target)
+    assert abs(z) < 4, (name, target, z)
+
+
+def test_burn_in_leaves_uniform_counters_and_genuine_states():
+  """O8: offsets uniform over window starts; states from a real unroll."""
+  system, theta, num = lq(), jnp.asarray(THETA), 10_000
+  est = build("nres", system, num)
+  state = est.init(theta, jax.random.key(7))
+  counters = np.asarray(state.counter)
+  assert np.all(counters % W == 0)
+  observed = np.bincount(counters // W, minlength=system.horizon // W)
+  assert stats.chisquare(observed).pvalue > 1e-3
+  # Every particle reset once during burn-in and re-ran c_i steps under its
+  # own noise: s_c = c.(theta +- eps) * (1 - a^c) / (1 - a).
+  c = np.asarray(system.c)
+  m = (1 - system.a**counters) / (1 - system.a)
+  for sign, member in ((1, 0), (-1, 1)):
+    expected = ((np.asarray(THETA) + sign * np.asarray(state.noise)) @ c) * m
+    np.testing.assert_allclose(state.inner[:, member], expected, rtol=1e-10,
+                               atol=1e-12)
+  # Without W | T the counters are uniform over the whole episode.
+  odd = build("nres", systems.LinearQuadratic(horizon=97), num)
+  counters = np.asarray(odd.init(theta, jax.random.key(8)).counter)
+  assert stats.chisquare(np.bincount(counters, minlength=97)).pvalue > 1e-3
+
+
+def test_same_key_same_result_and_jit_and_pytree_round_trip():
+  system, theta = lq(), jnp.asarray(THETA)
+  for name in ["nres", "pes", "gpes", "tes", "tbptt", "full_es"]:
+    est = build(name, system, 4, unroll_length=4)
+    state = jax.jit(est.init)(theta, jax.random.key(0))
+    estimate = jax.jit(est.estimate)
+    first = estimate(theta, state, jax.random.key(1))
+    again = estimate(theta, state, jax.random.key(1))
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    assert all(isinstance(x, jax.Array) for x in leaves)
+    rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
+    after_round_trip = estimate(theta, rebuilt, jax.random.key(1))
+    for x, y, u in zip(*map(jax.tree.leaves, (first, again, after_round_trip))):
+      np.testing.assert_array_equal(x, y)
+      np.testing.assert_array_equal(x, u)
+    assert int(first[2]["steps"]) == est.members * 4 * est.unroll_length
+    if name == "nres":  # one eager run: jit must not change the result
+      eager = est.estimate(theta, state, jax.random.key(1))
+      for x, z in zip(*map(jax.tree.leaves, (first, eager))):
+        np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"num_particles": 0}, "num_particles"),
+    ({"unroll_length": 0}, "unroll_length"),
+    ({"unroll_length": 101}, "unroll_length"),
+    ({"sigma": 0.0}, "sigma"),
+    ({"sigma": -1.0}, "sigma"),
+    ({"noise_period": 5}, "noise_period"),
+])
+def test_bad_arguments_name_the_field_and_range(kwargs, field):
+  args = dict(num_particles=4, unroll_length=10, sigma=0.1, noise_period=20)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=field) as error:
+    estimators.GPES(lq(), **args)
+  assert "[" in str(error.value) or ">" in str(error.value)
+  with pytest.raises(ValueError, match="valid|one of"):
+    estimators.make("nres2", lq(), num_particles=4, unroll_length=10,
+                    sigma=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fragile:
+  """A loss that is NaN whenever theta + eps < 0 (a 'diverging' run)."""
+
+  horizon: int = 10
+
+  def init(self, key):
+    return jnp.zeros(())
+
+  def step(self, theta, state, t, key):
+    return state, jnp.sqrt(theta) + (theta - 1.0) ** 2
+
+
+def test_nonfinite_losses_are_masked_and_counted():
+  system, theta = Fragile(), jnp.asarray(0.05)
+  for name in ["nres", "pes", "tes", "full_es"]:
+    est = build(name, system, 64, unroll_length=5, sigma=0.1)
+    grad, _, info = jax.jit(
+        lambda th: est.estimate(th, est.init(th, jax.random.key(0)),
+                                jax.random.key(1)))(theta)
+    assert np.isfinite(grad) and np.isfinite(info["loss"])
+    assert 0 < int(info["nonfinite"]) < 64 * est.unroll_length
+  est = build("nres", system, 64, unroll_length=5, sigma=0.1)
+  final, history = outer.meta_train(est, optax.sgd(1e-3), theta,
+                                    jax.random.key(2), 20)
+  assert np.isfinite(final) and np.all(np.isfinite(history["theta"]))
+
+
+def influence_balancing(name, unroll_length):
+  system = systems.InfluenceBalancing()  # horizon far beyond the run
+  est = build(name, system, 500, unroll_length=unroll_length,
+              step_unlocked=False)
+  theta, _ = outer.meta_train(est, optax.sgd(1e-4), jnp.asarray(0.5),
+                              jax.random.key(3), 3000)
+  return float(theta)
+
+
+def test_influence_balancing_pes_and_nres_find_the_optimum():
+  for name in ["pes", "nres"]:
+    theta = influence_balancing(name, 1)
+    print(f"\n{name}: theta={theta:.6f} (optimum -1/6)")
+    assert abs(theta - systems.influence_balancing.OPTIMUM) < 1e-3
+
+
+def test_influence_balancing_short_truncations_go_the_wrong_way():
+  for name in ["tbptt", "tes"]:
+    theta = influence_balancing(name, 1)
+    print(f"\n{name}(W=1): theta={theta:.4f}")
+    assert theta > 0.5
+  theta = influence_balancing("tbptt", 10)
+  assert not abs(theta) < 100  # diverges (or overflows to inf/nan)
