@@ -1,0 +1,242 @@
+"""Tests for lopt.data: real tfds loading, offline, with no mocks.
+
+The digits builder is prepared for real into a temporary data_dir. For the
+path real datasets take (prepared elsewhere, read with download=False), the
+tests define two tiny tfds builders, prepare them on disk, and load them by
+the `tfds:` prefix. Everything prepared is shared per module: TensorFlow's
+import alone takes several seconds on a small machine.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+
+from lopt import data
+
+
+class LoptTestTinyGray(tfds.core.GeneratorBasedBuilder):
+  """28x28x1 uint8 noise, 3 classes, train/test only (like fashion_mnist)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=3),
+        }
+      ),
+      supervised_keys=("image", "label"),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {
+      "train": self._generate_examples(0, 50),
+      "test": self._generate_examples(1, 10),
+    }
+
+  def _generate_examples(self, seed, n):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      image = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+      yield i, {"image": image, "label": i % 3}
+
+
+class LoptTestTinyRgb(tfds.core.GeneratorBasedBuilder):
+  """12x12x3 uint8 noise with its own validation split."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(12, 12, 3)),
+          "label": tfds.features.ClassLabel(num_classes=5),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {
+      "train": self._generate_examples(0, 20),
+      "validation": self._generate_examples(1, 7),
+      "test": self._generate_examples(2, 6),
+    }
+
+  def _generate_examples(self, seed, n):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+      yield i, {"image": image, "label": i % 5}
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  """A data_dir into which load_dataset has prepared digits once."""
+  data_dir = str(tmp_path_factory.mktemp("tfds_digits"))
+  data.load_dataset("digits", data_dir=data_dir)
+  return data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  """A data_dir holding the two prepared test datasets."""
+  data_dir = str(tmp_path_factory.mktemp("tfds_tiny"))
+  for cls in (LoptTestTinyGray, LoptTestTinyRgb):
+    cls(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _raw(name, data_dir, split):
+  """A split read straight through tfds.load, bypassing lopt."""
+  return tfds.as_numpy(
+    tfds.load(
+      name, split=split, data_dir=data_dir, batch_size=-1, download=False
+    )
+  )
+
+
+def test_digits_rows_match_sklearn(digits_dir):
+  ds = data.load_dataset("digits", data_dir=digits_dir)
+  sk = load_digits()
+  want_x = (sk.images / 16.0).astype(np.float32)[..., None]
+  assert ds.name == "digits" and ds.num_classes == 10
+  assert ds.image_shape == (8, 8, 1)
+  rows = {"train": (0, 1200), "validation": (1200, 1500), "test": (1500, 1797)}
+  for split, (start, stop) in rows.items():
+    x, y = getattr(ds, split)
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    assert x.shape == (stop - start, 8, 8, 1)
+    np.testing.assert_array_equal(x, want_x[start:stop])
+    np.testing.assert_array_equal(y, sk.target[start:stop])
+  assert 0.0 <= ds.train.images.min() and ds.train.images.max() == 1.0
+
+
+def test_digits_is_a_plain_tfds_dataset(digits_dir):
+  ds = data.load_dataset("digits", data_dir=digits_dir)
+  train = _raw("digits", digits_dir, "train")
+  assert train["image"].shape == (1500, 8, 8, 1)
+  np.testing.assert_array_equal(
+    train["image"], np.concatenate([ds.train.images, ds.validation.images])
+  )
+  # The carve-out is tfds's own percent slicing of train.
+  held_out = _raw("digits", digits_dir, "train[80%:]")
+  np.testing.assert_array_equal(held_out["image"], ds.validation.images)
+  np.testing.assert_array_equal(held_out["label"], ds.validation.labels)
+
+
+def test_digits_second_load_reuses_prepared_data(digits_dir):
+  info_file = os.path.join(digits_dir, "digits", "1.0.0", "dataset_info.json")
+  mtime = os.path.getmtime(info_file)
+  start = time.perf_counter()
+  ds = data.load_dataset("digits", data_dir=digits_dir, image_size=4)
+  assert time.perf_counter() - start < 2.0
+  assert os.path.getmtime(info_file) == mtime
+  assert ds.train.images.shape == (1200, 4, 4, 1)
+
+
+def test_validation_fraction(digits_dir):
+  ds = data.load_dataset("digits", data_dir=digits_dir, validation_fraction=0.1)
+  assert len(ds.train.labels) == 1350 and len(ds.validation.labels) == 150
+  ds = data.load_dataset("digits", data_dir=digits_dir, validation_fraction=0)
+  assert len(ds.train.labels) == 1500 and ds.validation.images.shape[0] == 0
+
+
+def test_tfds_dataset_resized_and_carved(tiny_dir):
+  name = "tfds:lopt_test_tiny_gray"
+  ds = data.load_dataset(name, data_dir=tiny_dir, image_size=8)
+  assert ds.name == name and ds.num_classes == 3
+  assert ds.train.images.shape == (40, 8, 8, 1)
+  assert ds.validation.images.shape == (10, 8, 8, 1)
+  assert ds.test.images.shape == (10, 8, 8, 1)
+  for split in (ds.train, ds.validation, ds.test):
+    assert split.images.dtype == np.float32 and split.labels.dtype == np.int32
+    assert 0.0 <= split.images.min() and split.images.max() <= 1.0
+
+  # Validation is the last 20% of the stored train split, scaled by 1/255
+  # and resized like jax.image.resize.
+  raw = _raw("lopt_test_tiny_gray", tiny_dir, "train[80%:]")
+  want = jax.image.resize(
+    raw["image"].astype(np.float32) / 255, (10, 8, 8, 1), "linear"
+  )
+  np.testing.assert_allclose(ds.validation.images, want, atol=1e-6)
+  np.testing.assert_array_equal(ds.validation.labels, raw["label"])
+
+  native = data.load_dataset(name, data_dir=tiny_dir)
+  raw = _raw("lopt_test_tiny_gray", tiny_dir, "train[:80%]")
+  np.testing.assert_array_equal(native.train.images * 255, raw["image"])
+
+
+def test_tfds_dataset_with_its_own_validation_split(tiny_dir):
+  ds = data.load_dataset(
+    "tfds:lopt_test_tiny_rgb", data_dir=tiny_dir, validation_fraction=0.5
+  )
+  assert ds.num_classes == 5 and ds.image_shape == (12, 12, 3)
+  sizes = [len(s.labels) for s in (ds.train, ds.validation, ds.test)]
+  assert sizes == [20, 7, 6]
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  with pytest.raises(data.DatasetNotFoundError) as err:
+    data.load_dataset("fashion_mnist", data_dir=tmp_path)
+  message = str(err.value)
+  assert isinstance(err.value, ValueError)
+  for part in ("fashion_mnist", str(tmp_path), "download_and_prepare"):
+    assert part in message
+  assert "--config.task.dataset=digits" in message
+
+
+def test_unknown_names_list_the_choices(tmp_path):
+  with pytest.raises(ValueError, match=r"digits.*fashion_mnist.*tfds:"):
+    data.load_dataset("fashion-mnist", data_dir=tmp_path)
+  with pytest.raises(ValueError, match="no_such_dataset"):
+    data.load_dataset("tfds:no_such_dataset", data_dir=tmp_path)
+  assert data.check_dataset_name("cifar10") == "cifar10"
+  assert data.check_dataset_name("tfds:emnist/balanced") == "emnist/balanced"
+
+
+def test_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match="image_size"):
+    data.load_dataset("digits", data_dir=tmp_path, image_size=-1)
+  with pytest.raises(ValueError, match="validation_fraction"):
+    data.load_dataset("digits", data_dir=tmp_path, validation_fraction=1.0)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize(
+  "shape", [(28, 28, 8, 8), (8, 8, 20, 20), (9, 6, 4, 5)]
+)
+def test_resize_matches_jax(shape, antialias):
+  in_h, in_w, out_h, out_w = shape
+  x = np.random.default_rng(0).random((3, in_h, in_w, 2), dtype=np.float32)
+  got = data.resize_images(x, (out_h, out_w), antialias=antialias)
+  want = jax.image.resize(
+    x, (3, out_h, out_w, 2), "linear", antialias=antialias
+  )
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_default_data_dir(monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", "gs://bucket/tfds")
+  assert data.default_data_dir() == "gs://bucket/tfds"
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert data.default_data_dir() == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_import_does_not_load_tensorflow():
+  code = "import sys, lopt.data; assert 'tensorflow' not in sys.modules"
+  subprocess.run([sys.executable, "-c", code], check=True)
