@@ -1,0 +1,519 @@
+"""Checkpoints of the meta-training run state, with orbax.
+
+This is the only module of `lopt` that imports orbax: the V0
+`CheckpointManager` API used here is stable, but orbax's V1 API is still being
+renamed, so a later switch should touch this file only.
+
+A checkpoint step holds three items (`ocp.args.Composite`):
+
+- `meta`: the run state without `estimator_state`, i.e. `step`, `theta`,
+  `outer_opt_state`, `rng` and anything else the trainer adds. Replicated and
+  small; this is all that export needs.
+- `inner`: `estimator_state`, the persistent state of every particle. Its
+  leaves have a leading particle axis that is usually sharded over the
+  `particles` mesh axis, so every process writes its own shards.
+- `config`: the resolved config as JSON, so that a checkpoint can be loaded
+  without the config file that produced it.
+
+Typical use in a training loop::
+
+  with Checkpointer(ckpt_dir, every_steps=100, keep=3) as ckpt:
+    step = ckpt.latest_step()
+    if step is not None:
+      state = ckpt.restore(step, abstract_like(jax.eval_shape(init), shardings))
+    for step in range(first, last + 1):
+      state = train_step(state)
+      ckpt.save(step, state, config, force=step == last)
+      if ckpt.reached_preemption(step):
+        break
+
+Every process of a multi-host run must make the same calls with the same
+arguments; orbax itself decides which process writes the shared metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+ESTIMATOR_STATE = 'estimator_state'
+META = 'meta'
+INNER = 'inner'
+CONFIG = 'config'
+
+# Written by orbax (>= 0.12.3) into a step directory as the very last act of a
+# save, on every file system; see `_is_committed`.
+_COMMIT_FILE = 'commit_success.txt'
+
+
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  # Naming the handlers up front (rather than letting orbax infer them from the
+  # first save/restore args) is what makes `item_metadata` work on a fresh
+  # manager; without it orbax returns None for every item.
+  return {
+      META: ocp.StandardCheckpointHandler(),
+      INNER: ocp.StandardCheckpointHandler(),
+      CONFIG: ocp.JsonCheckpointHandler(),
+  }
+
+
+def _as_path(directory: str | os.PathLike[str]) -> epath.Path:
+  """Returns an absolute path; URLs such as gs://... are kept as they are."""
+  directory = os.fspath(directory)
+  if '://' not in directory:
+    # orbax requires absolute paths for local directories.
+    directory = os.path.abspath(directory)
+  return epath.Path(directory)
+
+
+def _is_committed(step_dir: epath.Path) -> bool:
+  # orbax already ignores the `<step>.orbax-checkpoint-tmp*` directories that
+  # an interrupted save leaves on a local disk, and step directories without
+  # the commit file on GCS. On a local disk it would, however, accept a
+  # plain `<step>` directory without the commit file (a partial copy, or one
+  # made by hand). Never resuming from such a directory costs one `exists`.
+  # (orbax's save policy still counts it, so a run resumed from an older step
+  # skips interval saves up to that step number; keep-N deletes it later.)
+  return (step_dir / _COMMIT_FILE).exists()
+
+
+def _latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
+  for step in sorted(manager.all_steps(), reverse=True):
+    step_dir = manager.directory / str(step)
+    if _is_committed(step_dir):
+      return step
+    if step_dir.exists():
+      logging.warning(
+          'Ignoring checkpoint step %d: %s has no %s (incomplete save?).',
+          step,
+          step_dir,
+          _COMMIT_FILE,
+      )
+    # Otherwise an async save of this step is still in flight (it lives in a
+    # tmp directory until it is committed): not complete yet either.
+  return None
+
+
+def _describe_directory(path: epath.Path) -> str:
+  """Says what a directory holds, for error messages."""
+  if not path.exists():
+    return 'the directory does not exist'
+  names = sorted(p.name for p in path.iterdir())
+  if not names:
+    return 'the directory is empty'
+  found = ', '.join(names[:10]) + (', ...' if len(names) > 10 else '')
+  hint = ''
+  if META in names or '_CHECKPOINT_METADATA' in names:
+    hint = ' (this looks like one step of a checkpoint: pass its parent)'
+  return f'found {found}{hint}'
+
+
+def _split_run_state(run_state: Mapping[str, Any]) -> tuple[dict, PyTree]:
+  if not isinstance(run_state, Mapping):
+    raise ValueError(
+        f'The run state must be a dict, got {type(run_state).__name__}'
+    )
+  if ESTIMATOR_STATE not in run_state:
+    raise ValueError(
+        f'The run state has no {ESTIMATOR_STATE!r} entry; its keys are '
+        f'{sorted(run_state)}'
+    )
+  meta = {k: v for k, v in run_state.items() if k != ESTIMATOR_STATE}
+  return meta, run_state[ESTIMATOR_STATE]
+
+
+def _json_config(config: Any) -> dict[str, Any]:
+  """Returns `config` as a plain JSON-able dict, or raises TypeError."""
+  if hasattr(config, 'to_dict'):  # ml_collections.ConfigDict
+    config = config.to_dict()
+  if not isinstance(config, Mapping):
+    raise TypeError(f'config must be a dict, got {type(config).__name__}')
+
+  def default(obj):
+    # numpy / jax scalars and small arrays sneak into configs easily.
+    if hasattr(obj, 'tolist'):
+      return obj.tolist()
+    raise TypeError(
+        f'config value {obj!r} of type {type(obj).__name__} is not JSON-able'
+    )
+
+  # A round trip through JSON text: fails here, in the caller's thread, rather
+  # than inside orbax's async writer, and turns tuples into lists up front.
+  return json.loads(json.dumps(dict(config), default=default))
+
+
+def _path_name(path: tuple) -> str:
+  # 'theta.dense.kernel', 'estimator_state.0.mu.w': the same for a NamedTuple
+  # field and the dict key that orbax's metadata shows in its place.
+  return jax.tree_util.keystr(path, simple=True, separator='.')
+
+
+def _check_against_metadata(
+    prefix: str, abstract: PyTree, metadata: Any, where: str
+) -> None:
+  """Raises a readable ValueError if `abstract` does not fit the saved item."""
+  if metadata is None:
+    return  # Nothing to check against; orbax still checks while reading.
+  saved = {
+      _path_name(path): m
+      for path, m in jax.tree_util.tree_flatten_with_path(
+          getattr(metadata, 'tree', metadata)
+      )[0]
+  }
+  problems = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    name = _path_name(path)
+    full_name = prefix + name
+    shape = tuple(leaf.shape)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      # orbax stores (and describes) typed keys by their uint32 key data.
+      shape = jax.eval_shape(jax.random.key_data, leaf).shape
+    if name not in saved:
+      problems.append(f'{full_name} is not in the checkpoint')
+    elif tuple(saved[name].shape) != shape:
+      problems.append(
+          f'{full_name} has shape {tuple(saved[name].shape)} in the '
+          f'checkpoint but {shape} in the run state'
+      )
+  if problems:
+    more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
+    raise ValueError(
+        f'Checkpoint {where} does not fit the run state to restore (did the '
+        f'config change?): {"; ".join(problems[:5])}{more}'
+    )
+
+
+def _replicated_sharding() -> jax.sharding.Sharding:
+  # Fully replicated over all devices of all processes: valid on one host and
+  # on many, unlike a SingleDeviceSharding, which only one process can address.
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('replica',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def abstract_like(
+    tree: PyTree,
+    shardings: jax.sharding.Sharding | PyTree | None = None,
+) -> PyTree:
+  """Maps a pytree to `jax.ShapeDtypeStruct` leaves that carry shardings.
+
+  This builds the restore target of `Checkpointer.restore`. Typed PRNG key
+  leaves (`jax.random.key`) keep their key dtype, so they restore as typed
+  keys.
+
+  Args:
+    tree: a live pytree (jax or numpy arrays, Python scalars) or the output of
+      `jax.eval_shape`.
+    shardings: None, one `jax.sharding.Sharding` for every leaf, or a pytree
+      prefix of `tree` whose leaves are shardings or None (e.g. `{'theta':
+      replicated, 'estimator_state': by_particle, ...}`). Where no sharding is
+      given, a leaf keeps its own (`x.sharding` of a jax array, or of a
+      `ShapeDtypeStruct`); a leaf that has none is replicated over all
+      devices.
+
+  Returns:
+    A pytree of the structure of `tree` with `jax.ShapeDtypeStruct` leaves.
+  """
+  replicated = None
+
+  def leaf(x, sharding):
+    nonlocal replicated
+    if not (hasattr(x, 'shape') and hasattr(x, 'dtype')):
+      x = np.asarray(x, dtype=jax.dtypes.canonicalize_dtype(np.result_type(x)))
+    if sharding is None:
+      sharding = getattr(x, 'sharding', None)
+    if sharding is None:
+      if replicated is None:
+        replicated = _replicated_sharding()
+      sharding = replicated
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: leaf(x, shardings), tree)
+  return jax.tree.map(
+      lambda s, subtree: jax.tree.map(lambda x: leaf(x, s), subtree),
+      shardings,
+      tree,
+      is_leaf=lambda s: s is None or isinstance(s, jax.sharding.Sharding),
+  )
+
+
+class Checkpointer:
+  """Saves and restores the run state of meta-training.
+
+  A thin policy layer over `ocp.CheckpointManager`: call `save` every step and
+  the manager decides (every `every_steps` steps, on preemption, and always
+  the first call of a fresh run: orbax's InitialSavePolicy); keeps the newest
+  `keep` checkpoints; saves asynchronously (the device-to-host copy finishes
+  inside `save`, so the caller may donate the buffers right after).
+
+  Use it as a context manager, or call `close()`, so that the last async save
+  is finished before the process exits.
+  """
+
+  def __init__(
+      self,
+      directory: str | os.PathLike[str],
+      *,
+      every_steps: int,
+      keep: int,
+      async_save: bool = True,
+  ):
+    """Opens (and creates) a checkpoint directory.
+
+    Args:
+      directory: where the step directories go; local or a URL (gs://...).
+      every_steps: save every this many steps (config `checkpoint.every_steps`).
+      keep: how many of the newest checkpoints to keep (`checkpoint.keep`).
+      async_save: write in a background thread.
+    """
+    if every_steps < 1:
+      raise ValueError(
+          f'checkpoint.every_steps must be >= 1, got {every_steps}'
+      )
+    if keep < 1:
+      raise ValueError(f'checkpoint.keep must be >= 1, got {keep}')
+    self._directory = _as_path(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every_steps,
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(
+        self._directory, options=options, item_handlers=_item_handlers()
+    )
+
+  @property
+  def directory(self) -> epath.Path:
+    """The checkpoint directory (absolute)."""
+    return self._directory
+
+  def all_steps(self) -> list[int]:
+    """Returns the steps of all complete checkpoints, oldest first."""
+    return sorted(
+        s
+        for s in self._manager.all_steps()
+        if _is_committed(self._directory / str(s))
+    )
+
+  def latest_step(self) -> int | None:
+    """Returns the newest complete checkpoint step, or None if there is none.
+
+    A save that was interrupted, or is still being written asynchronously, is
+    never returned.
+    """
+    return _latest_complete_step(self._manager)
+
+  def save(
+      self,
+      step: int,
+      run_state: Mapping[str, Any],
+      config: Mapping[str, Any],
+      *,
+      force: bool = False,
+  ) -> bool:
+    """Saves `run_state` at `step` if the policy says so.
+
+    Args:
+      step: the outer step; checkpoints are named by it.
+      run_state: the run state dict (see the module docstring).
+      config: the resolved config, JSON-able (a ConfigDict is converted).
+      force: save whatever the policy says, e.g. at the final step. A step
+        that is already saved is not written again.
+
+    Returns:
+      Whether a save was started.
+    """
+    step = int(step)
+    if force and step in self._manager.all_steps():
+      return False
+    meta, inner = _split_run_state(run_state)
+    args = ocp.args.Composite(
+        **{
+            META: ocp.args.StandardSave(meta),
+            INNER: ocp.args.StandardSave(inner),
+            CONFIG: ocp.args.JsonSave(_json_config(config)),
+        }
+    )
+    return self._manager.save(step, args=args, force=force)
+
+  def _check_step(self, step: int | None) -> int:
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(
+            f'No complete checkpoint in {self._directory}: '
+            f'{_describe_directory(self._directory)}'
+        )
+      return steps[-1]
+    if int(step) not in steps:
+      raise FileNotFoundError(
+          f'No complete checkpoint for step {step} in {self._directory}; '
+          f'complete steps: {steps}'
+      )
+    return int(step)
+
+  def restore(
+      self, step: int | None, abstract_run_state: Mapping[str, Any]
+  ) -> dict[str, Any]:
+    """Restores the run state saved at `step`.
+
+    The restored arrays get the shardings of `abstract_run_state`, whatever
+    the device count of the run that wrote the checkpoint; this is what makes
+    resuming onto a different number of devices or hosts work. The number of
+    particles must still divide the new device count.
+
+    Args:
+      step: the step to restore; None for the newest complete one.
+      abstract_run_state: the run state as a pytree of `jax.ShapeDtypeStruct`
+        with the caller's current shardings (see `abstract_like`). Live arrays
+        are accepted too; their shardings are used.
+
+    Returns:
+      The run state dict.
+    """
+    step = self._check_step(step)
+    abstract_meta, abstract_inner = _split_run_state(
+        abstract_like(abstract_run_state)
+    )
+    # Checked here, before reading, because orbax's own shape error comes out
+    # of its async reader with less context (and noise about its event loop).
+    metadata = self._manager.item_metadata(step)
+    where = str(self._directory / str(step))
+    _check_against_metadata('', abstract_meta, metadata[META], where)
+    _check_against_metadata(
+        ESTIMATOR_STATE + '.', abstract_inner, metadata[INNER], where
+    )
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                META: ocp.args.StandardRestore(abstract_meta),
+                INNER: ocp.args.StandardRestore(abstract_inner),
+            }
+        ),
+    )
+    return {
+        k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
+        for k in abstract_run_state
+    }
+
+  def restore_config(self, step: int | None = None) -> dict[str, Any]:
+    """Returns the config saved at `step` (None: the newest complete step)."""
+    step = self._check_step(step)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    )
+    return restored[CONFIG]
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether all processes agreed to stop at `step` (e.g. after SIGTERM).
+
+    Only fires when `jax.distributed` is initialised. The preemption policy
+    makes `save(step, ...)` write this step, so the caller should save, then
+    call this, then `wait_until_finished()` and stop.
+
+    Args:
+      step: the current step.
+
+    Returns:
+      True at the preemption sync point.
+    """
+    return self._manager.reached_preemption(step)
+
+  def wait_until_finished(self) -> None:
+    """Blocks until a pending async save is committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes pending saves and releases the manager."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def load_meta(
+    directory: str | os.PathLike[str], step: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Loads `meta` and `config` of a checkpoint, without knowing any shape.
+
+  For export and analysis: needs no model code, no mesh and reads no particle
+  state. Shapes and dtypes come from the checkpoint's own metadata; the arrays
+  land on this process's first local device. Optax states come back with
+  plain containers (NamedTuples become lists or tuples).
+
+  Args:
+    directory: the checkpoint directory (the one given to `Checkpointer`).
+    step: the step to load; None for the newest complete one.
+
+  Returns:
+    `(meta, config)`: the run state without `estimator_state`, and the
+    config dict saved with it.
+
+  Raises:
+    FileNotFoundError: no complete checkpoint (for `step`) in `directory`.
+  """
+  path = _as_path(directory)
+  if not path.is_dir():
+    raise FileNotFoundError(
+        f'No checkpoint in {path}: {_describe_directory(path)}'
+    )
+  options = ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False
+  )
+  with ocp.CheckpointManager(
+      path, options=options, item_handlers=_item_handlers()
+  ) as manager:
+    if step is None:
+      step = _latest_complete_step(manager)
+      if step is None:
+        raise FileNotFoundError(
+            f'No complete checkpoint in {path}: {_describe_directory(path)}'
+        )
+    elif not (
+        step in manager.all_steps() and _is_committed(path / str(step))
+    ):
+      raise FileNotFoundError(
+          f'No complete checkpoint for step {step} in {path}: '
+          f'{_describe_directory(path)}'
+      )
+    metadata = manager.item_metadata(step)[META]
+    if metadata is None:
+      raise ValueError(f'Checkpoint step {path / str(step)} has no {META!r}')
+    metadata = getattr(metadata, 'tree', metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # Typed PRNG keys show up in the metadata as their raw uint32 key data;
+    # orbax still restores them as typed keys, from the key implementation it
+    # stored next to the array (tested in tests/test_checkpoint.py).
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(
+            tuple(m.shape),
+            jax.dtypes.canonicalize_dtype(m.dtype),
+            sharding=device,
+        ),
+        metadata,
+    )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                META: ocp.args.StandardRestore(abstract),
+                CONFIG: ocp.args.JsonRestore(),
+            }
+        ),
+    )
+  return restored[META], restored[CONFIG]
