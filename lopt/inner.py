@@ -1,0 +1,110 @@
+"""Inner training as an `UnrolledSystem`: a task trained by a learned optimizer.
+
+One step of the system is one training step of the inner model: sample a
+minibatch inside jit, take the gradient of its loss, and apply the learned
+optimizer's update, the same `optax.GradientTransformation` that users get
+from `lopt.load_optimizer`. The step's loss L_t is the meta-loss:
+
+* `train`: the training-batch loss at the parameters before the update (the
+  objective of learned_optimization and of lopt's benchmarks), or
+* `validation`: the loss of the updated parameters on a validation batch
+  (the NRES paper's learned-optimizer setting).
+
+The dataset enters as arrays held by the system. Build the system inside the
+jitted function from a data argument: arrays closed over by `jit` are baked
+into the compiled program as constants.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt import optimizers, tasks
+
+META_LOSSES = ("train", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerTraining:
+  """A task trained for `horizon` steps by the learned optimizer theta.
+
+  Attributes:
+    task: the inner model and its loss.
+    lopt: the learned optimizer's architecture (theta must fit it).
+    horizon: T, inner training steps per episode.
+    data: arrays `train_x`, `train_y`, `valid_x`, `valid_y` (device arrays,
+      or tracers when the system is built inside jit).
+    meta_loss: 'train' or 'validation', see the module docstring.
+  """
+
+  task: tasks.Task
+  lopt: optimizers.LOptConfig
+  horizon: int
+  data: Mapping[str, jax.Array]
+  meta_loss: str = "train"
+
+  def __post_init__(self):
+    if self.meta_loss not in META_LOSSES:
+      raise ValueError(f"task.meta_loss must be one of {list(META_LOSSES)}, "
+                       f"got {self.meta_loss!r}")
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    params = self.task.init(key)
+    return {"params": params,
+            "opt_state": optimizers.init_state(self.lopt, params)}
+
+  def step(self, theta, state, t, key):
+    del t  # the learned optimizer keeps its own step count
+    k_train, k_valid = jax.random.split(key)
+    x, y = self.task.sample_batch(k_train, self.data["train_x"],
+                                  self.data["train_y"])
+    loss, grads = jax.value_and_grad(self.task.loss)(state["params"], x, y)
+    tx = optimizers.learned_optimizer(theta, self.lopt, self.horizon)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if self.meta_loss == "validation":
+      xv, yv = self.task.sample_batch(k_valid, self.data["valid_x"],
+                                      self.data["valid_y"])
+      loss = self.task.loss(params, xv, yv)
+    return {"params": params, "opt_state": opt_state}, loss
+
+
+def train_model(task: tasks.Task, tx: optax.GradientTransformation,
+                data: Mapping[str, jax.Array], key: jax.Array,
+                num_steps: int):
+  """Trains one fresh model with any optax optimizer; pure and jit-able.
+
+  The yardstick of meta-evaluation: the learned optimizer and the Adam
+  baselines are scored by the same function, on the same batches.
+
+  Args:
+    task: the inner model.
+    tx: the optimizer (a learned one from `optimizers.learned_optimizer` or
+      `lopt.load_optimizer`, or any optax transformation).
+    data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
+    key: the seed of the model's init and its batches.
+    num_steps: training steps.
+
+  Returns:
+    A dict: `losses` (the training-batch loss before each step, shape
+    [num_steps]), `test_loss` and `test_accuracy` of the final parameters.
+  """
+  k_init, k_steps = jax.random.split(key)
+  params = task.init(k_init)
+
+  def step(carry, step_key):
+    params, opt_state = carry
+    x, y = task.sample_batch(step_key, data["train_x"], data["train_y"])
+    loss, grads = jax.value_and_grad(task.loss)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  (params, _), losses = jax.lax.scan(
+      step, (params, tx.init(params)), jax.random.split(k_steps, num_steps))
+  return {"losses": losses,
+          "test_loss": task.loss(params, data["test_x"], data["test_y"]),
+          "test_accuracy": task.accuracy(params, data["test_x"],
+                                         data["test_y"])}

@@ -1,0 +1,41 @@
+"""Meta-train a learned optimizer.
+
+    python -m lopt.main --config=configs/default.py --workdir=/tmp/lopt \
+        [--config.estimator.name=pes ...]
+
+Running the same command again on a workdir with checkpoints resumes from the
+newest complete one.
+"""
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from lopt import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and metrics.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() (TPU pods and multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, %d local and %d global devices (%s)",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  logging.info("Config:\n%s", _CONFIG.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
