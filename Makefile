@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Meta-trains on the bundled digits (resuming if DEMO_DIR has checkpoints),
+# then compares the result with an Adam learning-rate sweep.
+DEMO_DIR ?= workdirs/demo
 demo: $(STAMP)
-	$(PY) -m lopt.demo
+	$(PY) -m lopt.main --config=configs/default.py --workdir=$(DEMO_DIR)
+	$(PY) -m lopt.evaluate --workdir=$(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task.activation = "gelu"
   config.task.batch_size = 128
   config.task.meta_loss = "train"
+  config.task.clip_meta_loss = True  # cap L_t at 1.5 ln(num_classes)
 
   config.inner = ml_collections.ConfigDict()
   config.inner.horizon = 1000
@@ -44,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.outer = ml_collections.ConfigDict()
   config.outer.optimizer = "adam"
-  config.outer.learning_rate = 3e-3
+  config.outer.learning_rate = 3e-4
   config.outer.clip = 1.0
   config.outer.num_steps = 1500
   config.outer.steps_per_dispatch = 10

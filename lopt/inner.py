@@ -10,6 +10,11 @@ from `lopt.load_optimizer`. The step's loss L_t is the meta-loss:
 * `validation`: the loss of the updated parameters on a validation batch
   (the NRES paper's learned-optimizer setting).
 
+With `max_loss` set, L_t is capped there (learned_optimization caps the
+cross-entropy at 1.5 ln C): a diverging inner run then scores badly but
+boundedly, instead of letting one particle's 1e10 loss dominate the
+estimate. A non-finite loss stays non-finite, for the estimator to mask.
+
 The dataset enters as arrays held by the system. Build the system inside the
 jitted function from a data argument: arrays closed over by `jit` are baked
 into the compiled program as constants.
@@ -38,6 +43,7 @@ class InnerTraining:
     data: arrays `train_x`, `train_y`, `valid_x`, `valid_y` (device arrays,
       or tracers when the system is built inside jit).
     meta_loss: 'train' or 'validation', see the module docstring.
+    max_loss: the cap on L_t, or None.
   """
 
   task: tasks.Task
@@ -45,6 +51,7 @@ class InnerTraining:
   horizon: int
   data: Mapping[str, jax.Array]
   meta_loss: str = "train"
+  max_loss: float | None = None
 
   def __post_init__(self):
     if self.meta_loss not in META_LOSSES:
@@ -69,6 +76,8 @@ class InnerTraining:
       xv, yv = self.task.sample_batch(k_valid, self.data["valid_x"],
                                       self.data["valid_y"])
       loss = self.task.loss(params, xv, yv)
+    if self.max_loss is not None:
+      loss = jnp.minimum(loss, self.max_loss)
     return {"params": params, "opt_state": opt_state}, loss
 
 

@@ -15,6 +15,7 @@ follows the same trajectory, bit for bit, as one that never stopped.
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -73,6 +74,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        f"multiple of outer.steps_per_dispatch "
        f"({config.outer.steps_per_dispatch}): checkpoints are taken between "
        f"dispatches")
+  need(config.outer.num_steps % config.outer.steps_per_dispatch == 0,
+       f"outer.num_steps ({config.outer.num_steps}) must be a multiple of "
+       f"outer.steps_per_dispatch ({config.outer.steps_per_dispatch})")
   # The estimator validates W <= T, sigma > 0, N >= 1, K >= W itself.
   make_estimator(config, _NoSystem(config.inner.horizon))
   optimizers.LOptConfig(kind=config.lopt.kind, hidden=tuple(config.lopt.hidden))
@@ -104,9 +108,11 @@ class Experiment:
   outer_tx: optax.GradientTransformation
 
   def system(self, data) -> inner.InnerTraining:
+    cap = (1.5 * math.log(self.task.num_classes)
+           if self.config.task.clip_meta_loss else None)
     return inner.InnerTraining(
         task=self.task, lopt=self.lopt, horizon=self.config.inner.horizon,
-        data=data, meta_loss=self.config.task.meta_loss)
+        data=data, meta_loss=self.config.task.meta_loss, max_loss=cap)
 
   def estimator(self, data) -> estimators.Estimator:
     return make_estimator(self.config, self.system(data))
@@ -265,13 +271,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Throughput is measured between log points, so compilation (in the first
   # window) shows up once instead of skewing every later figure.
   last_time, last_step = time.perf_counter(), step
+  pending = []  # infos since the last log, still on the device
   while step < num_steps:
     run_state, info = step_fn(data, run_state)
+    pending.append(info)
     previous, step = step, step + steps_per_dispatch
-    saved_config = exp.saved_config()
-    ckpt.save(step, run_state, saved_config, force=step >= num_steps)
-    if step // config.log.every_steps > previous // config.log.every_steps:
-      info = jax.tree.map(np.asarray, info)  # waits for the dispatch
+    ckpt.save(step, run_state, exp.saved_config(), force=step >= num_steps)
+    if (step // config.log.every_steps > previous // config.log.every_steps
+        or step >= num_steps):
+      # Stacking waits for the dispatches; the only host sync of the loop.
+      info = jax.tree.map(lambda *x: np.concatenate(x), *pending)
+      pending = []
       now = time.perf_counter()
       rate = (step - last_step) / (now - last_time)
       last_time, last_step = now, step
