@@ -13,6 +13,7 @@ final loss and test accuracy are reported beside it. Writes `eval.json` and
 """
 
 import json
+import math
 import os
 
 from absl import app, flags
@@ -20,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from lopt import export, optimizers, train
 
@@ -37,11 +37,10 @@ LEARNING_RATES = tuple(round(m * 10.0**e, 6) for e in range(-4, -1)
 SCHEDULES = ("constant", "linear")
 
 
-def adam(learning_rate, schedule: str, num_steps: int):
-  """Adam at a constant rate, or decayed linearly to zero over num_steps."""
-  if schedule == "constant":
-    return optax.adam(learning_rate)
-  return optax.adam(lambda t: learning_rate * (1.0 - t / num_steps))
+def _rank(score: dict) -> tuple[bool, float]:
+  """Sort key: finite losses first (a diverged run is never the best)."""
+  return (not math.isfinite(score["mean_train_loss"]),
+          score["mean_train_loss"])
 
 
 def _scores(result) -> dict[str, float]:
@@ -82,15 +81,14 @@ def evaluate(workdir: str, *, num_seeds: int = 8, num_steps: int = 0,
   curves = {"learned optimizer": np.asarray(result["losses"]).mean(0)}
   for schedule in SCHEDULES:
     run = jax.jit(lambda lr, s=schedule: train.evaluate_optimizer(
-        exp, data, adam(lr, s, num_steps), keys))
-    sweep, best_curve = [], None
+        exp, data, optimizers.adam_baseline(lr, num_steps, s), keys))
+    sweep, curves_of_sweep = [], []
     for lr in LEARNING_RATES:
       out = run(jnp.float32(lr))
       sweep.append(dict(_scores(out), learning_rate=lr))
-      if min(s["mean_train_loss"] for s in sweep) == (
-          sweep[-1]["mean_train_loss"]):
-        best_curve = np.asarray(out["losses"]).mean(0)
-    best = min(sweep, key=lambda s: s["mean_train_loss"])
+      curves_of_sweep.append(np.asarray(out["losses"]).mean(0))
+    best_index = min(range(len(sweep)), key=lambda i: _rank(sweep[i]))
+    best, best_curve = sweep[best_index], curves_of_sweep[best_index]
     summary[f"adam_{schedule}"] = {"best": best, "sweep": sweep}
     summary["learned"][f"ratio_to_best_adam_{schedule}"] = (
         summary["learned"]["mean_train_loss"] / best["mean_train_loss"])

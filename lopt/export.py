@@ -42,8 +42,11 @@ def load_theta(path: str, step: int | None = None):
         f"its config has keys {sorted(saved)} and its state {sorted(meta)}.")
   cfg = optimizers.LOptConfig.from_dict(saved["lopt"])
   theta = jax.tree.map(jax.numpy.asarray, meta["theta"])
-  # learned_optimizer checks that theta's shapes fit the architecture.
-  optimizers.learned_optimizer(theta, cfg, saved.get("horizon", 1))
+  try:  # learned_optimizer checks that theta's shapes fit the architecture
+    optimizers.learned_optimizer(theta, cfg, saved.get("horizon", 1))
+  except ValueError as e:
+    raise ValueError(f"The checkpoint in {path} does not fit its recorded "
+                     f"architecture {cfg}: {e}") from e
   return theta, cfg, saved
 
 
