@@ -21,6 +21,14 @@ _WORKDIR = flags.DEFINE_string(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() (TPU pods and multi-process runs).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0, with --distributed (auto-detected on Cloud "
+    "TPU, Slurm and other known clusters).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes, with --distributed.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, with --distributed.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,7 +36,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   logging.info("JAX process %d/%d, %d local and %d global devices (%s)",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),

@@ -375,3 +375,20 @@ def test_influence_balancing_short_truncations_go_the_wrong_way():
     assert theta > 0.5
   theta = influence_balancing("tbptt", 10)
   assert not abs(theta) < 100  # diverges (or overflows to inf/nan)
+
+
+def test_info_reports_the_variance_of_the_estimate():
+  """grad_var is Var(mean estimate): the particles' spread over N."""
+  system, theta, num = lq(), jnp.asarray(THETA), 20_000
+  est = build("nres", system, num)
+  state = est.init(theta, jax.random.key(9))
+  grad, _, info = jax.jit(est.estimate)(theta, state, jax.random.key(10))
+  samples = np.asarray(
+      jax.jit(est.particle_estimates)(theta, state, jax.random.key(10))[0])
+  np.testing.assert_allclose(info["grad_var"] * num,
+                             samples.var(axis=0, ddof=1).sum(), rtol=1e-8)
+  squared = ((samples - samples.mean(0)) ** 2).sum(axis=1)
+  se = squared.std(ddof=1) / np.sqrt(num)
+  assert abs(info["grad_var"] * num - ORACLE_TRACE_VARIANCE["nres"]) < 4 * se
+  np.testing.assert_allclose(
+      info["grad_snr"], np.sum(np.asarray(grad) ** 2) / info["grad_var"])

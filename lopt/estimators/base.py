@@ -256,4 +256,26 @@ def average(grad_sums, loss_sums, valid_counts, num_entries: int, steps: int):
   denominator = jnp.maximum(count, 1)
   grad = jax.tree.map(
       lambda g: jnp.sum(g, axis=0) / denominator.astype(g.dtype), grad_sums)
+  info.update(noise_diagnostics(grad, grad_sums, valid_counts))
   return grad, info
+
+
+def noise_diagnostics(grad, grad_sums, valid_counts):
+  """How noisy the estimate is, from the spread of the particles' estimates.
+
+  `grad_var` is the trace of the variance of the mean estimate (the
+  across-particle variance over N), and `grad_snr` = |grad|^2 / grad_var.
+  An SNR far below 1 says sigma or the particle count is off: the update
+  is mostly noise. Both are NaN with a single particle.
+  """
+  n = valid_counts.shape[0]
+  per_step = jnp.maximum(valid_counts, 1)
+
+  def spread(g):
+    per_particle = g / per_step.reshape((-1,) + (1,) * (g.ndim - 1)).astype(
+        g.dtype)
+    return jnp.sum(jnp.var(per_particle, axis=0, ddof=1))
+
+  variance = sum(spread(g) for g in jax.tree.leaves(grad_sums)) / n
+  signal = sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))
+  return {"grad_var": variance, "grad_snr": signal / variance}
