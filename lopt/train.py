@@ -288,6 +288,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.write(step, {
           "meta_loss": float(np.mean(info["loss"])),
           "grad_norm": float(np.mean(info["grad_norm"])),
+          # Signal-to-noise of the ES estimate: far below 1 means sigma or
+          # the particle count is off and updates are mostly noise.
+          "grad_snr": float(np.median(info["grad_snr"])),
+          "grad_var": float(np.mean(info["grad_var"])),
           "nonfinite_steps": float(np.sum(info["nonfinite"])),
           "skipped_updates": float(np.sum(~info["applied"])),
           "inner_steps_per_sec": rate * inner_steps,
