@@ -264,9 +264,11 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
   """How noisy the estimate is, from the spread of the particles' estimates.
 
   `grad_var` is the trace of the variance of the mean estimate (the
-  across-particle variance over N), and `grad_snr` = |grad|^2 / grad_var.
-  An SNR far below 1 says sigma or the particle count is off: the update
-  is mostly noise. Both are NaN with a single particle.
+  across-particle variance over N), and `grad_snr` estimates
+  |E grad|^2 / grad_var: since E|grad|^2 = |E grad|^2 + grad_var, it is
+  |grad|^2 / grad_var - 1, about 0 (or below) when the estimate is pure
+  noise. An SNR far below 1 says sigma or the particle count is off: the
+  update is mostly noise. Both are NaN with a single particle.
   """
   n = valid_counts.shape[0]
   per_step = jnp.maximum(valid_counts, 1)
@@ -278,4 +280,4 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
 
   variance = sum(spread(g) for g in jax.tree.leaves(grad_sums)) / n
   signal = sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))
-  return {"grad_var": variance, "grad_snr": signal / variance}
+  return {"grad_var": variance, "grad_snr": signal / variance - 1}

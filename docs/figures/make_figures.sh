@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerates every figure in docs/figures/ (PNG + the JSON behind it).
+#
+#   bash docs/figures/make_figures.sh            # all four, ~20 min on 2 cores
+#   bash docs/figures/make_figures.sh lorenz     # or: lopt, influence, variance
+#
+# Wall-clock curves depend on the machine and on whatever else runs on it:
+# run this on an otherwise idle machine. Run from anywhere; it cds to the
+# repository root and uses .venv/bin/python if it exists.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+OUT=docs/figures
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+what=${1:-all}
+
+# (a) Lorenz parameter learning, paper settings (T = 2000, W = 100,
+# N = 200 pairs, sigma = 0.04, per-estimator SGD rates) but each run gets
+# 8e7 inner steps (the paper's FullES budget: 2000 updates x 40,000 steps),
+# 3 seeds, 1000 test starts. About 5 min.
+if [[ $what == all || $what == lorenz ]]; then
+  "$PY" -m lopt.compare --config=configs/lorenz.py \
+    --estimators=nres,pes,tes,full_es,tbptt --budget_steps=8e7 \
+    --seeds=0,1,2 --output_dir=$OUT --name=lorenz
+fi
+
+# (b) Learned-optimizer meta-training on digits 8x8 (configs/default.py:
+# T = 1000, 16 pairs, W = 10, Adam 3e-4), 200 outer steps per estimator,
+# one seed, theta scored every 20 steps. About 10 min.
+if [[ $what == all || $what == lopt ]]; then
+  "$PY" -m lopt.compare --config=configs/default.py \
+    --estimators=nres,pes,tes --budget_outer_steps=200 --seeds=0 \
+    --num_points=10 \
+    --workdir=/tmp/lopt_figures/digits --output_dir=$OUT --name=digits_lopt
+fi
+
+# (c) Influence balancing (the PES paper's settings: 3000 SGD steps at lr
+# 1e-4 from theta = 0.5, 500 lockstep pairs, sigma 0.1). Under a minute.
+if [[ $what == all || $what == influence ]]; then
+  "$PY" -m lopt.compare --config=configs/influence_balancing.py \
+    --seeds=3,4,5 --output_dir=$OUT --name=influence_balancing
+fi
+
+# (d) NRES vs PES per-estimate variance against W at T = 100 on the
+# linear-quadratic system, Monte Carlo (50,000 estimates per point) and
+# exact. About 1 min.
+if [[ $what == all || $what == variance ]]; then
+  "$PY" -m lopt.analysis --num_samples=50000 --output_dir=$OUT
+fi

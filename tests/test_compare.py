@@ -1,0 +1,207 @@
+"""`lopt.compare`: budgets, step accounting, the JSON and the PNG.
+
+Toy configs run in-process with tiny budgets. The learned-optimizer path
+(train_and_evaluate on the tiny config, two outer steps) runs through the
+command line, in a subprocess that shares a persistent XLA compilation cache
+with the notebook tests, which meta-train the same tiny config.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import influence_balancing, lorenz, tiny
+from lopt import compare, export, metrics, outer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CURVE_KEYS = {"outer_steps", "steps", "seconds", "meta_loss", "train_loss",
+              "seed"}
+
+
+def small_lorenz():
+  config = lorenz.get_config()
+  config.system.horizon = 40
+  config.estimator.num_particles = 4
+  config.estimator.unroll_length = 10
+  config.overrides.full_es.num_particles = 2
+  config.eval.num_inits = 8
+  config.eval.num_points = 5
+  return config
+
+
+def small_influence():
+  config = influence_balancing.get_config()
+  config.estimator.num_particles = 8
+  config.eval.num_points = 4
+  return config
+
+
+def test_toy_json_and_png_have_every_curve(tmp_path):
+  config = small_lorenz()
+  labels = ["nres", "full_es", "tbptt"]
+  result = compare.compare(config, labels, [0, 1],
+                           compare.Budget(steps=4000))
+  json_path, png_path = compare.write(result, str(tmp_path), "lorenz")
+  assert os.path.getsize(png_path) > 10_000
+  with open(json_path) as f:
+    saved = json.load(f)
+  assert {"kind", "budget", "meta_loss_definition", "labels", "seeds",
+          "estimators", "config", "theta_true"} <= set(saved)
+  assert saved["kind"] == "toy" and saved["labels"] == labels
+  assert list(saved["estimators"]) == labels
+  start = None
+  for label in labels:
+    entry = saved["estimators"][label]
+    assert {"settings", "runs", "summary"} <= set(entry)
+    assert entry["settings"]["name"] == label
+    assert [r["seed"] for r in entry["runs"]] == [0, 1]
+    for run in entry["runs"]:
+      assert CURVE_KEYS <= set(run)
+      n = len(run["outer_steps"])
+      assert n >= 3 and all(len(run[k]) == n for k in
+                            ("steps", "seconds", "meta_loss", "theta"))
+      assert np.all(np.diff(run["steps"]) > 0)
+      assert np.all(np.diff(run["seconds"]) > 0)
+      # The budget is spent, overshooting by less than one update.
+      assert 4000 <= run["steps"][-1] < 4000 + run["steps_per_update"]
+      # Every estimator starts from the same theta and the same meta-loss.
+      start = start or (run["theta"][0], run["meta_loss"][0])
+      assert (run["theta"][0], run["meta_loss"][0]) == start
+  # Per-estimator settings of the config are applied.
+  entries = saved["estimators"]
+  assert entries["full_es"]["settings"]["num_particles"] == 2
+  assert entries["full_es"]["runs"][0]["steps_per_update"] == 2 * 2 * 40
+  assert entries["tbptt"]["settings"]["learning_rate"] == 3e-4
+  assert compare.settings(config, "tes")["learning_rate"] == 3e-4
+  assert compare.settings(config, "pes")["decay_steps"] == 1000
+  summary = entries["nres"]["summary"]
+  assert summary["final_meta_loss"]["num_finite"] == 2
+  assert len(summary["final_theta_mean"]) == 2
+
+
+@pytest.mark.parametrize("label,name,unroll_length", [
+    ("nres", "nres", 1), ("tes", "tes", 1), ("tbptt_w10", "tbptt", 10)])
+def test_steps_are_the_estimators_own_count(label, name, unroll_length):
+  """Cumulative steps equal the sum of info["steps"] of a plain run."""
+  config = small_influence()
+  runner = compare.ToyRunner(config, label)
+  assert runner.settings["name"] == name
+  assert runner.estimator.unroll_length == unroll_length
+  run = runner.run(5, compare.Budget(outer_steps=30),
+                   compare.make_evaluator(config))
+  assert run["outer_steps"][-1] == 30
+  _, history = outer.meta_train(runner.estimator, runner.optimizer,
+                                jnp.asarray(config.theta_init),
+                                jax.random.key(0), 30)
+  assert run["steps"][-1] == int(np.sum(np.asarray(history["steps"],
+                                                    np.int64)))
+  members = {"nres": 2, "tes": 3, "tbptt": 1}[name]
+  assert run["steps_per_update"] == members * 8 * unroll_length
+  assert run["burn_in_steps"] == 0  # lockstep particles: no burn-in
+
+
+def test_seconds_budget_and_unbiased_estimators_move_theta_right():
+  config = small_influence()
+  config.estimator.num_particles = 64
+  result = compare.compare(config, ["pes", "tbptt"], [0],
+                           compare.Budget(seconds=0.5))
+  for label, entry in result["estimators"].items():
+    run = entry["runs"][0]
+    assert 0.5 <= run["seconds"][-1] < 5.0, run["seconds"][-1]
+    assert len(run["seconds"]) >= 3
+  theta = {label: entry["runs"][0]["theta"][-1][0]
+           for label, entry in result["estimators"].items()}
+  # From 0.5: PES heads to -1/6, truncated backprop (W = 1) away from it.
+  assert theta["pes"] < 0.5 < theta["tbptt"]
+
+
+def test_labels_and_budgets_are_checked():
+  config = small_influence()
+  with pytest.raises(ValueError, match="not an estimator"):
+    compare.settings(config, "nres2")
+  config.overrides.bad = {"name": "nres", "learning_rte": 1.0}
+  with pytest.raises(ValueError, match="learning_rte"):
+    compare.settings(config, "bad")
+  with pytest.raises(ValueError, match="budget"):
+    compare.Budget()
+  with pytest.raises(ValueError, match="budget_seconds"):
+    compare.compare(tiny.get_config(), ["nres"], [0],
+                    compare.Budget(seconds=1.0))
+
+
+def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(
+      request.config.cache.mkdir("jax_compilation_cache")))
+  result = subprocess.run(
+      [sys.executable, "-m", "lopt.compare", "--config=configs/tiny.py",
+       "--estimators=nres", "--seeds=0", "--budget_outer_steps=2",
+       f"--output_dir={tmp_path}", f"--workdir={tmp_path / 'runs'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| nres |" in result.stdout
+  assert os.path.getsize(tmp_path / "tiny.png") > 10_000
+  saved = json.loads((tmp_path / "tiny.json").read_text())
+  assert saved["kind"] == "lopt" and saved["budget"]["outer_steps"] == 2
+  run = saved["estimators"]["nres"]["runs"][0]
+  assert CURVE_KEYS <= set(run)
+  assert run["outer_steps"] == [0, 1, 2]
+  # Steps: 2 members x 4 pairs x W = 5 per outer step.
+  assert run["steps_per_update"] == 40
+  assert run["steps"] == [0, 40, 80]
+  assert run["seconds"][0] == 0 and np.all(np.diff(run["seconds"]) > 0)
+  assert all(np.isfinite(run["meta_loss"]))
+  # The run was train_and_evaluate in its own workdir, with this estimator.
+  assert run["workdir"] == str(tmp_path / "runs" / "nres" / "seed0")
+  rows = metrics.read_metrics(run["workdir"])
+  assert sum("outer_steps_per_sec" in r for r in rows) == 2
+  _, _, saved_config = export.load_theta(run["workdir"])
+  assert saved_config["config"]["estimator"]["name"] == "nres"
+  assert saved_config["config"]["outer"]["num_steps"] == 2
+  # The step-0 point is the run's own evaluation; later points re-score
+  # checkpoints with the same function, so an unchanged theta would score
+  # the same.
+  initial = [r for r in rows if "eval/learned/mean_train_loss" in r]
+  assert run["meta_loss"][0] == pytest.approx(
+      initial[0]["eval/learned/mean_train_loss"])
+
+
+def toy_config_names():
+  directory = os.path.join(REPO, "configs")
+  names = sorted(f[:-3] for f in os.listdir(directory)
+                 if f.endswith(".py") and f != "__init__.py")
+  return [n for n in names if getattr(importlib.import_module(
+      f"configs.{n}"), "KIND", None) == "toy"]
+
+
+def test_every_toy_config_builds_its_estimators():
+  """The toy counterpart of tests/test_configs.py (which checks lopt ones)."""
+  names = toy_config_names()
+  assert {"lorenz", "influence_balancing"} <= set(names)
+  for name in names:
+    module = importlib.import_module(f"configs.{name}")
+    for arg in (None, "paper"):
+      config = module.get_config(arg)
+      assert compare.is_toy(config) and config.kind == "toy"
+      system = compare.make_system(config)
+      for label in config.compare.estimators:
+        s = compare.settings(config, label)
+        compare.make_estimator(system, s)
+        compare.make_outer_optimizer(s)
+      compare.Budget(seconds=config.compare.get("budget_seconds", 0.0),
+                     steps=config.compare.get("budget_steps", 0.0),
+                     outer_steps=config.compare.get("budget_outer_steps", 0))
+  paper = lorenz.get_config("paper")
+  assert (paper.system.horizon, paper.estimator.num_particles,
+          paper.estimator.unroll_length, paper.estimator.sigma) == (
+              2000, 200, 100, 0.04)
+  lrs = {k: compare.settings(paper, k)["learning_rate"]
+         for k in paper.compare.estimators}
+  assert lrs == {"nres": 1e-5, "pes": 1e-5, "tes": 3e-4, "full_es": 3e-5,
+                 "tbptt": 3e-4}
