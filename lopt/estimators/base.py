@@ -227,11 +227,17 @@ def step_members(system, thetas, inner, counter, key):
   return inner, losses, jnp.all(jnp.isfinite(losses))
 
 
-def end_of_step(system, inner, counter, finite, key, num_members):
-  """Advances the counter and re-initialises finished or diverged episodes."""
+def end_of_step(system, inner, counter, finite, fresh):
+  """Advances the counter and re-initialises finished or diverged episodes.
+
+  `fresh` is the window's pre-drawn initial state (all members alike): a
+  window of W <= T steps ends at most one episode, so one draw per window
+  serves every step. Should a diverged run reset a second time in the same
+  window, it restarts from the same draw, which is still a valid episode.
+  """
   counter = counter + 1
   done = (counter >= system.horizon) | ~finite
-  inner = tree_where(done, stack_members(system.init(key), num_members), inner)
+  inner = tree_where(done, fresh, inner)
   return inner, jnp.where(done, 0, counter), done
 
 

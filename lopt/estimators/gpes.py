@@ -80,38 +80,47 @@ class GPES(base.Estimator):
 
   def _window(self, theta, particle: GPESState, key, num_steps):
     system, sigma, period = self.system, self.sigma, self.noise_period
+    k_noise, k_init, k_steps = jax.random.split(key, 3)
+    # Draw every noise the window can need up front, rather than a noise on
+    # every step of which most go unused: blocks start at counters that are
+    # multiples of K and at episode starts, so `num_steps` steps hold at
+    # most num_steps // K + num_steps // T + 2 block starts.
+    num_noises = num_steps // period + num_steps // self.horizon + 2
+    noises = jax.vmap(lambda k: base.sample_noise(k, theta, sigma))(
+        jax.random.split(k_noise, num_noises))
+    fresh = self._fresh_inner(k_init, 2)
 
     def step(carry, step_key):
-      particle, grad_sum = carry
-      k_noise, k_step, k_reset = jax.random.split(step_key, 3)
-      # A new block starts: draw its noise and add it to the credit.
+      particle, grad_sum, drawn = carry
+      # A new block starts: take the next noise and add it to the credit.
       new_block = particle.counter % period == 0
-      fresh = base.sample_noise(k_noise, theta, sigma)
-      noise = base.tree_where(new_block, fresh, particle.noise)
+      next_noise = jax.tree.map(
+          lambda n: n[jnp.minimum(drawn, num_noises - 1)], noises)
+      drawn = drawn + new_block.astype(jnp.int32)
+      noise = base.tree_where(new_block, next_noise, particle.noise)
       credit = base.tree_where(
-          new_block, jax.tree.map(jnp.add, particle.credit, fresh),
+          new_block, jax.tree.map(jnp.add, particle.credit, next_noise),
           particle.credit)
       inner, losses, ok = base.step_members(
           system, base.member_thetas(theta, noise), particle.inner,
-          particle.counter, k_step)
+          particle.counter, step_key)
       weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
       grad_sum = jax.tree.map(
           lambda g, c: g + c * weight.astype(c.dtype), grad_sum, credit)
       inner, counter, done = base.end_of_step(
-          system, inner, particle.counter, ok, k_reset, 2)
+          system, inner, particle.counter, ok, fresh)
       # A finished episode's credit must not leak into the next one.
       credit = base.tree_where(
           done, jax.tree.map(jnp.zeros_like, credit), credit)
       particle = GPESState(inner, noise, credit, counter)
       loss = jnp.where(ok, jnp.mean(losses), 0.0)
-      return (particle, grad_sum), (loss, ok)
+      return (particle, grad_sum, drawn), (loss, ok)
 
     grad_zero = jax.tree.map(jnp.zeros_like, theta)
-    step_keys = jax.random.split(key, num_steps)
-    (particle, grad_sum), (losses, ok) = jax.lax.scan(
-        step, (particle, grad_zero), step_keys)
+    (particle, grad_sum, _), (losses, ok) = jax.lax.scan(
+        step, (particle, grad_zero, jnp.zeros((), jnp.int32)),
+        jax.random.split(k_steps, num_steps))
     return particle, (grad_sum, jnp.sum(losses), jnp.sum(ok))
-
 
 
 class PES(GPES):

@@ -64,18 +64,17 @@ class TruncatedES(_Truncated):
 
   def _window(self, theta, particle: TruncatedState, key, num_steps):
     system, sigma = self.system, self.sigma
-    k_noise, k_steps = jax.random.split(key)
+    k_noise, k_init, k_steps = jax.random.split(key, 3)
     noise = base.sample_noise(k_noise, theta, sigma)
     thetas = base.member_thetas(theta, noise, unperturbed=True)
+    fresh = self._fresh_inner(k_init, 3)
 
     def step(carry, step_key):
       inner, counter = carry
-      k_step, k_reset = jax.random.split(step_key)
       inner, losses, ok = base.step_members(
-          system, thetas, inner, counter, k_step)
+          system, thetas, inner, counter, step_key)
       weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
-      inner, counter, _ = base.end_of_step(
-          system, inner, counter, ok, k_reset, 3)
+      inner, counter, _ = base.end_of_step(system, inner, counter, ok, fresh)
       loss = jnp.where(ok, jnp.mean(losses[:2]), 0.0)
       return (inner, counter), (weight, loss, ok)
 
@@ -110,21 +109,22 @@ class TBPTT(_Truncated):
 
   def _window(self, theta, particle: TruncatedState, key, num_steps):
     system = self.system
+    k_init, k_steps = jax.random.split(key)
+    fresh = system.init(k_init)  # one draw serves the window's reset
 
     def step(carry, step_key):
       inner, counter = carry
-      k_step, k_reset = jax.random.split(step_key)
-      inner, loss = system.step(theta, inner, counter, k_step)
+      inner, loss = system.step(theta, inner, counter, step_key)
       ok = jnp.isfinite(loss)
       counter = counter + 1
       done = (counter >= system.horizon) | ~ok
-      inner = base.tree_where(done, system.init(k_reset), inner)
+      inner = base.tree_where(done, fresh, inner)
       return (inner, jnp.where(done, 0, counter)), (jnp.where(ok, loss, 0.0),
                                                      ok)
 
     (inner, counter), (losses, ok) = jax.lax.scan(
         step, (particle.inner, particle.counter),
-        jax.random.split(key, num_steps))
+        jax.random.split(k_steps, num_steps))
     return TruncatedState(inner, counter), (jnp.sum(losses), jnp.sum(ok))
 
   def estimate(self, theta, state: TruncatedState, key):

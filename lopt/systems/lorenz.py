@@ -41,7 +41,8 @@ class Lorenz:
 
   def init(self, key: jax.Array) -> dict[str, jax.Array]:
     xyz = jnp.asarray(self.start)
-    xyz = xyz + self.init_noise * jax.random.normal(key, (3,), xyz.dtype)
+    if self.init_noise:  # no random draw for the paper's single start
+      xyz = xyz + self.init_noise * jax.random.normal(key, (3,), xyz.dtype)
     return {"model": xyz, "truth": xyz}
 
   def _euler(self, xyz, a, r):
