@@ -4,7 +4,16 @@
         [--config.estimator.name=pes ...]
 
 Running the same command again on a workdir with checkpoints resumes from the
-newest complete one.
+newest complete one, on any number of devices that divides the particle count.
+
+Multi-host (a TPU pod slice, or N processes on CPUs/GPUs): run the same
+command on every host with `--distributed` (on Cloud TPU VMs JAX finds the
+other hosts itself; elsewhere add `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`, see launch/local_multiprocess.sh). Only
+process 0 writes metrics and logs at INFO level (the others log warnings and
+errors, unless `--verbosity` is given); every process joins the checkpoint
+saves and restores. SIGTERM (or a TPU preemption notice) makes the run save
+a checkpoint at the next step boundary and exit with status 0.
 """
 
 from absl import app, flags, logging
@@ -36,9 +45,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
+    # Must come before anything touches the devices. With no arguments it
+    # auto-detects Cloud TPU, Slurm, ...; the flags serve other clusters.
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
+    # N copies of every progress line help no one; problems still show.
+    logging.set_verbosity(logging.WARNING)
   logging.info("JAX process %d/%d, %d local and %d global devices (%s)",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
