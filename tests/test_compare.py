@@ -110,16 +110,21 @@ def test_steps_are_the_estimators_own_count(label, name, unroll_length):
 def test_seconds_budget_and_unbiased_estimators_move_theta_right():
   config = small_influence()
   config.estimator.num_particles = 64
-  result = compare.compare(config, ["pes", "tbptt"], [0],
+  # NRES rather than PES: on this endless horizon PES's accumulated credit
+  # grows with every step, so how far it gets in 0.5 s would depend on the
+  # machine's speed.
+  result = compare.compare(config, ["nres", "tbptt"], [0],
                            compare.Budget(seconds=0.5))
   for label, entry in result["estimators"].items():
-    run = entry["runs"][0]
-    assert 0.5 <= run["seconds"][-1] < 5.0, run["seconds"][-1]
-    assert len(run["seconds"]) >= 3
+    seconds = entry["runs"][0]["seconds"]
+    # It stops once the budget is spent, not before; how many points fit in
+    # it depends on the machine, so that is not asserted.
+    assert seconds[-1] >= 0.5, (label, seconds)
+    assert seconds == sorted(seconds) and len(seconds) >= 2
   theta = {label: entry["runs"][0]["theta"][-1][0]
            for label, entry in result["estimators"].items()}
-  # From 0.5: PES heads to -1/6, truncated backprop (W = 1) away from it.
-  assert theta["pes"] < 0.5 < theta["tbptt"]
+  # From 0.5: NRES heads to -1/6, truncated backprop (W = 1) away from it.
+  assert theta["nres"] < 0.5 < theta["tbptt"]
 
 
 def test_labels_and_budgets_are_checked():
