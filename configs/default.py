@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.keep = 3
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.every_steps = 500
+  config.eval.every_steps = 500  # 0 turns meta-evaluation off
   config.eval.num_seeds = 4
   config.eval.adam_learning_rate = 0.02  # the reference line in the logs
 
