@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.estimators import Estimator
+from lopt.estimators import Estimator, base
 
 
 class OuterState(NamedTuple):
@@ -40,8 +40,7 @@ def outer_step(estimator: Estimator, optimizer: optax.GradientTransformation,
       state.theta, state.estimator_state, key)
   updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
   theta = optax.apply_updates(state.theta, updates)
-  finite = jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
+  finite = base.tree_all_finite(grad)
   theta, opt_state = jax.tree.map(
       lambda new, old: jnp.where(finite, new, old),
       (theta, opt_state), (state.theta, state.opt_state))

@@ -67,6 +67,12 @@ def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree):
   return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
+def tree_all_finite(tree: PyTree) -> jax.Array:
+  """A boolean scalar: True when no leaf of `tree` holds a NaN or an inf."""
+  return jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def tree_scale(tree: PyTree, factor: jax.Array) -> PyTree:
   return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree)
 

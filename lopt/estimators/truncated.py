@@ -159,6 +159,5 @@ def _finite_or_zero(grad):
   Its losses are masked, but backprop multiplies a zero cotangent by a NaN
   Jacobian; such a gradient must not reach theta.
   """
-  finite = jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
-  return base.tree_where(finite, grad, jax.tree.map(jnp.zeros_like, grad))
+  return base.tree_where(base.tree_all_finite(grad), grad,
+                         jax.tree.map(jnp.zeros_like, grad))
