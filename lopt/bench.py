@@ -21,6 +21,11 @@ memory are its own. Figures:
   compilation and burn-in included, then scores the final theta by the
   meta-objective: the mean training loss of full T-step inner runs on
   held-out seeds.
+* `memory`: `particles` fits the steady-state resident memory (`rss_mb`,
+  after the timed dispatches) of the MLPLOpt NRES W=10 cases against their
+  particle count (a line, and the largest deviation from it); `soak`
+  meta-trains the default config for `--soak_seconds` (10 minutes) and
+  reports the RSS growth per minute over its second half.
 * `checkpoint_overhead`: outer-step time with an async checkpoint every 10
   steps over the time without, minus one.
 * `sharding_overhead_8dev`: wall-clock of the same total work on 8
@@ -46,6 +51,10 @@ _OUTPUT = flags.DEFINE_string("output", "bench.json", "Where to write JSON.")
 _CASE = flags.DEFINE_string("case", "", "Internal: run one case (JSON spec).")
 _BUDGET = flags.DEFINE_float("budget_seconds", 60.0,
                              "Wall-clock budget of the budget case.")
+_SOAK = flags.DEFINE_float(
+    "soak_seconds", 600.0,
+    "Length of the memory soak run of the default config (0 skips it; "
+    "--quick soaks configs/tiny.py for 15 s).")
 
 
 def machine_info() -> dict:
@@ -80,6 +89,16 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+  """The process's resident memory now (Linux), else its peak so far."""
+  try:
+    with open("/proc/self/statm") as f:
+      pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except (OSError, ValueError, IndexError):
+    return _peak_rss_mb()
 
 
 def _xla_flops(compiled) -> float:
@@ -182,6 +201,7 @@ def digits_case(spec: dict) -> dict:
           exp.task, exp.lopt, theta, config.task.batch_size),
       "achieved_gflops": rate * flops / 1e9,
       "peak_rss_mb": _peak_rss_mb(),
+      "rss_mb": _rss_mb(),
       "timed_dispatches": reps,
       "dispatch_seconds": times,
   }
@@ -222,16 +242,25 @@ def lorenz_case(spec: dict) -> dict:
           "achieved_gflops": rate * flops / 1e9, "peak_rss_mb": _peak_rss_mb()}
 
 
-def budget_case(spec: dict) -> dict:
-  """Meta-trains the default config for a wall-clock budget, then scores it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from lopt import optimizers, train  # pylint: disable=g-import-not-at-top
+def _meta_train_for(seconds: float, data_dir: str = "",
+                    config_name: str = "default", min_dispatches: int = 1):
+  """Meta-trains `configs/<config_name>.py` for `seconds` of wall-clock.
 
-  budget = spec["seconds"]
+  The clock starts before data loading, so compilation counts. At least
+  `min_dispatches` dispatches run, however long they take.
+
+  Returns:
+    (experiment, data, initial theta, final run state, outer steps,
+    samples) with samples a list of (seconds since start, current RSS MB)
+    taken after every dispatch.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from lopt import train  # pylint: disable=g-import-not-at-top
+
   start = time.perf_counter()
-  config = default.get_config()
-  config.task.data_dir = spec.get("data_dir", "")
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.task.data_dir = data_dir
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   run_state = jax.jit(lambda d: train.init_run_state(exp, d))(data)
@@ -239,13 +268,24 @@ def budget_case(spec: dict) -> dict:
   steps_fn = jax.jit(lambda d, s: train.train_steps(exp, d, s, num_steps=k),
                      donate_argnums=(1,))
   theta0 = jax.tree.map(lambda x: x.copy(), run_state["theta"])  # donated below
-  outer_steps, rss = 0, []
-  while time.perf_counter() - start < budget:
+  outer_steps, samples = 0, []
+  while (time.perf_counter() - start < seconds
+         or len(samples) < min_dispatches):
     run_state, _ = steps_fn(data, run_state)
     jax.block_until_ready(run_state)
     outer_steps += k
-    rss.append(_peak_rss_mb())
-  elapsed = time.perf_counter() - start
+    samples.append((time.perf_counter() - start, _rss_mb()))
+  return exp, config, data, theta0, run_state, outer_steps, samples
+
+
+def budget_case(spec: dict) -> dict:
+  """Meta-trains the default config for a wall-clock budget, then scores it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lopt import optimizers, train  # pylint: disable=g-import-not-at-top
+
+  budget = spec["seconds"]
+  exp, config, data, theta0, run_state, outer_steps, samples = (
+      _meta_train_for(budget, spec.get("data_dir", "")))
   keys = train.eval_keys(config)
   horizon = config.inner.horizon
 
@@ -258,13 +298,67 @@ def budget_case(spec: dict) -> dict:
           "lopt": config.lopt.kind,
           "num_particles": config.estimator.num_particles,
           "unroll_length": config.estimator.unroll_length,
-          "budget_seconds": budget, "elapsed_seconds": elapsed,
+          "budget_seconds": budget,
+          "elapsed_seconds": samples[-1][0] if samples else None,
           "outer_steps": outer_steps,
           "meta_objective_initial": float(score(theta0)),
           "meta_objective": float(score(run_state["theta"])),
           "eval_seeds": int(keys.shape[0]),
-          "peak_rss_mb": _peak_rss_mb(),
-          "rss_mb_first_last": [rss[0], rss[-1]] if rss else None}
+          "peak_rss_mb": _peak_rss_mb()}
+
+
+def soak_case(spec: dict) -> dict:
+  """Resident memory over a long meta-training run: does it grow per step?
+
+  `rss_growth_mb_per_min` is the least-squares slope of the current RSS
+  over the second half of the dispatches after the first (which compiles);
+  the first half lets the allocator warm up.
+  """
+  _, _, _, _, _, outer_steps, samples = _meta_train_for(
+      spec["seconds"], spec.get("data_dir", ""), spec["config"],
+      min_dispatches=10)
+  late = samples[1:][(len(samples) - 1) // 2:]
+  slope = math.nan
+  if len(late) >= 2:
+    ts, rss = zip(*late)
+    t_mean, r_mean = statistics.fmean(ts), statistics.fmean(rss)
+    var = sum((t - t_mean) ** 2 for t in ts)
+    if var > 0:
+      slope = 60 * sum((t - t_mean) * (r - r_mean)
+                       for t, r in zip(ts, rss)) / var
+  stride = max(1, len(samples) // 50)
+  return {"name": "memory_soak", "config": spec["config"],
+          "seconds": spec["seconds"],
+          "outer_steps": outer_steps,
+          "rss_mb_start": samples[0][1] if samples else None,
+          "rss_mb_end": samples[-1][1] if samples else None,
+          "rss_mb_max": max(r for _, r in samples) if samples else None,
+          "rss_growth_mb_per_min": slope,
+          "rss_samples": [[round(t, 1), round(r, 1)]
+                          for t, r in samples[::stride]]}
+
+
+def memory_scaling(cases: list[dict]) -> dict | None:
+  """Steady-state RSS against particle count (MLPLOpt, NRES, W=10).
+
+  Returns the least-squares line through (num_particles, rss_mb) and the
+  largest deviation from it relative to the RSS, or None with fewer than
+  three particle counts.
+  """
+  points = sorted((c["num_particles"], c["rss_mb"]) for c in cases
+                  if c["name"].startswith("digits_mlp_nres_")
+                  and c["unroll_length"] == 10 and "rss_mb" in c)
+  if len({n for n, _ in points}) < 3:
+    return None
+  ns, rss = zip(*points)
+  n_mean, r_mean = statistics.fmean(ns), statistics.fmean(rss)
+  slope = (sum((n - n_mean) * (r - r_mean) for n, r in points)
+           / sum((n - n_mean) ** 2 for n in ns))
+  intercept = r_mean - slope * n_mean
+  deviation = max(abs(r - (intercept + slope * n)) / r for n, r in points)
+  return {"rss_mb_by_particles": {str(n): r for n, r in points},
+          "mb_per_particle": slope, "intercept_mb": intercept,
+          "max_relative_deviation": deviation}
 
 
 def checkpoint_case(spec: dict) -> dict:
@@ -304,7 +398,12 @@ def checkpoint_case(spec: dict) -> dict:
         with_saves += timed(ckpt, rounds)
       ckpt.wait_until_finished()
   overhead = statistics.median(with_saves) / statistics.median(without) - 1
+  per_save = statistics.median(with_saves) - statistics.median(without)
   return {"name": "checkpoint_overhead", "checkpoint_overhead": overhead,
+          "seconds_per_save": per_save,
+          # The default config saves every 100 steps, not every 10.
+          "checkpoint_overhead_every_100_steps":
+              per_save / (10 * statistics.median(without)),
           "seconds_per_10_steps_without": statistics.median(without),
           "seconds_per_10_steps_with": statistics.median(with_saves)}
 
@@ -336,7 +435,8 @@ def sharding_case(spec: dict) -> dict:
 
 
 CASES = {"digits": digits_case, "lorenz": lorenz_case, "budget": budget_case,
-         "checkpoint": checkpoint_case, "sharding": sharding_case}
+         "soak": soak_case, "checkpoint": checkpoint_case,
+         "sharding": sharding_case}
 
 
 def run_case(spec: dict, devices: int = 1) -> dict:
@@ -389,7 +489,26 @@ def format_table(report: dict) -> str:
           f"budget {c['budget_seconds']:.0f}s: {c['outer_steps']} outer "
           f"steps, meta-objective {c['meta_objective_initial']:.4f} -> "
           f"{c['meta_objective']:.4f}")
-  lines.append(f"checkpoint_overhead: {report['checkpoint_overhead']:+.3f}")
+  scaling = report["memory"]["particles"]
+  if scaling:
+    lines.append(
+        f"memory: RSS {scaling['intercept_mb']:.0f} MB + "
+        f"{scaling['mb_per_particle']:.2f} MB per particle, largest "
+        f"deviation from that line {100 * scaling['max_relative_deviation']:.1f} %")
+  soak = report["memory"]["soak"]
+  if soak:
+    lines.append(
+        f"memory soak {soak['config']} {soak['seconds']:.0f}s "
+        f"({soak['outer_steps']} outer "
+        f"steps): RSS {soak['rss_mb_start']:.0f} -> {soak['rss_mb_end']:.0f} "
+        f"MB, growth over the second half "
+        f"{soak['rss_growth_mb_per_min']:+.2f} MB/min")
+  detail = report["checkpoint_detail"]
+  lines.append(
+      f"checkpoint_overhead: {report['checkpoint_overhead']:+.3f} "
+      f"(every 10 steps; {detail['seconds_per_save'] * 1e3:.0f} ms per save; "
+      f"{detail['checkpoint_overhead_every_100_steps']:+.3f} at the default "
+      "every 100 steps)")
   lines.append(
       f"sharding_overhead_8dev: {report['sharding_overhead_8dev']:.3f}")
   return "\n".join(lines)
@@ -409,10 +528,16 @@ def main(argv):
   cases.append(run_case(dict(kind="budget",
                              seconds=10.0 if quick else _BUDGET.value)))
   report["cases"] = cases
+  soak = (dict(kind="soak", config="tiny", seconds=15.0) if quick else
+          dict(kind="soak", config="default", seconds=_SOAK.value))
+  report["memory"] = {
+      "particles": memory_scaling(cases),
+      "soak": run_case(soak) if soak["seconds"] > 0 else None}
   reps = 2 if quick else 10
-  report["checkpoint_overhead"] = run_case(
-      dict(kind="checkpoint", num_particles=16, unroll_length=10,
-           reps=reps))["checkpoint_overhead"]
+  checkpoint_case_ = run_case(dict(kind="checkpoint", num_particles=16,
+                                   unroll_length=10, reps=reps))
+  report["checkpoint_overhead"] = checkpoint_case_["checkpoint_overhead"]
+  report["checkpoint_detail"] = checkpoint_case_
   sharding = {d: run_case(dict(kind="sharding", num_particles=16,
                                unroll_length=10, reps=reps // 2 + 1), d)
               for d in (1, 8)}

@@ -5,6 +5,7 @@ measured by the benchmark, not by tests).
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,4 +38,7 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     assert 0.9 < ratio < 1.5, ratio
   budget = next(c for c in report["cases"] if c["name"] == "budget_60s")
   assert budget["meta_objective"] > 0
+  soak = report["memory"]["soak"]
+  assert soak["outer_steps"] > 0 and soak["rss_samples"]
+  assert math.isfinite(soak["rss_growth_mb_per_min"])
   assert "matmul peak" in result.stdout

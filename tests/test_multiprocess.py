@@ -23,6 +23,7 @@ from lopt import checkpoint, metrics, sharding, train
 from test_sharding import (TIMEOUT, child_env, finish, flat, overrides,
                            shared_dirs, start)
 from test_sharding import no_leftover_processes  # pylint: disable=unused-import
+from test_train import committed_steps
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +58,6 @@ def finish_all(processes, what: str) -> list[str]:
   return [finish(p, f"{what}, process {i}",
                  timeout=max(1.0, deadline - time.monotonic()))
           for i, p in enumerate(processes)]
-
-
-def committed_steps(workdir) -> list[int]:
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and
-                os.path.exists(os.path.join(directory, d,
-                                            "commit_success.txt")))
 
 
 def wait_for(condition, processes, what: str, timeout: float = TIMEOUT):

@@ -32,7 +32,9 @@ def run_main(workdir, *overrides, timeout=300):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def committed_steps(workdir):
+def committed_steps(workdir) -> list[int]:
+  """The workdir's committed checkpoint steps, read from the directory
+  listing (no orbax), so it is safe while another process is saving."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return []
