@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, NamedTuple
 
 from absl import app, flags
 
@@ -242,17 +243,26 @@ def lorenz_case(spec: dict) -> dict:
           "achieved_gflops": rate * flops / 1e9, "peak_rss_mb": _peak_rss_mb()}
 
 
+class _TimedRun(NamedTuple):
+  """What `_meta_train_for` did."""
+
+  exp: Any
+  config: Any
+  data: Any
+  theta0: Any  # theta before the first outer step
+  run_state: Any  # after the last
+  outer_steps: int
+  # After every dispatch: (seconds since start, current RSS in MB).
+  samples: list[tuple[float, float]]
+
+
 def _meta_train_for(seconds: float, data_dir: str = "",
-                    config_name: str = "default", min_dispatches: int = 1):
+                    config_name: str = "default",
+                    min_dispatches: int = 1) -> _TimedRun:
   """Meta-trains `configs/<config_name>.py` for `seconds` of wall-clock.
 
   The clock starts before data loading, so compilation counts. At least
   `min_dispatches` dispatches run, however long they take.
-
-  Returns:
-    (experiment, data, initial theta, final run state, outer steps,
-    samples) with samples a list of (seconds since start, current RSS MB)
-    taken after every dispatch.
   """
   import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -275,7 +285,7 @@ def _meta_train_for(seconds: float, data_dir: str = "",
     jax.block_until_ready(run_state)
     outer_steps += k
     samples.append((time.perf_counter() - start, _rss_mb()))
-  return exp, config, data, theta0, run_state, outer_steps, samples
+  return _TimedRun(exp, config, data, theta0, run_state, outer_steps, samples)
 
 
 def budget_case(spec: dict) -> dict:
@@ -284,25 +294,26 @@ def budget_case(spec: dict) -> dict:
   from lopt import optimizers, train  # pylint: disable=g-import-not-at-top
 
   budget = spec["seconds"]
-  exp, config, data, theta0, run_state, outer_steps, samples = (
-      _meta_train_for(budget, spec.get("data_dir", "")))
+  run = _meta_train_for(budget, spec.get("data_dir", ""))
+  config = run.config
   keys = train.eval_keys(config)
-  horizon = config.inner.horizon
 
   @jax.jit
   def score(theta):
-    tx = optimizers.learned_optimizer(theta, exp.lopt, horizon)
-    return train.evaluate_optimizer(exp, data, tx, keys)["losses"].mean()
+    tx = optimizers.learned_optimizer(theta, run.exp.lopt,
+                                      config.inner.horizon)
+    return train.evaluate_optimizer(run.exp, run.data, tx,
+                                    keys)["losses"].mean()
 
   return {"name": "budget_60s", "estimator": config.estimator.name,
           "lopt": config.lopt.kind,
           "num_particles": config.estimator.num_particles,
           "unroll_length": config.estimator.unroll_length,
           "budget_seconds": budget,
-          "elapsed_seconds": samples[-1][0] if samples else None,
-          "outer_steps": outer_steps,
-          "meta_objective_initial": float(score(theta0)),
-          "meta_objective": float(score(run_state["theta"])),
+          "elapsed_seconds": run.samples[-1][0],
+          "outer_steps": run.outer_steps,
+          "meta_objective_initial": float(score(run.theta0)),
+          "meta_objective": float(score(run.run_state["theta"])),
           "eval_seeds": int(keys.shape[0]),
           "peak_rss_mb": _peak_rss_mb()}
 
@@ -314,26 +325,19 @@ def soak_case(spec: dict) -> dict:
   over the second half of the dispatches after the first (which compiles);
   the first half lets the allocator warm up.
   """
-  _, _, _, _, _, outer_steps, samples = _meta_train_for(
-      spec["seconds"], spec.get("data_dir", ""), spec["config"],
-      min_dispatches=10)
-  late = samples[1:][(len(samples) - 1) // 2:]
-  slope = math.nan
-  if len(late) >= 2:
-    ts, rss = zip(*late)
-    t_mean, r_mean = statistics.fmean(ts), statistics.fmean(rss)
-    var = sum((t - t_mean) ** 2 for t in ts)
-    if var > 0:
-      slope = 60 * sum((t - t_mean) * (r - r_mean)
-                       for t, r in zip(ts, rss)) / var
+  run = _meta_train_for(spec["seconds"], spec.get("data_dir", ""),
+                        spec["config"], min_dispatches=10)
+  samples = run.samples
+  late = samples[1:][(len(samples) - 1) // 2:]  # at least 5 samples
+  slope, _ = statistics.linear_regression(*zip(*late))
   stride = max(1, len(samples) // 50)
   return {"name": "memory_soak", "config": spec["config"],
           "seconds": spec["seconds"],
-          "outer_steps": outer_steps,
-          "rss_mb_start": samples[0][1] if samples else None,
-          "rss_mb_end": samples[-1][1] if samples else None,
-          "rss_mb_max": max(r for _, r in samples) if samples else None,
-          "rss_growth_mb_per_min": slope,
+          "outer_steps": run.outer_steps,
+          "rss_mb_start": samples[0][1],
+          "rss_mb_end": samples[-1][1],
+          "rss_mb_max": max(r for _, r in samples),
+          "rss_growth_mb_per_min": 60 * slope,
           "rss_samples": [[round(t, 1), round(r, 1)]
                           for t, r in samples[::stride]]}
 
@@ -350,11 +354,7 @@ def memory_scaling(cases: list[dict]) -> dict | None:
                   and c["unroll_length"] == 10 and "rss_mb" in c)
   if len({n for n, _ in points}) < 3:
     return None
-  ns, rss = zip(*points)
-  n_mean, r_mean = statistics.fmean(ns), statistics.fmean(rss)
-  slope = (sum((n - n_mean) * (r - r_mean) for n, r in points)
-           / sum((n - n_mean) ** 2 for n in ns))
-  intercept = r_mean - slope * n_mean
+  slope, intercept = statistics.linear_regression(*zip(*points))
   deviation = max(abs(r - (intercept + slope * n)) / r for n, r in points)
   return {"rss_mb_by_particles": {str(n): r for n, r in points},
           "mb_per_particle": slope, "intercept_mb": intercept,
@@ -494,7 +494,8 @@ def format_table(report: dict) -> str:
     lines.append(
         f"memory: RSS {scaling['intercept_mb']:.0f} MB + "
         f"{scaling['mb_per_particle']:.2f} MB per particle, largest "
-        f"deviation from that line {100 * scaling['max_relative_deviation']:.1f} %")
+        "deviation from that line "
+        f"{100 * scaling['max_relative_deviation']:.1f} %")
   soak = report["memory"]["soak"]
   if soak:
     lines.append(
