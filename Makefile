@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test format install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lopt needs Python >= 3.11; set PYTHON=python3.11")'
@@ -22,8 +22,17 @@ demo: $(STAMP)
 	$(PY) -m lopt.main --config=configs/default.py --workdir=$(DEMO_DIR)
 	$(PY) -m lopt.evaluate --workdir=$(DEMO_DIR)
 
+# Style first (seconds), then the suite; `make test-slow` adds the long
+# statistical and end-to-end checks (CI runs both).
+LINTED := lopt tests configs notebooks
 test: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) -m pytest -q
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -56,8 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.every_steps = 0
 
   config.compare = ml_collections.ConfigDict()
-  config.compare.estimators = ("nres", "pes", "tes", "tbptt", "tbptt_w10",
-                               "tbptt_w100")
+  config.compare.estimators = (
+    "nres",
+    "pes",
+    "tes",
+    "tbptt",
+    "tbptt_w10",
+    "tbptt_w100",
+  )
   config.compare.seeds = (3,)
   config.compare.budget_outer_steps = 3000
 

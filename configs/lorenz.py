@@ -58,8 +58,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Per-estimator settings of the paper (algorithms.md §5c).
   config.overrides = ml_collections.ConfigDict()
   config.overrides.nres = {"learning_rate": 1e-5}
-  config.overrides.pes = {"learning_rate": 1e-5, "decay_steps": 1000,
-                          "decay_factor": 0.1}
+  config.overrides.pes = {
+    "learning_rate": 1e-5,
+    "decay_steps": 1000,
+    "decay_factor": 0.1,
+  }
   config.overrides.tes = {"learning_rate": 3e-4}
   config.overrides.full_es = {"learning_rate": 3e-5, "num_particles": 10}
   config.overrides.tbptt = {"learning_rate": 3e-4}

@@ -50,17 +50,22 @@ def parse_arg(arg: str | None) -> dict[str, int]:
     name = name.strip()
     if not sep or name not in DEFAULTS:
       raise ValueError(
-          f"tpu_fashion_mnist8_nres config argument {item!r}: expected "
-          f"name=value with name one of {sorted(DEFAULTS)}, e.g. "
-          f"'devices=32,per_device=8'")
+        f"tpu_fashion_mnist8_nres config argument {item!r}: expected "
+        f"name=value with name one of {sorted(DEFAULTS)}, e.g. "
+        f"'devices=32,per_device=8'"
+      )
     try:
       values[name] = int(value)
     except ValueError:
-      raise ValueError(f"tpu_fashion_mnist8_nres config argument {name}: "
-                       f"expected an integer, got {value!r}") from None
+      raise ValueError(
+        f"tpu_fashion_mnist8_nres config argument {name}: "
+        f"expected an integer, got {value!r}"
+      ) from None
     if values[name] < 1:
-      raise ValueError(f"tpu_fashion_mnist8_nres config argument {name} "
-                       f"must be >= 1, got {values[name]}")
+      raise ValueError(
+        f"tpu_fashion_mnist8_nres config argument {name} "
+        f"must be >= 1, got {values[name]}"
+      )
   return values
 
 

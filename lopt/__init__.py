@@ -14,5 +14,6 @@ def __getattr__(name: str):
   # Lazy, so that `import lopt.estimators` does not pull in orbax and flax.
   if name == "load_optimizer":
     from lopt.export import load_optimizer  # pylint: disable=g-import-not-at-top
+
     return load_optimizer
   raise AttributeError(f"module 'lopt' has no attribute {name!r}")

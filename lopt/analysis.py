@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
+from absl import app, flags, logging
+from jax.flatten_util import ravel_pytree
 
 from lopt import estimators, systems
 
@@ -40,8 +41,16 @@ PyTree = Any
 
 #: The exact PES/NRES per-estimate variance ratios on the O2 system at
 #: T = 100 (algorithms.md §7, O2), by W.
-ORACLE_RATIO = {1: 2.44, 2: 2.31, 5: 2.07, 10: 1.80, 20: 1.49, 25: 1.41,
-                50: 1.19, 100: 1.00}
+ORACLE_RATIO = {
+  1: 2.44,
+  2: 2.31,
+  5: 2.07,
+  10: 1.80,
+  20: 1.49,
+  25: 1.41,
+  50: 1.19,
+  100: 1.00,
+}
 
 
 class VarianceEstimate(NamedTuple):
@@ -67,8 +76,12 @@ class VarianceEstimate(NamedTuple):
   num_samples: int
 
 
-def estimate_samples(estimator: estimators.Estimator, theta: PyTree,
-                     key: jax.Array, num_samples: int) -> np.ndarray:
+def estimate_samples(
+  estimator: estimators.Estimator,
+  theta: PyTree,
+  key: jax.Array,
+  num_samples: int,
+) -> np.ndarray:
   """Draws `num_samples` independent single-particle estimates at theta.
 
   Runs ceil(num_samples / N) batches of N = `estimator.num_particles`
@@ -82,12 +95,15 @@ def estimate_samples(estimator: estimators.Estimator, theta: PyTree,
   """
   if num_samples < 2:
     raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-  if (not isinstance(estimator, estimators.FullES)
-      and not estimator.step_unlocked):
+  if (
+    not isinstance(estimator, estimators.FullES) and not estimator.step_unlocked
+  ):
     logging.warning(
-        "%r has lockstep particles: they all sit at the same window, so "
-        "the samples miss the spread between windows. Use step_unlocked="
-        "True for the per-estimate variance.", estimator)
+      "%r has lockstep particles: they all sit at the same window, so "
+      "the samples miss the spread between windows. Use step_unlocked="
+      "True for the per-estimate variance.",
+      estimator,
+    )
   batches = math.ceil(num_samples / estimator.num_particles)
 
   @jax.jit
@@ -97,14 +113,19 @@ def estimate_samples(estimator: estimators.Estimator, theta: PyTree,
       state = estimator.init(theta, k_init)
       grads, _, _ = estimator.particle_estimates(theta, state, k_call)
       return jax.vmap(lambda g: ravel_pytree(g)[0])(grads)
+
     return jax.lax.map(batch, keys)
 
   samples = run(theta, jax.random.split(key, batches))
   return np.asarray(samples).reshape(-1, samples.shape[-1])[:num_samples]
 
 
-def estimator_variance(estimator: estimators.Estimator, theta: PyTree,
-                       key: jax.Array, num_samples: int) -> VarianceEstimate:
+def estimator_variance(
+  estimator: estimators.Estimator,
+  theta: PyTree,
+  key: jax.Array,
+  num_samples: int,
+) -> VarianceEstimate:
   """The empirical per-estimate variance (and mean) of an estimator.
 
   Args:
@@ -120,7 +141,8 @@ def estimator_variance(estimator: estimators.Estimator, theta: PyTree,
     trace's is std(|g_i - mean|^2) / sqrt(M).
   """
   samples = np.asarray(
-      estimate_samples(estimator, theta, key, num_samples), np.float64)
+    estimate_samples(estimator, theta, key, num_samples), np.float64
+  )
   _, unravel = ravel_pytree(theta)
   m = samples.shape[0]
   mean = samples.mean(axis=0)
@@ -133,18 +155,22 @@ def estimator_variance(estimator: estimators.Estimator, theta: PyTree,
     return jax.tree.map(np.asarray, unravel(jnp.asarray(x)))
 
   return VarianceEstimate(
-      mean=tree(mean),
-      mean_se=tree(np.sqrt(variance / m)),
-      variance=tree(variance),
-      variance_se=tree(squared.std(axis=0, ddof=1) / math.sqrt(m)),
-      trace=float(per_sample_trace.sum() / (m - 1)),
-      trace_se=float(per_sample_trace.std(ddof=1) / math.sqrt(m)),
-      num_samples=m)
+    mean=tree(mean),
+    mean_se=tree(np.sqrt(variance / m)),
+    variance=tree(variance),
+    variance_se=tree(squared.std(axis=0, ddof=1) / math.sqrt(m)),
+    trace=float(per_sample_trace.sum() / (m - 1)),
+    trace_se=float(per_sample_trace.std(ddof=1) / math.sqrt(m)),
+    num_samples=m,
+  )
 
 
-def exact_lq_variance(system: systems.LinearQuadratic, theta,
-                      unroll_length: int,
-                      noise_period: int | None = None) -> dict[str, float]:
+def exact_lq_variance(
+  system: systems.LinearQuadratic,
+  theta,
+  unroll_length: int,
+  noise_period: int | None = None,
+) -> dict[str, float]:
   """Exact per-estimate trace variance of GPES-K on the linear-quadratic system.
 
   For a step-unlocked particle (its window j uniform over the episode's T/W
@@ -167,35 +193,43 @@ def exact_lq_variance(system: systems.LinearQuadratic, theta,
   big_t, w = system.horizon, unroll_length
   k = big_t if noise_period is None else min(noise_period, big_t)
   if big_t % w or (k < big_t and k % w):
-    raise ValueError(f"need W | T and K a multiple of W (or K >= T); got "
-                     f"T={big_t}, W={w}, K={noise_period}")
+    raise ValueError(
+      f"need W | T and K a multiple of W (or K >= T); got "
+      f"T={big_t}, W={w}, K={noise_period}"
+    )
   partials = system._partials(theta)  # pylint: disable=protected-access
-  c2 = float(np.sum(np.asarray(system.c, np.float64)**2))
+  c2 = float(np.sum(np.asarray(system.c, np.float64) ** 2))
   d = len(system.c)
   steps = np.arange(1, big_t + 1)
   blocks = (steps - 1) // k
   within, means = [], []
   for j in range(big_t // w):
-    rows = partials[j * w:(j + 1) * w]  # dL_t/dtheta_tau (scalar factor)
+    rows = partials[j * w : (j + 1) * w]  # dL_t/dtheta_tau (scalar factor)
     num_blocks = blocks[(j + 1) * w - 1] + 1
-    h_b = np.array([rows[:, blocks == b].sum() / w
-                    for b in range(num_blocks)])
+    h_b = np.array([rows[:, blocks == b].sum() / w for b in range(num_blocks)])
     h = h_b.sum()
     within.append(num_blocks * d * c2 * np.sum(h_b**2) + c2 * h**2)
     means.append(h)
   means = np.asarray(means)
-  between = c2 * np.mean((means - means.mean())**2)
+  between = c2 * np.mean((means - means.mean()) ** 2)
   within_mean = float(np.mean(within))
-  return {"trace": within_mean + float(between), "within": within_mean,
-          "between": float(between),
-          "gradient_norm2": float(c2 * means.mean()**2)}
+  return {
+    "trace": within_mean + float(between),
+    "within": within_mean,
+    "between": float(between),
+    "gradient_norm2": float(c2 * means.mean() ** 2),
+  }
 
 
 def variance_vs_unroll_length(
-    unroll_lengths: Sequence[int] = tuple(ORACLE_RATIO),
-    num_samples: int = 20_000, seed: int = 0, horizon: int = 100,
-    theta: Sequence[float] = (0.2, 0.1), sigma: float = 0.1,
-    batch: int = 10_000) -> dict[str, Any]:
+  unroll_lengths: Sequence[int] = tuple(ORACLE_RATIO),
+  num_samples: int = 20_000,
+  seed: int = 0,
+  horizon: int = 100,
+  theta: Sequence[float] = (0.2, 0.1),
+  sigma: float = 0.1,
+  batch: int = 10_000,
+) -> dict[str, Any]:
   """NRES vs PES per-estimate variance as W varies at fixed T (O2 system).
 
   Monte Carlo with `estimator_variance` (float64, step-unlocked) next to the
@@ -208,14 +242,26 @@ def variance_vs_unroll_length(
     the oracle ratios of algorithms.md (`oracle_ratio`, where known).
   """
   system = systems.LinearQuadratic(horizon=horizon)
-  result = {"horizon": horizon, "theta": list(theta), "sigma": sigma,
-            "num_samples": num_samples,
-            "unroll_lengths": [int(w) for w in unroll_lengths],
-            "exact": {"pes": [], "nres": [], "ratio": []},
-            "monte_carlo": {"pes": [], "pes_se": [], "nres": [],
-                            "nres_se": [], "ratio": [], "ratio_se": []},
-            "oracle_ratio": [ORACLE_RATIO.get(int(w)) if horizon == 100
-                             else None for w in unroll_lengths]}
+  result = {
+    "horizon": horizon,
+    "theta": list(theta),
+    "sigma": sigma,
+    "num_samples": num_samples,
+    "unroll_lengths": [int(w) for w in unroll_lengths],
+    "exact": {"pes": [], "nres": [], "ratio": []},
+    "monte_carlo": {
+      "pes": [],
+      "pes_se": [],
+      "nres": [],
+      "nres_se": [],
+      "ratio": [],
+      "ratio_se": [],
+    },
+    "oracle_ratio": [
+      ORACLE_RATIO.get(int(w)) if horizon == 100 else None
+      for w in unroll_lengths
+    ],
+  }
   key = jax.random.key(seed)
   with jax.enable_x64(True):
     theta_arr = jnp.asarray(theta, jnp.float64)
@@ -227,27 +273,45 @@ def variance_vs_unroll_length(
       result["exact"]["ratio"].append(pes / nres)
       mc = {}
       for j, name in enumerate(("pes", "nres")):
-        est = estimators.make(name, system, num_particles=min(batch,
-                                                              num_samples),
-                              unroll_length=int(w), sigma=sigma)
+        est = estimators.make(
+          name,
+          system,
+          num_particles=min(batch, num_samples),
+          unroll_length=int(w),
+          sigma=sigma,
+        )
         mc[name] = estimator_variance(
-            est, theta_arr, jax.random.fold_in(key, 2 * i + j), num_samples)
+          est, theta_arr, jax.random.fold_in(key, 2 * i + j), num_samples
+        )
         result["monte_carlo"][name].append(mc[name].trace)
         result["monte_carlo"][f"{name}_se"].append(mc[name].trace_se)
       ratio = mc["pes"].trace / mc["nres"].trace
       result["monte_carlo"]["ratio"].append(ratio)
-      result["monte_carlo"]["ratio_se"].append(ratio * math.hypot(
+      result["monte_carlo"]["ratio_se"].append(
+        ratio
+        * math.hypot(
           mc["pes"].trace_se / mc["pes"].trace,
-          mc["nres"].trace_se / mc["nres"].trace))
-      logging.info("W=%d: PES %.1f (exact %.1f), NRES %.1f (exact %.1f), "
-                   "ratio %.3f (exact %.3f)", w, mc["pes"].trace, pes,
-                   mc["nres"].trace, nres, ratio, pes / nres)
+          mc["nres"].trace_se / mc["nres"].trace,
+        )
+      )
+      logging.info(
+        "W=%d: PES %.1f (exact %.1f), NRES %.1f (exact %.1f), "
+        "ratio %.3f (exact %.3f)",
+        w,
+        mc["pes"].trace,
+        pes,
+        mc["nres"].trace,
+        nres,
+        ratio,
+        pes / nres,
+      )
   return result
 
 
 def plot_variance_vs_unroll_length(result: dict[str, Any], path: str) -> str:
   """Writes the variance-vs-W figure (two panels); returns its path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -256,28 +320,51 @@ def plot_variance_vs_unroll_length(result: dict[str, Any], path: str) -> str:
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.2))
   for name, color in (("pes", "C1"), ("nres", "C0")):
     ax1.plot(w, exact[name], color=color, label=f"{name.upper()} exact")
-    ax1.errorbar(w, mc[name], yerr=2 * np.asarray(mc[f"{name}_se"]),
-                 fmt="o", color=color, ms=4, capsize=2,
-                 label=f"{name.upper()} Monte Carlo (±2 SE)")
-  ax1.set(xscale="log", xlabel="truncation length W",
-          ylabel="trace variance of one estimate",
-          title=f"per-estimate variance, T = {result['horizon']}")
+    ax1.errorbar(
+      w,
+      mc[name],
+      yerr=2 * np.asarray(mc[f"{name}_se"]),
+      fmt="o",
+      color=color,
+      ms=4,
+      capsize=2,
+      label=f"{name.upper()} Monte Carlo (±2 SE)",
+    )
+  ax1.set(
+    xscale="log",
+    xlabel="truncation length W",
+    ylabel="trace variance of one estimate",
+    title=f"per-estimate variance, T = {result['horizon']}",
+  )
   ax1.legend(fontsize="small")
   ax2.plot(w, exact["ratio"], color="k", label="exact (lopt.analysis)")
-  ax2.errorbar(w, mc["ratio"], yerr=2 * np.asarray(mc["ratio_se"]), fmt="o",
-               color="C3", ms=4, capsize=2, label="Monte Carlo (±2 SE)")
+  ax2.errorbar(
+    w,
+    mc["ratio"],
+    yerr=2 * np.asarray(mc["ratio_se"]),
+    fmt="o",
+    color="C3",
+    ms=4,
+    capsize=2,
+    label="Monte Carlo (±2 SE)",
+  )
   known = [(x, r) for x, r in zip(w, result["oracle_ratio"]) if r]
   if known:
-    ax2.plot(*zip(*known), "x", color="k", ms=7,
-             label="algorithms.md O2 table")
+    ax2.plot(*zip(*known), "x", color="k", ms=7, label="algorithms.md O2 table")
   ax2.axhline(1.0, color="gray", lw=0.8, ls=":")
-  ax2.set(xscale="log", xlabel="truncation length W",
-          ylabel="Var(PES) / Var(NRES)", title="PES / NRES variance ratio")
+  ax2.set(
+    xscale="log",
+    xlabel="truncation length W",
+    ylabel="Var(PES) / Var(NRES)",
+    title="PES / NRES variance ratio",
+  )
   ax2.legend(fontsize="small")
   for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
-  fig.suptitle(f"Linear-quadratic system (algorithms.md O2), "
-               f"{result['num_samples']:,} samples per point")
+  fig.suptitle(
+    f"Linear-quadratic system (algorithms.md O2), "
+    f"{result['num_samples']:,} samples per point"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -287,11 +374,13 @@ def plot_variance_vs_unroll_length(result: dict[str, Any], path: str) -> str:
 def define_flags() -> dict[str, Any]:
   """Defines the command-line flags; only when run as a program."""
   return {
-      "output_dir": flags.DEFINE_string(
-          "output_dir", ".", "Where variance_vs_w.{json,png} go."),
-      "num_samples": flags.DEFINE_integer(
-          "num_samples", 20_000, "Single-particle estimates per point."),
-      "seed": flags.DEFINE_integer("seed", 0, "PRNG seed."),
+    "output_dir": flags.DEFINE_string(
+      "output_dir", ".", "Where variance_vs_w.{json,png} go."
+    ),
+    "num_samples": flags.DEFINE_integer(
+      "num_samples", 20_000, "Single-particle estimates per point."
+    ),
+    "seed": flags.DEFINE_integer("seed", 0, "PRNG seed."),
   }
 
 
@@ -300,30 +389,34 @@ def main(argv, flag_values: dict[str, Any]):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   output_dir = flag_values["output_dir"].value
   result = variance_vs_unroll_length(
-      num_samples=flag_values["num_samples"].value,
-      seed=flag_values["seed"].value)
+    num_samples=flag_values["num_samples"].value, seed=flag_values["seed"].value
+  )
   os.makedirs(output_dir, exist_ok=True)
   json_path = os.path.join(output_dir, "variance_vs_w.json")
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
   png = plot_variance_vs_unroll_length(
-      result, os.path.join(output_dir, "variance_vs_w.png"))
+    result, os.path.join(output_dir, "variance_vs_w.png")
+  )
   print(format_table(result))
   print(f"Wrote {json_path} and {png}")
 
 
 def format_table(result: dict[str, Any]) -> str:
   """The variance-vs-W numbers as a Markdown table."""
-  lines = ["| W | PES trace var, MC (exact) | NRES trace var, MC (exact) | "
-           "PES/NRES exact | PES/NRES MC ± SE | algorithms.md O2 |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    "| W | PES trace var, MC (exact) | NRES trace var, MC (exact) | "
+    "PES/NRES exact | PES/NRES MC ± SE | algorithms.md O2 |",
+    "|---|---|---|---|---|---|",
+  ]
   mc, exact = result["monte_carlo"], result["exact"]
   for i, w in enumerate(result["unroll_lengths"]):
     lines.append(
-        f"| {w} | {mc['pes'][i]:.1f} ({exact['pes'][i]:.1f}) | "
-        f"{mc['nres'][i]:.1f} ({exact['nres'][i]:.1f}) | "
-        f"{exact['ratio'][i]:.3f} | {mc['ratio'][i]:.3f} ± "
-        f"{mc['ratio_se'][i]:.3f} | {result['oracle_ratio'][i]} |")
+      f"| {w} | {mc['pes'][i]:.1f} ({exact['pes'][i]:.1f}) | "
+      f"{mc['nres'][i]:.1f} ({exact['nres'][i]:.1f}) | "
+      f"{exact['ratio'][i]:.3f} | {mc['ratio'][i]:.3f} ± "
+      f"{mc['ratio_se'][i]:.3f} | {result['oracle_ratio'][i]} |"
+    )
   return "\n".join(lines)
 
 

@@ -50,32 +50,46 @@ from absl import app, flags
 _QUICK = flags.DEFINE_bool("quick", False, "A one-minute subset of the cases.")
 _OUTPUT = flags.DEFINE_string("output", "bench.json", "Where to write JSON.")
 _CASE = flags.DEFINE_string("case", "", "Internal: run one case (JSON spec).")
-_BUDGET = flags.DEFINE_float("budget_seconds", 60.0,
-                             "Wall-clock budget of the budget case.")
+_BUDGET = flags.DEFINE_float(
+  "budget_seconds", 60.0, "Wall-clock budget of the budget case."
+)
 _SOAK = flags.DEFINE_float(
-    "soak_seconds", 600.0,
-    "Length of the memory soak run of the default config (0 skips it; "
-    "--quick soaks configs/tiny.py for 15 s).")
+  "soak_seconds",
+  600.0,
+  "Length of the memory soak run of the default config (0 skips it; "
+  "--quick soaks configs/tiny.py for 15 s).",
+)
 
 
 def machine_info() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f
-                 if l.startswith("model name"))
+      cpu = next(
+        line.split(":", 1)[1].strip()
+        for line in f
+        if line.startswith("model name")
+      )
   except (OSError, StopIteration):
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": jax.device_count()}
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+  }
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
   """Median float32 GFLOP/s of a jitted n x n matmul."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   matmul = jax.jit(jnp.dot)
@@ -111,6 +125,7 @@ def _xla_flops(compiled) -> float:
 
 def _digits_config(spec: dict):
   from configs import default  # pylint: disable=g-import-not-at-top
+
   config = default.get_config()
   config.estimator.name = spec["estimator"]
   config.estimator.num_particles = spec["num_particles"]
@@ -125,8 +140,9 @@ def _digits_config(spec: dict):
   return config
 
 
-def _analytic_matmul_flops(task, lopt_cfg, lopt_theta,
-                           batch_size: int) -> float:
+def _analytic_matmul_flops(
+  task, lopt_cfg, lopt_theta, batch_size: int
+) -> float:
   """Hand count of one inner step's matmuls (2 FLOPs per multiply-add).
 
   The learned optimizer's step-count features are the same for every
@@ -134,15 +150,19 @@ def _analytic_matmul_flops(task, lopt_cfg, lopt_theta,
   only the per-parameter rows of the first kernel count per parameter.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import optimizers  # pylint: disable=g-import-not-at-top
-  kernels = [x.shape for x in jax.tree.leaves(task.param_shapes)
-             if len(x.shape) == 2]
+
+  kernels = [
+    x.shape for x in jax.tree.leaves(task.param_shapes) if len(x.shape) == 2
+  ]
   forward = 2 * batch_size * sum(a * b for a, b in kernels)
   # Backward: weight gradients as the forward, plus input gradients of all
   # layers but the first.
   backward = forward + 2 * batch_size * sum(a * b for a, b in kernels[1:])
-  lopt_kernels = [list(x.shape) for x in jax.tree.leaves(lopt_theta)
-                  if len(x.shape) == 2]
+  lopt_kernels = [
+    list(x.shape) for x in jax.tree.leaves(lopt_theta) if len(x.shape) == 2
+  ]
   shared = len(optimizers.TIME_SCALES) + (lopt_cfg.kind == "nominal")
   lopt_kernels[0][0] -= shared
   learned = 2 * task.num_params * sum(a * b for a, b in lopt_kernels)
@@ -152,6 +172,7 @@ def _analytic_matmul_flops(task, lopt_cfg, lopt_theta,
 def digits_case(spec: dict) -> dict:
   """Throughput of the digits learned-optimizer task under one estimator."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import train  # pylint: disable=g-import-not-at-top
 
   reps = spec.get("reps", 5)
@@ -169,8 +190,9 @@ def digits_case(spec: dict) -> dict:
   flops = _xla_flops(step)
 
   k = config.outer.steps_per_dispatch
-  steps_fn = jax.jit(lambda d, s: train.train_steps(exp, d, s, num_steps=k),
-                     donate_argnums=(1,))
+  steps_fn = jax.jit(
+    lambda d, s: train.train_steps(exp, d, s, num_steps=k), donate_argnums=(1,)
+  )
   start = time.perf_counter()
   compiled = steps_fn.lower(data, run_state).compile()
   compile_seconds = time.perf_counter() - start
@@ -187,24 +209,28 @@ def digits_case(spec: dict) -> dict:
   inner_steps = est.members * est.num_particles * est.unroll_length * k
   rate = inner_steps / per_dispatch
   return {
-      "name": (f"digits_{spec['lopt']}_{spec['estimator']}"
-               f"_n{spec['num_particles']}_w{spec['unroll_length']}"),
-      "estimator": spec["estimator"], "lopt": spec["lopt"],
-      "lopt_params": sum(x.size for x in jax.tree.leaves(theta)),
-      "num_particles": spec["num_particles"],
-      "trajectories": est.members * est.num_particles,
-      "unroll_length": spec["unroll_length"],
-      "compile_seconds": compile_seconds,
-      "inner_steps_per_sec": rate,
-      "outer_iters_per_sec": k / per_dispatch,
-      "flops_per_inner_step": flops,
-      "analytic_matmul_flops": _analytic_matmul_flops(
-          exp.task, exp.lopt, theta, config.task.batch_size),
-      "achieved_gflops": rate * flops / 1e9,
-      "peak_rss_mb": _peak_rss_mb(),
-      "rss_mb": _rss_mb(),
-      "timed_dispatches": reps,
-      "dispatch_seconds": times,
+    "name": (
+      f"digits_{spec['lopt']}_{spec['estimator']}"
+      f"_n{spec['num_particles']}_w{spec['unroll_length']}"
+    ),
+    "estimator": spec["estimator"],
+    "lopt": spec["lopt"],
+    "lopt_params": sum(x.size for x in jax.tree.leaves(theta)),
+    "num_particles": spec["num_particles"],
+    "trajectories": est.members * est.num_particles,
+    "unroll_length": spec["unroll_length"],
+    "compile_seconds": compile_seconds,
+    "inner_steps_per_sec": rate,
+    "outer_iters_per_sec": k / per_dispatch,
+    "flops_per_inner_step": flops,
+    "analytic_matmul_flops": _analytic_matmul_flops(
+      exp.task, exp.lopt, theta, config.task.batch_size
+    ),
+    "achieved_gflops": rate * flops / 1e9,
+    "peak_rss_mb": _peak_rss_mb(),
+    "rss_mb": _rss_mb(),
+    "timed_dispatches": reps,
+    "dispatch_seconds": times,
   }
 
 
@@ -212,16 +238,22 @@ def lorenz_case(spec: dict) -> dict:
   """NRES on Lorenz parameter learning (NRES paper settings)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from lopt import estimators, systems  # pylint: disable=g-import-not-at-top
 
   system = systems.Lorenz(horizon=spec.get("horizon", 2000))
-  est = estimators.NRES(system, num_particles=spec["num_particles"],
-                        unroll_length=spec["unroll_length"], sigma=0.04)
+  est = estimators.NRES(
+    system,
+    num_particles=spec["num_particles"],
+    unroll_length=spec["unroll_length"],
+    sigma=0.04,
+  )
   theta = jnp.asarray(systems.lorenz.INIT_THETA)
   state = jax.jit(est.init)(theta, jax.random.key(0))
   key = jax.random.key(1)
-  flops = _xla_flops(jax.jit(system.step).lower(
-      theta, system.init(key), 0, key).compile())
+  flops = _xla_flops(
+    jax.jit(system.step).lower(theta, system.init(key), 0, key).compile()
+  )
   estimate = jax.jit(est.estimate)
   start = time.perf_counter()
   compiled = estimate.lower(theta, state, key).compile()
@@ -234,13 +266,19 @@ def lorenz_case(spec: dict) -> dict:
     times.append(time.perf_counter() - start)
   per_call = statistics.median(times[1:])
   rate = 2 * est.num_particles * est.unroll_length / per_call
-  return {"name": f"lorenz_nres_n{est.num_particles}_w{est.unroll_length}",
-          "estimator": "nres", "num_particles": est.num_particles,
-          "trajectories": 2 * est.num_particles,
-          "unroll_length": est.unroll_length,
-          "compile_seconds": compile_seconds, "inner_steps_per_sec": rate,
-          "outer_iters_per_sec": 1 / per_call, "flops_per_inner_step": flops,
-          "achieved_gflops": rate * flops / 1e9, "peak_rss_mb": _peak_rss_mb()}
+  return {
+    "name": f"lorenz_nres_n{est.num_particles}_w{est.unroll_length}",
+    "estimator": "nres",
+    "num_particles": est.num_particles,
+    "trajectories": 2 * est.num_particles,
+    "unroll_length": est.unroll_length,
+    "compile_seconds": compile_seconds,
+    "inner_steps_per_sec": rate,
+    "outer_iters_per_sec": 1 / per_call,
+    "flops_per_inner_step": flops,
+    "achieved_gflops": rate * flops / 1e9,
+    "peak_rss_mb": _peak_rss_mb(),
+  }
 
 
 class _TimedRun(NamedTuple):
@@ -256,16 +294,21 @@ class _TimedRun(NamedTuple):
   samples: list[tuple[float, float]]
 
 
-def _meta_train_for(seconds: float, data_dir: str = "",
-                    config_name: str = "default",
-                    min_dispatches: int = 1) -> _TimedRun:
+def _meta_train_for(
+  seconds: float,
+  data_dir: str = "",
+  config_name: str = "default",
+  min_dispatches: int = 1,
+) -> _TimedRun:
   """Meta-trains `configs/<config_name>.py` for `seconds` of wall-clock.
 
   The clock starts before data loading, so compilation counts. At least
   `min_dispatches` dispatches run, however long they take.
   """
   import importlib  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import train  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
@@ -275,12 +318,12 @@ def _meta_train_for(seconds: float, data_dir: str = "",
   exp = train.build(config, dataset)
   run_state = jax.jit(lambda d: train.init_run_state(exp, d))(data)
   k = config.outer.steps_per_dispatch
-  steps_fn = jax.jit(lambda d, s: train.train_steps(exp, d, s, num_steps=k),
-                     donate_argnums=(1,))
+  steps_fn = jax.jit(
+    lambda d, s: train.train_steps(exp, d, s, num_steps=k), donate_argnums=(1,)
+  )
   theta0 = jax.tree.map(lambda x: x.copy(), run_state["theta"])  # donated below
   outer_steps, samples = 0, []
-  while (time.perf_counter() - start < seconds
-         or len(samples) < min_dispatches):
+  while time.perf_counter() - start < seconds or len(samples) < min_dispatches:
     run_state, _ = steps_fn(data, run_state)
     jax.block_until_ready(run_state)
     outer_steps += k
@@ -291,6 +334,7 @@ def _meta_train_for(seconds: float, data_dir: str = "",
 def budget_case(spec: dict) -> dict:
   """Meta-trains the default config for a wall-clock budget, then scores it."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import optimizers, train  # pylint: disable=g-import-not-at-top
 
   budget = spec["seconds"]
@@ -300,22 +344,25 @@ def budget_case(spec: dict) -> dict:
 
   @jax.jit
   def score(theta):
-    tx = optimizers.learned_optimizer(theta, run.exp.lopt,
-                                      config.inner.horizon)
-    return train.evaluate_optimizer(run.exp, run.data, tx,
-                                    keys)["losses"].mean()
+    tx = optimizers.learned_optimizer(theta, run.exp.lopt, config.inner.horizon)
+    return train.evaluate_optimizer(run.exp, run.data, tx, keys)[
+      "losses"
+    ].mean()
 
-  return {"name": "budget_60s", "estimator": config.estimator.name,
-          "lopt": config.lopt.kind,
-          "num_particles": config.estimator.num_particles,
-          "unroll_length": config.estimator.unroll_length,
-          "budget_seconds": budget,
-          "elapsed_seconds": run.samples[-1][0],
-          "outer_steps": run.outer_steps,
-          "meta_objective_initial": float(score(run.theta0)),
-          "meta_objective": float(score(run.run_state["theta"])),
-          "eval_seeds": int(keys.shape[0]),
-          "peak_rss_mb": _peak_rss_mb()}
+  return {
+    "name": "budget_60s",
+    "estimator": config.estimator.name,
+    "lopt": config.lopt.kind,
+    "num_particles": config.estimator.num_particles,
+    "unroll_length": config.estimator.unroll_length,
+    "budget_seconds": budget,
+    "elapsed_seconds": run.samples[-1][0],
+    "outer_steps": run.outer_steps,
+    "meta_objective_initial": float(score(run.theta0)),
+    "meta_objective": float(score(run.run_state["theta"])),
+    "eval_seeds": int(keys.shape[0]),
+    "peak_rss_mb": _peak_rss_mb(),
+  }
 
 
 def soak_case(spec: dict) -> dict:
@@ -325,21 +372,24 @@ def soak_case(spec: dict) -> dict:
   over the second half of the dispatches after the first (which compiles);
   the first half lets the allocator warm up.
   """
-  run = _meta_train_for(spec["seconds"], spec.get("data_dir", ""),
-                        spec["config"], min_dispatches=10)
+  run = _meta_train_for(
+    spec["seconds"], spec.get("data_dir", ""), spec["config"], min_dispatches=10
+  )
   samples = run.samples
-  late = samples[1:][(len(samples) - 1) // 2:]  # at least 5 samples
+  late = samples[1:][(len(samples) - 1) // 2 :]  # at least 5 samples
   slope, _ = statistics.linear_regression(*zip(*late))
   stride = max(1, len(samples) // 50)
-  return {"name": "memory_soak", "config": spec["config"],
-          "seconds": spec["seconds"],
-          "outer_steps": run.outer_steps,
-          "rss_mb_start": samples[0][1],
-          "rss_mb_end": samples[-1][1],
-          "rss_mb_max": max(r for _, r in samples),
-          "rss_growth_mb_per_min": 60 * slope,
-          "rss_samples": [[round(t, 1), round(r, 1)]
-                          for t, r in samples[::stride]]}
+  return {
+    "name": "memory_soak",
+    "config": spec["config"],
+    "seconds": spec["seconds"],
+    "outer_steps": run.outer_steps,
+    "rss_mb_start": samples[0][1],
+    "rss_mb_end": samples[-1][1],
+    "rss_mb_max": max(r for _, r in samples),
+    "rss_growth_mb_per_min": 60 * slope,
+    "rss_samples": [[round(t, 1), round(r, 1)] for t, r in samples[::stride]],
+  }
 
 
 def memory_scaling(cases: list[dict]) -> dict | None:
@@ -349,21 +399,29 @@ def memory_scaling(cases: list[dict]) -> dict | None:
   largest deviation from it relative to the RSS, or None with fewer than
   three particle counts.
   """
-  points = sorted((c["num_particles"], c["rss_mb"]) for c in cases
-                  if c["name"].startswith("digits_mlp_nres_")
-                  and c["unroll_length"] == 10 and "rss_mb" in c)
+  points = sorted(
+    (c["num_particles"], c["rss_mb"])
+    for c in cases
+    if c["name"].startswith("digits_mlp_nres_")
+    and c["unroll_length"] == 10
+    and "rss_mb" in c
+  )
   if len({n for n, _ in points}) < 3:
     return None
   slope, intercept = statistics.linear_regression(*zip(*points))
   deviation = max(abs(r - (intercept + slope * n)) / r for n, r in points)
-  return {"rss_mb_by_particles": {str(n): r for n, r in points},
-          "mb_per_particle": slope, "intercept_mb": intercept,
-          "max_relative_deviation": deviation}
+  return {
+    "rss_mb_by_particles": {str(n): r for n, r in points},
+    "mb_per_particle": slope,
+    "intercept_mb": intercept,
+    "max_relative_deviation": deviation,
+  }
 
 
 def checkpoint_case(spec: dict) -> dict:
   """Outer-step time with async checkpoints every 10 steps vs none."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import checkpoint, train  # pylint: disable=g-import-not-at-top
 
   config = _digits_config(dict(spec, estimator="nres", lopt="nominal"))
@@ -371,8 +429,9 @@ def checkpoint_case(spec: dict) -> dict:
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   run_state = jax.jit(lambda d: train.init_run_state(exp, d))(data)
-  steps_fn = jax.jit(lambda d, s: train.train_steps(exp, d, s, num_steps=10),
-                     donate_argnums=(1,))
+  steps_fn = jax.jit(
+    lambda d, s: train.train_steps(exp, d, s, num_steps=10), donate_argnums=(1,)
+  )
   run_state, _ = steps_fn(data, run_state)
   jax.block_until_ready(run_state)
   saved = exp.saved_config()
@@ -399,18 +458,22 @@ def checkpoint_case(spec: dict) -> dict:
       ckpt.wait_until_finished()
   overhead = statistics.median(with_saves) / statistics.median(without) - 1
   per_save = statistics.median(with_saves) - statistics.median(without)
-  return {"name": "checkpoint_overhead", "checkpoint_overhead": overhead,
-          "seconds_per_save": per_save,
-          # The default config saves every 100 steps, not every 10.
-          "checkpoint_overhead_every_100_steps":
-              per_save / (10 * statistics.median(without)),
-          "seconds_per_10_steps_without": statistics.median(without),
-          "seconds_per_10_steps_with": statistics.median(with_saves)}
+  return {
+    "name": "checkpoint_overhead",
+    "checkpoint_overhead": overhead,
+    "seconds_per_save": per_save,
+    # The default config saves every 100 steps, not every 10.
+    "checkpoint_overhead_every_100_steps": per_save
+    / (10 * statistics.median(without)),
+    "seconds_per_10_steps_without": statistics.median(without),
+    "seconds_per_10_steps_with": statistics.median(with_saves),
+  }
 
 
 def sharding_case(spec: dict) -> dict:
   """Seconds for a fixed amount of outer steps on this process's devices."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from lopt import train  # pylint: disable=g-import-not-at-top
 
   config = _digits_config(dict(spec, estimator="nres", lopt="nominal"))
@@ -418,8 +481,9 @@ def sharding_case(spec: dict) -> dict:
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   init = jax.jit(lambda d: train.init_run_state(exp, d))
-  steps_fn = jax.jit(lambda d, s: train.train_steps(exp, d, s, num_steps=10),
-                     donate_argnums=(1,))
+  steps_fn = jax.jit(
+    lambda d, s: train.train_steps(exp, d, s, num_steps=10), donate_argnums=(1,)
+  )
   run_state = init(data)
   run_state, _ = steps_fn(data, run_state)
   jax.block_until_ready(run_state)
@@ -429,27 +493,40 @@ def sharding_case(spec: dict) -> dict:
     run_state, _ = steps_fn(data, run_state)
     jax.block_until_ready(run_state)
     times.append(time.perf_counter() - start)
-  return {"name": f"sharding_{jax.device_count()}dev",
-          "devices": jax.device_count(),
-          "seconds_per_10_steps": statistics.median(times)}
+  return {
+    "name": f"sharding_{jax.device_count()}dev",
+    "devices": jax.device_count(),
+    "seconds_per_10_steps": statistics.median(times),
+  }
 
 
-CASES = {"digits": digits_case, "lorenz": lorenz_case, "budget": budget_case,
-         "soak": soak_case, "checkpoint": checkpoint_case,
-         "sharding": sharding_case}
+CASES = {
+  "digits": digits_case,
+  "lorenz": lorenz_case,
+  "budget": budget_case,
+  "soak": soak_case,
+  "checkpoint": checkpoint_case,
+  "sharding": sharding_case,
+}
 
 
 def run_case(spec: dict, devices: int = 1) -> dict:
   """Runs one case in a fresh subprocess; returns its JSON result."""
   env = dict(os.environ)
   if devices > 1:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={devices}")
+    env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={devices}"
+    )
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
   result = subprocess.run(
-      [sys.executable, "-m", "lopt.bench", f"--case={json.dumps(spec)}"],
-      env=env, capture_output=True, text=True, check=False)
+    [sys.executable, "-m", "lopt.bench", f"--case={json.dumps(spec)}"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if result.returncode != 0:
     raise RuntimeError(f"bench case {spec} failed:\n{result.stderr[-4000:]}")
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -458,60 +535,86 @@ def run_case(spec: dict, devices: int = 1) -> dict:
 def plan(quick: bool) -> list[dict]:
   """The digits and Lorenz cases of a full or quick run."""
   if quick:
-    return [dict(kind="digits", estimator="nres", lopt="mlp", num_particles=16,
-                 unroll_length=10, reps=2)]
-  cases = [dict(kind="digits", estimator=est, lopt=lopt, num_particles=n,
-                unroll_length=w, reps=5)
-           for lopt in ("mlp", "nominal") for est in ("nres", "pes")
-           for n in (4, 16, 64) for w in (1, 10)]
+    return [
+      dict(
+        kind="digits",
+        estimator="nres",
+        lopt="mlp",
+        num_particles=16,
+        unroll_length=10,
+        reps=2,
+      )
+    ]
+  cases = [
+    dict(
+      kind="digits",
+      estimator=est,
+      lopt=lopt,
+      num_particles=n,
+      unroll_length=w,
+      reps=5,
+    )
+    for lopt in ("mlp", "nominal")
+    for est in ("nres", "pes")
+    for n in (4, 16, 64)
+    for w in (1, 10)
+  ]
   cases.append(dict(kind="lorenz", num_particles=200, unroll_length=100))
   return cases
 
 
 def format_table(report: dict) -> str:
-  lines = [f"matmul peak: {report['matmul_peak_gflops']:.1f} GFLOP/s",
-           "| case | traj | compile s | inner steps/s | outer it/s | "
-           "MFLOP/step | GFLOP/s | % peak | RSS MB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"matmul peak: {report['matmul_peak_gflops']:.1f} GFLOP/s",
+    "| case | traj | compile s | inner steps/s | outer it/s | "
+    "MFLOP/step | GFLOP/s | % peak | RSS MB |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   peak = report["matmul_peak_gflops"]
   for c in report["cases"]:
     if "inner_steps_per_sec" not in c:
       continue
     lines.append(
-        f"| {c['name']} | {c['trajectories']} | {c['compile_seconds']:.1f} | "
-        f"{c['inner_steps_per_sec']:.0f} | {c['outer_iters_per_sec']:.2f} | "
-        f"{c['flops_per_inner_step'] / 1e6:.2f} | "
-        f"{c['achieved_gflops']:.1f} | "
-        f"{100 * c['achieved_gflops'] / peak:.1f} | {c['peak_rss_mb']:.0f} |")
+      f"| {c['name']} | {c['trajectories']} | {c['compile_seconds']:.1f} | "
+      f"{c['inner_steps_per_sec']:.0f} | {c['outer_iters_per_sec']:.2f} | "
+      f"{c['flops_per_inner_step'] / 1e6:.2f} | "
+      f"{c['achieved_gflops']:.1f} | "
+      f"{100 * c['achieved_gflops'] / peak:.1f} | {c['peak_rss_mb']:.0f} |"
+    )
   for c in report["cases"]:
     if c["name"] == "budget_60s":
       lines.append(
-          f"budget {c['budget_seconds']:.0f}s: {c['outer_steps']} outer "
-          f"steps, meta-objective {c['meta_objective_initial']:.4f} -> "
-          f"{c['meta_objective']:.4f}")
+        f"budget {c['budget_seconds']:.0f}s: {c['outer_steps']} outer "
+        f"steps, meta-objective {c['meta_objective_initial']:.4f} -> "
+        f"{c['meta_objective']:.4f}"
+      )
   scaling = report["memory"]["particles"]
   if scaling:
     lines.append(
-        f"memory: RSS {scaling['intercept_mb']:.0f} MB + "
-        f"{scaling['mb_per_particle']:.2f} MB per particle, largest "
-        "deviation from that line "
-        f"{100 * scaling['max_relative_deviation']:.1f} %")
+      f"memory: RSS {scaling['intercept_mb']:.0f} MB + "
+      f"{scaling['mb_per_particle']:.2f} MB per particle, largest "
+      "deviation from that line "
+      f"{100 * scaling['max_relative_deviation']:.1f} %"
+    )
   soak = report["memory"]["soak"]
   if soak:
     lines.append(
-        f"memory soak {soak['config']} {soak['seconds']:.0f}s "
-        f"({soak['outer_steps']} outer "
-        f"steps): RSS {soak['rss_mb_start']:.0f} -> {soak['rss_mb_end']:.0f} "
-        f"MB, growth over the second half "
-        f"{soak['rss_growth_mb_per_min']:+.2f} MB/min")
+      f"memory soak {soak['config']} {soak['seconds']:.0f}s "
+      f"({soak['outer_steps']} outer "
+      f"steps): RSS {soak['rss_mb_start']:.0f} -> {soak['rss_mb_end']:.0f} "
+      f"MB, growth over the second half "
+      f"{soak['rss_growth_mb_per_min']:+.2f} MB/min"
+    )
   detail = report["checkpoint_detail"]
   lines.append(
-      f"checkpoint_overhead: {report['checkpoint_overhead']:+.3f} "
-      f"(every 10 steps; {detail['seconds_per_save'] * 1e3:.0f} ms per save; "
-      f"{detail['checkpoint_overhead_every_100_steps']:+.3f} at the default "
-      "every 100 steps)")
+    f"checkpoint_overhead: {report['checkpoint_overhead']:+.3f} "
+    f"(every 10 steps; {detail['seconds_per_save'] * 1e3:.0f} ms per save; "
+    f"{detail['checkpoint_overhead_every_100_steps']:+.3f} at the default "
+    "every 100 steps)"
+  )
   lines.append(
-      f"sharding_overhead_8dev: {report['sharding_overhead_8dev']:.3f}")
+    f"sharding_overhead_8dev: {report['sharding_overhead_8dev']:.3f}"
+  )
   return "\n".join(lines)
 
 
@@ -523,27 +626,43 @@ def main(argv):
     print(json.dumps(CASES[spec.pop("kind")](spec)))
     return
   quick = _QUICK.value
-  report = {"machine": machine_info(), "quick": quick,
-            "matmul_peak_gflops": matmul_peak_gflops()}
+  report = {
+    "machine": machine_info(),
+    "quick": quick,
+    "matmul_peak_gflops": matmul_peak_gflops(),
+  }
   cases = [run_case(spec) for spec in plan(quick)]
-  cases.append(run_case(dict(kind="budget",
-                             seconds=10.0 if quick else _BUDGET.value)))
+  cases.append(
+    run_case(dict(kind="budget", seconds=10.0 if quick else _BUDGET.value))
+  )
   report["cases"] = cases
-  soak = (dict(kind="soak", config="tiny", seconds=15.0) if quick else
-          dict(kind="soak", config="default", seconds=_SOAK.value))
+  soak = (
+    dict(kind="soak", config="tiny", seconds=15.0)
+    if quick
+    else dict(kind="soak", config="default", seconds=_SOAK.value)
+  )
   report["memory"] = {
-      "particles": memory_scaling(cases),
-      "soak": run_case(soak) if soak["seconds"] > 0 else None}
+    "particles": memory_scaling(cases),
+    "soak": run_case(soak) if soak["seconds"] > 0 else None,
+  }
   reps = 2 if quick else 10
-  checkpoint_case_ = run_case(dict(kind="checkpoint", num_particles=16,
-                                   unroll_length=10, reps=reps))
+  checkpoint_case_ = run_case(
+    dict(kind="checkpoint", num_particles=16, unroll_length=10, reps=reps)
+  )
   report["checkpoint_overhead"] = checkpoint_case_["checkpoint_overhead"]
   report["checkpoint_detail"] = checkpoint_case_
-  sharding = {d: run_case(dict(kind="sharding", num_particles=16,
-                               unroll_length=10, reps=reps // 2 + 1), d)
-              for d in (1, 8)}
+  sharding = {
+    d: run_case(
+      dict(
+        kind="sharding", num_particles=16, unroll_length=10, reps=reps // 2 + 1
+      ),
+      d,
+    )
+    for d in (1, 8)
+  }
   report["sharding_overhead_8dev"] = (
-      sharding[8]["seconds_per_10_steps"] / sharding[1]["seconds_per_10_steps"])
+    sharding[8]["seconds_per_10_steps"] / sharding[1]["seconds_per_10_steps"]
+  )
   report["sharding_detail"] = sharding
   with open(_OUTPUT.value, "w") as f:
     json.dump(report, f, indent=2)

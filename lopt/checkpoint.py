@@ -38,22 +38,22 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 PyTree = Any
 
-ESTIMATOR_STATE = 'estimator_state'
-META = 'meta'
-INNER = 'inner'
-CONFIG = 'config'
+ESTIMATOR_STATE = "estimator_state"
+META = "meta"
+INNER = "inner"
+CONFIG = "config"
 
 # Written by orbax (>= 0.12.3) into a step directory as the very last act of a
 # save, on every file system; see `_is_committed`.
-_COMMIT_FILE = 'commit_success.txt'
+_COMMIT_FILE = "commit_success.txt"
 
 
 def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -61,16 +61,16 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
   # first save/restore args) is what makes `item_metadata` work on a fresh
   # manager; without it orbax returns None for every item.
   return {
-      META: ocp.StandardCheckpointHandler(),
-      INNER: ocp.StandardCheckpointHandler(),
-      CONFIG: ocp.JsonCheckpointHandler(),
+    META: ocp.StandardCheckpointHandler(),
+    INNER: ocp.StandardCheckpointHandler(),
+    CONFIG: ocp.JsonCheckpointHandler(),
   }
 
 
 def _as_path(directory: str | os.PathLike[str]) -> epath.Path:
   """Returns an absolute path; URLs such as gs://... are kept as they are."""
   directory = os.fspath(directory)
-  if '://' not in directory:
+  if "://" not in directory:
     # orbax requires absolute paths for local directories.
     directory = os.path.abspath(directory)
   return epath.Path(directory)
@@ -94,10 +94,10 @@ def _latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
       return step
     if step_dir.exists():
       logging.warning(
-          'Ignoring checkpoint step %d: %s has no %s (incomplete save?).',
-          step,
-          step_dir,
-          _COMMIT_FILE,
+        "Ignoring checkpoint step %d: %s has no %s (incomplete save?).",
+        step,
+        step_dir,
+        _COMMIT_FILE,
       )
     # Otherwise an async save of this step is still in flight (it lives in a
     # tmp directory until it is committed): not complete yet either.
@@ -107,26 +107,26 @@ def _latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
 def _describe_directory(path: epath.Path) -> str:
   """Says what a directory holds, for error messages."""
   if not path.exists():
-    return 'the directory does not exist'
+    return "the directory does not exist"
   names = sorted(p.name for p in path.iterdir())
   if not names:
-    return 'the directory is empty'
-  found = ', '.join(names[:10]) + (', ...' if len(names) > 10 else '')
-  hint = ''
-  if META in names or '_CHECKPOINT_METADATA' in names:
-    hint = ' (this looks like one step of a checkpoint: pass its parent)'
-  return f'found {found}{hint}'
+    return "the directory is empty"
+  found = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+  hint = ""
+  if META in names or "_CHECKPOINT_METADATA" in names:
+    hint = " (this looks like one step of a checkpoint: pass its parent)"
+  return f"found {found}{hint}"
 
 
 def _split_run_state(run_state: Mapping[str, Any]) -> tuple[dict, PyTree]:
   if not isinstance(run_state, Mapping):
     raise ValueError(
-        f'The run state must be a dict, got {type(run_state).__name__}'
+      f"The run state must be a dict, got {type(run_state).__name__}"
     )
   if ESTIMATOR_STATE not in run_state:
     raise ValueError(
-        f'The run state has no {ESTIMATOR_STATE!r} entry; its keys are '
-        f'{sorted(run_state)}'
+      f"The run state has no {ESTIMATOR_STATE!r} entry; its keys are "
+      f"{sorted(run_state)}"
     )
   meta = {k: v for k, v in run_state.items() if k != ESTIMATOR_STATE}
   return meta, run_state[ESTIMATOR_STATE]
@@ -134,17 +134,17 @@ def _split_run_state(run_state: Mapping[str, Any]) -> tuple[dict, PyTree]:
 
 def _json_config(config: Any) -> dict[str, Any]:
   """Returns `config` as a plain JSON-able dict, or raises TypeError."""
-  if hasattr(config, 'to_dict'):  # ml_collections.ConfigDict
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
     config = config.to_dict()
   if not isinstance(config, Mapping):
-    raise TypeError(f'config must be a dict, got {type(config).__name__}')
+    raise TypeError(f"config must be a dict, got {type(config).__name__}")
 
   def default(obj):
     # numpy / jax scalars and small arrays sneak into configs easily.
-    if hasattr(obj, 'tolist'):
+    if hasattr(obj, "tolist"):
       return obj.tolist()
     raise TypeError(
-        f'config value {obj!r} of type {type(obj).__name__} is not JSON-able'
+      f"config value {obj!r} of type {type(obj).__name__} is not JSON-able"
     )
 
   # A round trip through JSON text: fails here, in the caller's thread, rather
@@ -155,20 +155,20 @@ def _json_config(config: Any) -> dict[str, Any]:
 def _path_name(path: tuple) -> str:
   # 'theta.dense.kernel', 'estimator_state.0.mu.w': the same for a NamedTuple
   # field and the dict key that orbax's metadata shows in its place.
-  return jax.tree_util.keystr(path, simple=True, separator='.')
+  return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
 def _check_against_metadata(
-    prefix: str, abstract: PyTree, metadata: Any, where: str
+  prefix: str, abstract: PyTree, metadata: Any, where: str
 ) -> None:
   """Raises a readable ValueError if `abstract` does not fit the saved item."""
   if metadata is None:
     return  # Nothing to check against; orbax still checks while reading.
   saved = {
-      _path_name(path): m
-      for path, m in jax.tree_util.tree_flatten_with_path(
-          getattr(metadata, 'tree', metadata)
-      )[0]
+    _path_name(path): m
+    for path, m in jax.tree_util.tree_flatten_with_path(
+      getattr(metadata, "tree", metadata)
+    )[0]
   }
   problems = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
@@ -179,30 +179,30 @@ def _check_against_metadata(
       # orbax stores (and describes) typed keys by their uint32 key data.
       shape = jax.eval_shape(jax.random.key_data, leaf).shape
     if name not in saved:
-      problems.append(f'{full_name} is not in the checkpoint')
+      problems.append(f"{full_name} is not in the checkpoint")
     elif tuple(saved[name].shape) != shape:
       problems.append(
-          f'{full_name} has shape {tuple(saved[name].shape)} in the '
-          f'checkpoint but {shape} in the run state'
+        f"{full_name} has shape {tuple(saved[name].shape)} in the "
+        f"checkpoint but {shape} in the run state"
       )
   if problems:
-    more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     raise ValueError(
-        f'Checkpoint {where} does not fit the run state to restore (did the '
-        f'config change?): {"; ".join(problems[:5])}{more}'
+      f"Checkpoint {where} does not fit the run state to restore (did the "
+      f"config change?): {'; '.join(problems[:5])}{more}"
     )
 
 
 def _replicated_sharding() -> jax.sharding.Sharding:
   # Fully replicated over all devices of all processes: valid on one host and
   # on many, unlike a SingleDeviceSharding, which only one process can address.
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('replica',))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("replica",))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def abstract_like(
-    tree: PyTree,
-    shardings: jax.sharding.Sharding | PyTree | None = None,
+  tree: PyTree,
+  shardings: jax.sharding.Sharding | PyTree | None = None,
 ) -> PyTree:
   """Maps a pytree to `jax.ShapeDtypeStruct` leaves that carry shardings.
 
@@ -227,10 +227,10 @@ def abstract_like(
 
   def leaf(x, sharding):
     nonlocal replicated
-    if not (hasattr(x, 'shape') and hasattr(x, 'dtype')):
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
       x = np.asarray(x, dtype=jax.dtypes.canonicalize_dtype(np.result_type(x)))
     if sharding is None:
-      sharding = getattr(x, 'sharding', None)
+      sharding = getattr(x, "sharding", None)
     if sharding is None:
       if replicated is None:
         replicated = _replicated_sharding()
@@ -240,10 +240,10 @@ def abstract_like(
   if shardings is None or isinstance(shardings, jax.sharding.Sharding):
     return jax.tree.map(lambda x: leaf(x, shardings), tree)
   return jax.tree.map(
-      lambda s, subtree: jax.tree.map(lambda x: leaf(x, s), subtree),
-      shardings,
-      tree,
-      is_leaf=lambda s: s is None or isinstance(s, jax.sharding.Sharding),
+    lambda s, subtree: jax.tree.map(lambda x: leaf(x, s), subtree),
+    shardings,
+    tree,
+    is_leaf=lambda s: s is None or isinstance(s, jax.sharding.Sharding),
   )
 
 
@@ -261,12 +261,12 @@ class Checkpointer:
   """
 
   def __init__(
-      self,
-      directory: str | os.PathLike[str],
-      *,
-      every_steps: int,
-      keep: int,
-      async_save: bool = True,
+    self,
+    directory: str | os.PathLike[str],
+    *,
+    every_steps: int,
+    keep: int,
+    async_save: bool = True,
   ):
     """Opens (and creates) a checkpoint directory.
 
@@ -278,19 +278,19 @@ class Checkpointer:
     """
     if every_steps < 1:
       raise ValueError(
-          f'checkpoint.every_steps must be >= 1, got {every_steps}'
+        f"checkpoint.every_steps must be >= 1, got {every_steps}"
       )
     if keep < 1:
-      raise ValueError(f'checkpoint.keep must be >= 1, got {keep}')
+      raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
     self._directory = _as_path(directory)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps,
-        max_to_keep=keep,
-        enable_async_checkpointing=async_save,
-        create=True,
+      save_interval_steps=every_steps,
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self._manager = ocp.CheckpointManager(
-        self._directory, options=options, item_handlers=_item_handlers()
+      self._directory, options=options, item_handlers=_item_handlers()
     )
 
   @property
@@ -301,9 +301,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     """Returns the steps of all complete checkpoints, oldest first."""
     return sorted(
-        s
-        for s in self._manager.all_steps()
-        if _is_committed(self._directory / str(s))
+      s
+      for s in self._manager.all_steps()
+      if _is_committed(self._directory / str(s))
     )
 
   def latest_step(self) -> int | None:
@@ -315,12 +315,12 @@ class Checkpointer:
     return _latest_complete_step(self._manager)
 
   def save(
-      self,
-      step: int,
-      run_state: Mapping[str, Any],
-      config: Mapping[str, Any],
-      *,
-      force: bool = False,
+    self,
+    step: int,
+    run_state: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    force: bool = False,
   ) -> bool:
     """Saves `run_state` at `step` if the policy says so.
 
@@ -339,11 +339,11 @@ class Checkpointer:
       return False
     meta, inner = _split_run_state(run_state)
     args = ocp.args.Composite(
-        **{
-            META: ocp.args.StandardSave(meta),
-            INNER: ocp.args.StandardSave(inner),
-            CONFIG: ocp.args.JsonSave(_json_config(config)),
-        }
+      **{
+        META: ocp.args.StandardSave(meta),
+        INNER: ocp.args.StandardSave(inner),
+        CONFIG: ocp.args.JsonSave(_json_config(config)),
+      }
     )
     return self._manager.save(step, args=args, force=force)
 
@@ -352,19 +352,19 @@ class Checkpointer:
     if step is None:
       if not steps:
         raise FileNotFoundError(
-            f'No complete checkpoint in {self._directory}: '
-            f'{_describe_directory(self._directory)}'
+          f"No complete checkpoint in {self._directory}: "
+          f"{_describe_directory(self._directory)}"
         )
       return steps[-1]
     if int(step) not in steps:
       raise FileNotFoundError(
-          f'No complete checkpoint for step {step} in {self._directory}; '
-          f'complete steps: {steps}'
+        f"No complete checkpoint for step {step} in {self._directory}; "
+        f"complete steps: {steps}"
       )
     return int(step)
 
   def restore(
-      self, step: int | None, abstract_run_state: Mapping[str, Any]
+    self, step: int | None, abstract_run_state: Mapping[str, Any]
   ) -> dict[str, Any]:
     """Restores the run state saved at `step`.
 
@@ -384,35 +384,35 @@ class Checkpointer:
     """
     step = self._check_step(step)
     abstract_meta, abstract_inner = _split_run_state(
-        abstract_like(abstract_run_state)
+      abstract_like(abstract_run_state)
     )
     # Checked here, before reading, because orbax's own shape error comes out
     # of its async reader with less context (and noise about its event loop).
     metadata = self._manager.item_metadata(step)
     where = str(self._directory / str(step))
-    _check_against_metadata('', abstract_meta, metadata[META], where)
+    _check_against_metadata("", abstract_meta, metadata[META], where)
     _check_against_metadata(
-        ESTIMATOR_STATE + '.', abstract_inner, metadata[INNER], where
+      ESTIMATOR_STATE + ".", abstract_inner, metadata[INNER], where
     )
     restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                META: ocp.args.StandardRestore(abstract_meta),
-                INNER: ocp.args.StandardRestore(abstract_inner),
-            }
-        ),
+      step,
+      args=ocp.args.Composite(
+        **{
+          META: ocp.args.StandardRestore(abstract_meta),
+          INNER: ocp.args.StandardRestore(abstract_inner),
+        }
+      ),
     )
     return {
-        k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
-        for k in abstract_run_state
+      k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
+      for k in abstract_run_state
     }
 
   def restore_config(self, step: int | None = None) -> dict[str, Any]:
     """Returns the config saved at `step` (None: the newest complete step)."""
     step = self._check_step(step)
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+      step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
     )
     return restored[CONFIG]
 
@@ -447,7 +447,7 @@ class Checkpointer:
 
 
 def load_meta(
-    directory: str | os.PathLike[str], step: int | None = None
+  directory: str | os.PathLike[str], step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Loads `meta` and `config` of a checkpoint, without knowing any shape.
 
@@ -470,50 +470,48 @@ def load_meta(
   path = _as_path(directory)
   if not path.is_dir():
     raise FileNotFoundError(
-        f'No checkpoint in {path}: {_describe_directory(path)}'
+      f"No checkpoint in {path}: {_describe_directory(path)}"
     )
   options = ocp.CheckpointManagerOptions(
-      read_only=True, save_interval_steps=0, create=False
+    read_only=True, save_interval_steps=0, create=False
   )
   with ocp.CheckpointManager(
-      path, options=options, item_handlers=_item_handlers()
+    path, options=options, item_handlers=_item_handlers()
   ) as manager:
     if step is None:
       step = _latest_complete_step(manager)
       if step is None:
         raise FileNotFoundError(
-            f'No complete checkpoint in {path}: {_describe_directory(path)}'
+          f"No complete checkpoint in {path}: {_describe_directory(path)}"
         )
-    elif not (
-        step in manager.all_steps() and _is_committed(path / str(step))
-    ):
+    elif not (step in manager.all_steps() and _is_committed(path / str(step))):
       raise FileNotFoundError(
-          f'No complete checkpoint for step {step} in {path}: '
-          f'{_describe_directory(path)}'
+        f"No complete checkpoint for step {step} in {path}: "
+        f"{_describe_directory(path)}"
       )
     metadata = manager.item_metadata(step)[META]
     if metadata is None:
-      raise ValueError(f'Checkpoint step {path / str(step)} has no {META!r}')
-    metadata = getattr(metadata, 'tree', metadata)
+      raise ValueError(f"Checkpoint step {path / str(step)} has no {META!r}")
+    metadata = getattr(metadata, "tree", metadata)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # Typed PRNG keys show up in the metadata as their raw uint32 key data;
     # orbax still restores them as typed keys, from the key implementation it
     # stored next to the array (tested in tests/test_checkpoint.py).
     abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(
-            tuple(m.shape),
-            jax.dtypes.canonicalize_dtype(m.dtype),
-            sharding=device,
-        ),
-        metadata,
+      lambda m: jax.ShapeDtypeStruct(
+        tuple(m.shape),
+        jax.dtypes.canonicalize_dtype(m.dtype),
+        sharding=device,
+      ),
+      metadata,
     )
     restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                META: ocp.args.StandardRestore(abstract),
-                CONFIG: ocp.args.JsonRestore(),
-            }
-        ),
+      step,
+      args=ocp.args.Composite(
+        **{
+          META: ocp.args.StandardRestore(abstract),
+          CONFIG: ocp.args.JsonRestore(),
+        }
+      ),
     )
   return restored[META], restored[CONFIG]

@@ -61,41 +61,52 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
+from absl import app, flags, logging
+from jax.flatten_util import ravel_pytree
+from ml_collections import config_flags
 
 from lopt import estimators, outer, systems
 
 #: Toy systems a config may name in `system.name`.
 SYSTEMS = {
-    "lorenz": systems.Lorenz,
-    "influence_balancing": systems.InfluenceBalancing,
-    "linear_quadratic": systems.LinearQuadratic,
-    "toy_regression": systems.ToyRegression,
+  "lorenz": systems.Lorenz,
+  "influence_balancing": systems.InfluenceBalancing,
+  "linear_quadratic": systems.LinearQuadratic,
+  "toy_regression": systems.ToyRegression,
 }
 #: Fields of `config.estimator` (and of a per-estimator override).
-ESTIMATOR_FIELDS = ("name", "num_particles", "unroll_length", "sigma",
-                    "noise_period", "step_unlocked")
+ESTIMATOR_FIELDS = (
+  "name",
+  "num_particles",
+  "unroll_length",
+  "sigma",
+  "noise_period",
+  "step_unlocked",
+)
 #: Fields of `config.outer` (and of a per-estimator override).
 OUTER_FIELDS = ("optimizer", "learning_rate", "decay_steps", "decay_factor")
 #: What the JSON says the meta-loss is, per kind of config.
 META_LOSS_DEFINITIONS = {
-    "toy": ("unperturbed objective at the current theta, evaluated outside "
-            "the timed region: the {reduce} per-step loss of full episodes "
-            "of the test system, averaged over {num_inits} test initial "
-            "conditions"),
-    "lopt": ("eval/learned/mean_train_loss of each checkpointed theta, "
-             "evaluated after training: fresh models trained for T steps on "
-             "the held-out eval seeds with the learned optimizer, mean "
-             "training loss"),
+  "toy": (
+    "unperturbed objective at the current theta, evaluated outside "
+    "the timed region: the {reduce} per-step loss of full episodes "
+    "of the test system, averaged over {num_inits} test initial "
+    "conditions"
+  ),
+  "lopt": (
+    "eval/learned/mean_train_loss of each checkpointed theta, "
+    "evaluated after training: fresh models trained for T steps on "
+    "the held-out eval seeds with the learned optimizer, mean "
+    "training loss"
+  ),
 }
 
 
@@ -117,14 +128,18 @@ class Budget:
     if min(self.seconds, self.steps, self.outer_steps) < 0:
       raise ValueError(f"budgets must be >= 0, got {self}")
     if not (self.seconds or self.steps or self.outer_steps):
-      raise ValueError("Give a budget: --budget_seconds, --budget_steps or "
-                       "--budget_outer_steps (or compare.budget_* in the "
-                       "config).")
+      raise ValueError(
+        "Give a budget: --budget_seconds, --budget_steps or "
+        "--budget_outer_steps (or compare.budget_* in the "
+        "config)."
+      )
 
   def spent(self, seconds: float, steps: float, outer_steps: int) -> bool:
-    return ((self.seconds > 0 and seconds >= self.seconds)
-            or (self.steps > 0 and steps >= self.steps)
-            or (self.outer_steps > 0 and outer_steps >= self.outer_steps))
+    return (
+      (self.seconds > 0 and seconds >= self.seconds)
+      or (self.steps > 0 and steps >= self.steps)
+      or (self.outer_steps > 0 and outer_steps >= self.outer_steps)
+    )
 
 
 def is_toy(config: ml_collections.ConfigDict) -> bool:
@@ -143,24 +158,27 @@ def settings(config: ml_collections.ConfigDict, label: str) -> dict[str, Any]:
   Raises:
     ValueError: for a label that names no estimator, or an unknown field.
   """
-  merged = {k: config.estimator[k] for k in ESTIMATOR_FIELDS
-            if k in config.estimator}
-  merged.update({k: config.outer[k] for k in OUTER_FIELDS
-                 if k in config.outer})
+  merged = {
+    k: config.estimator[k] for k in ESTIMATOR_FIELDS if k in config.estimator
+  }
+  merged.update({k: config.outer[k] for k in OUTER_FIELDS if k in config.outer})
   merged["name"] = label
   overrides = config.get("overrides", None)
   if overrides is not None and label in overrides:
     extra = dict(overrides[label])
     unknown = sorted(set(extra) - set(ESTIMATOR_FIELDS) - set(OUTER_FIELDS))
     if unknown:
-      raise ValueError(f"overrides.{label} has unknown fields {unknown}; "
-                       f"allowed: {list(ESTIMATOR_FIELDS + OUTER_FIELDS)}")
+      raise ValueError(
+        f"overrides.{label} has unknown fields {unknown}; "
+        f"allowed: {list(ESTIMATOR_FIELDS + OUTER_FIELDS)}"
+      )
     merged.update(extra)
   if merged["name"] not in estimators.REGISTRY:
     raise ValueError(
-        f"{label!r} is not an estimator (one of "
-        f"{sorted(estimators.REGISTRY)}) and config.overrides.{label}.name "
-        f"does not name one")
+      f"{label!r} is not an estimator (one of "
+      f"{sorted(estimators.REGISTRY)}) and config.overrides.{label}.name "
+      f"does not name one"
+    )
   merged["label"] = label
   return merged
 
@@ -170,12 +188,17 @@ def make_outer_optimizer(s: dict[str, Any]) -> optax.GradientTransformation:
   rate = s["learning_rate"]
   if s.get("decay_steps"):
     rate = optax.exponential_decay(
-        s["learning_rate"], transition_steps=s["decay_steps"],
-        decay_rate=s.get("decay_factor", 1.0), staircase=True)
+      s["learning_rate"],
+      transition_steps=s["decay_steps"],
+      decay_rate=s.get("decay_factor", 1.0),
+      staircase=True,
+    )
   builders = {"sgd": optax.sgd, "adam": optax.adam}
   if s["optimizer"] not in builders:
-    raise ValueError(f"outer.optimizer must be one of {sorted(builders)}, "
-                     f"got {s['optimizer']!r}")
+    raise ValueError(
+      f"outer.optimizer must be one of {sorted(builders)}, "
+      f"got {s['optimizer']!r}"
+    )
   return builders[s["optimizer"]](rate)
 
 
@@ -184,20 +207,26 @@ def make_system(config: ml_collections.ConfigDict, **changes):
   fields = dict(config.system)
   name = fields.pop("name")
   if name not in SYSTEMS:
-    raise ValueError(f"system.name must be one of {sorted(SYSTEMS)}, got "
-                     f"{name!r}")
+    raise ValueError(
+      f"system.name must be one of {sorted(SYSTEMS)}, got {name!r}"
+    )
   fields.update(changes)
-  fields = {k: tuple(v) if isinstance(v, list) else v
-            for k, v in fields.items()}
+  fields = {
+    k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+  }
   return SYSTEMS[name](**fields)
 
 
 def make_estimator(system, s: dict[str, Any]) -> estimators.Estimator:
   return estimators.make(
-      s["name"], system, num_particles=s["num_particles"],
-      unroll_length=s["unroll_length"], sigma=s.get("sigma"),
-      noise_period=s.get("noise_period") or None,
-      step_unlocked=s.get("step_unlocked", True))
+    s["name"],
+    system,
+    num_particles=s["num_particles"],
+    unroll_length=s["unroll_length"],
+    sigma=s.get("sigma"),
+    noise_period=s.get("noise_period") or None,
+    step_unlocked=s.get("step_unlocked", True),
+  )
 
 
 def steps_per_update(est: estimators.Estimator) -> int:
@@ -224,8 +253,9 @@ def make_evaluator(config: ml_collections.ConfigDict):
   ev = config.eval
   system = make_system(config, **dict(ev.get("system", {})))
   horizon = ev.get("horizon", 0) or system.horizon
-  keys = jax.random.split(jax.random.key(ev.get("seed", 12345)),
-                          ev.get("num_inits", 1))
+  keys = jax.random.split(
+    jax.random.key(ev.get("seed", 12345)), ev.get("num_inits", 1)
+  )
   reduce = ev.get("reduce", "mean")
   if reduce not in ("mean", "last"):
     raise ValueError(f"eval.reduce must be 'mean' or 'last', got {reduce!r}")
@@ -234,19 +264,21 @@ def make_evaluator(config: ml_collections.ConfigDict):
     def body(state, inputs):
       t, step_key = inputs
       return system.step(theta, state, t, step_key)
+
     k_init, k_steps = jax.random.split(key)
     ts = jnp.arange(horizon, dtype=jnp.int32) % system.horizon
-    _, losses = jax.lax.scan(body, system.init(k_init),
-                             (ts, jax.random.split(k_steps, horizon)))
+    _, losses = jax.lax.scan(
+      body, system.init(k_init), (ts, jax.random.split(k_steps, horizon))
+    )
     return jnp.mean(losses) if reduce == "mean" else losses[-1]
 
-  return jax.jit(lambda theta: jnp.mean(
-      jax.vmap(episode, in_axes=(None, 0))(theta, keys)))
+  return jax.jit(
+    lambda theta: jnp.mean(jax.vmap(episode, in_axes=(None, 0))(theta, keys))
+  )
 
 
 def _flat(theta) -> list[float]:
-  return [float(x) for x in np.ravel(np.asarray(
-      ravel_pytree(theta)[0]))]
+  return [float(x) for x in np.ravel(np.asarray(ravel_pytree(theta)[0]))]
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -276,27 +308,35 @@ class ToyRunner:
 
     def chunk(state, key, start, num):
       """`num` outer steps from outer step `start`; sums of their infos."""
+
       def body(i, carry):
         state, sums = carry
-        state, info = outer.outer_step(est, opt, state,
-                                       jax.random.fold_in(key, start + i))
-        sums = {"loss": sums["loss"] + info["loss"],
-                "steps": sums["steps"] + info["steps"].astype(jnp.float32),
-                "nonfinite": sums["nonfinite"] + info["nonfinite"],
-                "skipped": sums["skipped"] + (~info["applied"]).astype(
-                    jnp.int32)}
+        state, info = outer.outer_step(
+          est, opt, state, jax.random.fold_in(key, start + i)
+        )
+        sums = {
+          "loss": sums["loss"] + info["loss"],
+          "steps": sums["steps"] + info["steps"].astype(jnp.float32),
+          "nonfinite": sums["nonfinite"] + info["nonfinite"],
+          "skipped": sums["skipped"] + (~info["applied"]).astype(jnp.int32),
+        }
         return state, sums
-      zeros = {"loss": jnp.zeros(()), "steps": jnp.zeros(()),
-               "nonfinite": jnp.zeros((), jnp.int32),
-               "skipped": jnp.zeros((), jnp.int32)}
+
+      zeros = {
+        "loss": jnp.zeros(()),
+        "steps": jnp.zeros(()),
+        "nonfinite": jnp.zeros((), jnp.int32),
+        "skipped": jnp.zeros((), jnp.int32),
+      }
       return jax.lax.fori_loop(0, num, body, (state, zeros))
 
     t0 = time.perf_counter()
     key = jax.random.key(0)
     self._init = jax.jit(init).lower(self.theta0, key).compile()
     state = jax.eval_shape(init, self.theta0, key)
-    self._chunk = jax.jit(chunk).lower(state, key, jnp.int32(0),
-                                       jnp.int32(1)).compile()
+    self._chunk = (
+      jax.jit(chunk).lower(state, key, jnp.int32(0), jnp.int32(1)).compile()
+    )
     self.compile_seconds = time.perf_counter() - t0
 
   def run(self, seed: int, budget: Budget, evaluate) -> dict[str, Any]:
@@ -309,10 +349,16 @@ class ToyRunner:
     per_update = steps_per_update(self.estimator)
     num_points = int(config.eval.get("num_points", 40))
     fixed = _fixed_chunk(config, budget, per_update, num_points)
-    curve = {"outer_steps": [0], "steps": [0], "seconds": [0.0],
-             "meta_loss": [_finite_or_none(float(evaluate(state.theta)))],
-             "train_loss": [None], "theta": [_flat(state.theta)],
-             "nonfinite": [0], "skipped_updates": [0]}
+    curve = {
+      "outer_steps": [0],
+      "steps": [0],
+      "seconds": [0.0],
+      "meta_loss": [_finite_or_none(float(evaluate(state.theta)))],
+      "train_loss": [None],
+      "theta": [_flat(state.theta)],
+      "nonfinite": [0],
+      "skipped_updates": [0],
+    }
     done_outer, done_steps, seconds, chunk_len = 0, 0, 0.0, fixed or 1
     while not budget.spent(seconds, done_steps, done_outer):
       num = chunk_len
@@ -321,8 +367,9 @@ class ToyRunner:
       if budget.steps:
         num = min(num, math.ceil((budget.steps - done_steps) / per_update))
       t0 = time.perf_counter()
-      state, sums = self._chunk(state, k_run, jnp.int32(done_outer),
-                                jnp.int32(num))
+      state, sums = self._chunk(
+        state, k_run, jnp.int32(done_outer), jnp.int32(num)
+      )
       jax.block_until_ready(state)
       elapsed = time.perf_counter() - t0
       # Everything below is outside the timed region.
@@ -332,30 +379,42 @@ class ToyRunner:
       curve["outer_steps"].append(done_outer)
       curve["steps"].append(done_steps)
       curve["seconds"].append(seconds)
-      curve["meta_loss"].append(
-          _finite_or_none(float(evaluate(state.theta))))
+      curve["meta_loss"].append(_finite_or_none(float(evaluate(state.theta))))
       curve["train_loss"].append(_finite_or_none(float(sums["loss"]) / num))
       curve["theta"].append(_flat(state.theta))
       curve["nonfinite"].append(int(sums["nonfinite"]))
       curve["skipped_updates"].append(int(sums["skipped"]))
       if not fixed:  # a seconds budget: aim at num_points chunks
         rate = max(elapsed / num, 1e-9)
-        chunk_len = int(np.clip(budget.seconds / num_points / rate, 1,
-                                4 * num))
+        chunk_len = int(np.clip(budget.seconds / num_points / rate, 1, 4 * num))
         remaining = budget.seconds - seconds
         chunk_len = max(1, min(chunk_len, math.ceil(remaining / rate)))
-    logging.info("%s seed %d: %d outer steps, %d inner steps, %.1f s, "
-                 "meta-loss %s", self.label, seed, done_outer, done_steps,
-                 seconds, curve["meta_loss"][-1])
-    curve.update(seed=seed, compile_seconds=self.compile_seconds,
-                 burn_in_seconds=burn_in_seconds,
-                 burn_in_steps=burn_in_steps(self.estimator),
-                 steps_per_update=per_update)
+    logging.info(
+      "%s seed %d: %d outer steps, %d inner steps, %.1f s, meta-loss %s",
+      self.label,
+      seed,
+      done_outer,
+      done_steps,
+      seconds,
+      curve["meta_loss"][-1],
+    )
+    curve.update(
+      seed=seed,
+      compile_seconds=self.compile_seconds,
+      burn_in_seconds=burn_in_seconds,
+      burn_in_steps=burn_in_steps(self.estimator),
+      steps_per_update=per_update,
+    )
     return curve
 
 
-def run_toy(config: ml_collections.ConfigDict, label: str, seed: int,
-            budget: Budget, evaluate=None) -> dict[str, Any]:
+def run_toy(
+  config: ml_collections.ConfigDict,
+  label: str,
+  seed: int,
+  budget: Budget,
+  evaluate=None,
+) -> dict[str, Any]:
   """Meta-trains one estimator on a toy system; returns its curve.
 
   Args:
@@ -375,12 +434,14 @@ def run_toy(config: ml_collections.ConfigDict, label: str, seed: int,
     `compile_seconds`, `burn_in_seconds`, `burn_in_steps`,
     `steps_per_update`.
   """
-  return ToyRunner(config, label).run(seed, budget,
-                                      evaluate or make_evaluator(config))
+  return ToyRunner(config, label).run(
+    seed, budget, evaluate or make_evaluator(config)
+  )
 
 
-def _fixed_chunk(config, budget: Budget, per_update: int,
-                 num_points: int) -> int:
+def _fixed_chunk(
+  config, budget: Budget, per_update: int, num_points: int
+) -> int:
   """Outer steps per chunk, or 0 to adapt it to a seconds budget."""
   every = float(config.eval.get("every_steps", 0))
   if every:
@@ -402,8 +463,13 @@ class _Horizon:
   horizon: int
 
 
-def lopt_run_config(config: ml_collections.ConfigDict, label: str, seed: int,
-                    num_steps: int, interval: int):
+def lopt_run_config(
+  config: ml_collections.ConfigDict,
+  label: str,
+  seed: int,
+  num_steps: int,
+  interval: int,
+):
   """The train_and_evaluate config of one (estimator, seed) run."""
   cfg = copy.deepcopy(config)
   cfg.unlock()
@@ -425,23 +491,30 @@ def lopt_run_config(config: ml_collections.ConfigDict, label: str, seed: int,
   return cfg
 
 
-def _lopt_budget(config, budget: Budget, label: str,
-                 num_points: int) -> tuple[int, int]:
+def _lopt_budget(
+  config, budget: Budget, label: str, num_points: int
+) -> tuple[int, int]:
   """(outer steps, checkpoint interval), multiples of steps_per_dispatch."""
   from lopt import train  # pylint: disable=g-import-not-at-top
+
   if budget.seconds:
-    raise ValueError("--budget_seconds needs a toy-system config; for "
-                     "learned optimizers use --budget_outer_steps or "
-                     "--budget_steps.")
+    raise ValueError(
+      "--budget_seconds needs a toy-system config; for "
+      "learned optimizers use --budget_outer_steps or "
+      "--budget_steps."
+    )
   dispatch = config.outer.steps_per_dispatch
   est = train.make_estimator(
-      lopt_run_config(config, label, 0, dispatch, dispatch),
-      _Horizon(config.inner.horizon))
+    lopt_run_config(config, label, 0, dispatch, dispatch),
+    _Horizon(config.inner.horizon),
+  )
   outer_steps = budget.outer_steps or math.ceil(
-      budget.steps / steps_per_update(est))
+    budget.steps / steps_per_update(est)
+  )
   if budget.outer_steps and budget.steps:
-    outer_steps = min(outer_steps,
-                      math.ceil(budget.steps / steps_per_update(est)))
+    outer_steps = min(
+      outer_steps, math.ceil(budget.steps / steps_per_update(est))
+    )
   outer_steps = dispatch * max(1, math.ceil(outer_steps / dispatch))
   every = int(config.get("compare", {}).get("eval_every_outer_steps", 0))
   if not every:
@@ -450,8 +523,13 @@ def _lopt_budget(config, budget: Budget, label: str,
   return outer_steps, min(interval, outer_steps)
 
 
-def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
-             budget: Budget, workdir: str) -> dict[str, Any]:
+def run_lopt(
+  config: ml_collections.ConfigDict,
+  label: str,
+  seed: int,
+  budget: Budget,
+  workdir: str,
+) -> dict[str, Any]:
   """Meta-trains a learned optimizer with one estimator; returns its curve.
 
   Runs `train.train_and_evaluate` in `workdir` (reusing a finished run
@@ -459,6 +537,7 @@ def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
   """
   # pylint: disable=g-import-not-at-top
   from lopt import checkpoint, export, metrics, optimizers, train
+
   num_points = int(config.get("compare", {}).get("num_points", 10))
   num_steps, interval = _lopt_budget(config, budget, label, num_points)
   cfg = lopt_run_config(config, label, seed, num_steps, interval)
@@ -467,8 +546,9 @@ def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
   if os.path.isdir(ckpt_dir):  # reuse only a finished run of this config
     try:
       meta, saved = checkpoint.load_meta(ckpt_dir)
-      finished = (int(np.asarray(meta["step"])) == num_steps
-                  and saved.get("config") == json.loads(cfg.to_json()))
+      finished = int(np.asarray(meta["step"])) == num_steps and saved.get(
+        "config"
+      ) == json.loads(cfg.to_json())
     except (FileNotFoundError, ValueError, KeyError):
       finished = False
   if finished:
@@ -487,13 +567,16 @@ def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
   windows = []
   previous = 0
   for step in log_steps:
-    windows.append((step, (step - previous) / logged[step][
-        "outer_steps_per_sec"]))
+    windows.append(
+      (step, (step - previous) / logged[step]["outer_steps_per_sec"])
+    )
     previous = step
   if len(windows) > 1:  # the first window includes compilation
     first_steps = windows[0][0]
-    windows[0] = (first_steps, first_steps / logged[log_steps[1]][
-        "outer_steps_per_sec"])
+    windows[0] = (
+      first_steps,
+      first_steps / logged[log_steps[1]]["outer_steps_per_sec"],
+    )
   seconds = dict(zip(log_steps, np.cumsum([w[1] for w in windows])))
   seconds[0] = 0.0
 
@@ -508,13 +591,16 @@ def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
     tx = optimizers.learned_optimizer(theta, exp.lopt, horizon)
     return jnp.mean(train.evaluate_optimizer(exp, data, tx, keys)["losses"])
 
-  with checkpoint.Checkpointer(ckpt_dir, every_steps=1,
-                               keep=cfg.checkpoint.keep) as ckpt:
+  with checkpoint.Checkpointer(
+    ckpt_dir, every_steps=1, keep=cfg.checkpoint.keep
+  ) as ckpt:
     ckpt_steps = [s for s in ckpt.all_steps() if s in seconds]
-  initial = [r for r in rows if r["step"] == 0
-             and "eval/learned/mean_train_loss" in r]
-  points = [(0, initial[-1]["eval/learned/mean_train_loss"] if initial
-             else None)]
+  initial = [
+    r for r in rows if r["step"] == 0 and "eval/learned/mean_train_loss" in r
+  ]
+  points = [
+    (0, initial[-1]["eval/learned/mean_train_loss"] if initial else None)
+  ]
   for step in ckpt_steps:
     theta, _, _ = export.load_theta(workdir, step)
     points.append((step, float(score(data, theta))))
@@ -522,26 +608,33 @@ def run_lopt(config: ml_collections.ConfigDict, label: str, seed: int,
   per_update = steps_per_update(est)
   train_loss = {s: logged[s]["meta_loss"] for s in log_steps}
   return {
-      "seed": seed, "workdir": workdir,
-      "outer_steps": [p[0] for p in points],
-      "steps": [p[0] * per_update for p in points],
-      "seconds": [float(seconds[p[0]]) for p in points],
-      "meta_loss": [None if p[1] is None else _finite_or_none(p[1])
-                    for p in points],
-      "train_loss": [train_loss.get(p[0]) for p in points],
-      "grad_snr": [logged[p[0]].get("grad_snr") if p[0] in logged else None
-                   for p in points],
-      "burn_in_steps": burn_in_steps(est),
-      "steps_per_update": per_update,
+    "seed": seed,
+    "workdir": workdir,
+    "outer_steps": [p[0] for p in points],
+    "steps": [p[0] * per_update for p in points],
+    "seconds": [float(seconds[p[0]]) for p in points],
+    "meta_loss": [
+      None if p[1] is None else _finite_or_none(p[1]) for p in points
+    ],
+    "train_loss": [train_loss.get(p[0]) for p in points],
+    "grad_snr": [
+      logged[p[0]].get("grad_snr") if p[0] in logged else None for p in points
+    ],
+    "burn_in_steps": burn_in_steps(est),
+    "steps_per_update": per_update,
   }
 
 
 # -- the comparison, its JSON and its plot ------------------------------------
 
 
-def compare(config: ml_collections.ConfigDict, labels: Sequence[str],
-            seeds: Sequence[int], budget: Budget,
-            workdir: str | None = None) -> dict[str, Any]:
+def compare(
+  config: ml_collections.ConfigDict,
+  labels: Sequence[str],
+  seeds: Sequence[int],
+  budget: Budget,
+  workdir: str | None = None,
+) -> dict[str, Any]:
   """Runs every (label, seed) and returns the JSON-able comparison.
 
   Args:
@@ -558,16 +651,20 @@ def compare(config: ml_collections.ConfigDict, labels: Sequence[str],
     "summary"}}}.
   """
   toy = is_toy(config)
-  result = {"kind": "toy" if toy else "lopt",
-            "budget": dataclasses.asdict(budget),
-            "labels": list(labels), "seeds": [int(s) for s in seeds],
-            "config": json.loads(config.to_json_best_effort()),
-            "estimators": {}}
+  result = {
+    "kind": "toy" if toy else "lopt",
+    "budget": dataclasses.asdict(budget),
+    "labels": list(labels),
+    "seeds": [int(s) for s in seeds],
+    "config": json.loads(config.to_json_best_effort()),
+    "estimators": {},
+  }
   if toy:
     ev = config.eval
     result["meta_loss_definition"] = META_LOSS_DEFINITIONS["toy"].format(
-        reduce="final" if ev.get("reduce", "mean") == "last" else "mean",
-        num_inits=ev.get("num_inits", 1))
+      reduce="final" if ev.get("reduce", "mean") == "last" else "mean",
+      num_inits=ev.get("num_inits", 1),
+    )
     evaluate = make_evaluator(config)
   else:
     result["meta_loss_definition"] = META_LOSS_DEFINITIONS["lopt"]
@@ -581,10 +678,20 @@ def compare(config: ml_collections.ConfigDict, labels: Sequence[str],
       if toy:
         runs.append(runner.run(int(seed), budget, evaluate))
       else:
-        runs.append(run_lopt(config, label, int(seed), budget,
-                             os.path.join(workdir, label, f"seed{seed}")))
-    result["estimators"][label] = {"settings": s, "runs": runs,
-                                   "summary": summarize(runs)}
+        runs.append(
+          run_lopt(
+            config,
+            label,
+            int(seed),
+            budget,
+            os.path.join(workdir, label, f"seed{seed}"),
+          )
+        )
+    result["estimators"][label] = {
+      "settings": s,
+      "runs": runs,
+      "summary": summarize(runs),
+    }
   if toy and "theta_true" in config:
     result["theta_true"] = [float(x) for x in np.ravel(config.theta_true)]
   return result
@@ -592,37 +699,62 @@ def compare(config: ml_collections.ConfigDict, labels: Sequence[str],
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
   """Final values over seeds: mean, std, min, max."""
+
   def stats(values):
-    values = np.asarray([np.nan if v is None else v for v in values],
-                        np.float64)
+    values = np.asarray(
+      [np.nan if v is None else v for v in values], np.float64
+    )
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-      return {"mean": None, "std": None, "min": None, "max": None,
-              "num_finite": 0}
-    return {"mean": float(finite.mean()), "std": float(finite.std()),
-            "min": float(finite.min()), "max": float(finite.max()),
-            "num_finite": int(finite.size)}
+      return {
+        "mean": None,
+        "std": None,
+        "min": None,
+        "max": None,
+        "num_finite": 0,
+      }
+    return {
+      "mean": float(finite.mean()),
+      "std": float(finite.std()),
+      "min": float(finite.min()),
+      "max": float(finite.max()),
+      "num_finite": int(finite.size),
+    }
 
   summary = {
-      "final_meta_loss": stats([r["meta_loss"][-1] for r in runs]),
-      "best_meta_loss": stats([np.nanmin(np.asarray(
-          [np.nan if v is None else v for v in r["meta_loss"]], np.float64))
-                               for r in runs]),
-      "total_steps": stats([r["steps"][-1] for r in runs]),
-      "total_seconds": stats([r["seconds"][-1] for r in runs]),
-      "total_outer_steps": stats([r["outer_steps"][-1] for r in runs]),
+    "final_meta_loss": stats([r["meta_loss"][-1] for r in runs]),
+    "best_meta_loss": stats(
+      [
+        np.nanmin(
+          np.asarray(
+            [np.nan if v is None else v for v in r["meta_loss"]], np.float64
+          )
+        )
+        for r in runs
+      ]
+    ),
+    "total_steps": stats([r["steps"][-1] for r in runs]),
+    "total_seconds": stats([r["seconds"][-1] for r in runs]),
+    "total_outer_steps": stats([r["outer_steps"][-1] for r in runs]),
   }
   if "theta" in runs[0]:
     thetas = np.asarray([r["theta"][-1] for r in runs], np.float64)
-    summary["final_theta_mean"] = [_finite_or_none(x)
-                                   for x in thetas.mean(axis=0)]
-    summary["final_theta_std"] = [_finite_or_none(x)
-                                  for x in thetas.std(axis=0)]
+    summary["final_theta_mean"] = [
+      _finite_or_none(x) for x in thetas.mean(axis=0)
+    ]
+    summary["final_theta_std"] = [
+      _finite_or_none(x) for x in thetas.std(axis=0)
+    ]
   return summary
 
 
-def band(runs: list[dict[str, Any]], x_key: str, y_key: str = "meta_loss",
-         num: int = 200, log_x: bool = False):
+def band(
+  runs: list[dict[str, Any]],
+  x_key: str,
+  y_key: str = "meta_loss",
+  num: int = 200,
+  log_x: bool = False,
+):
   """(grid, mean, low, high) of the runs' curves on a common x grid.
 
   Each seed's curve is interpolated linearly onto a grid up to the smallest
@@ -641,17 +773,21 @@ def band(runs: list[dict[str, Any]], x_key: str, y_key: str = "meta_loss",
   ys = []
   for r in runs:
     x = np.asarray(r[x_key], np.float64)
-    y = np.asarray([np.nan if v is None else v for v in r[y_key]],
-                   np.float64)
+    y = np.asarray([np.nan if v is None else v for v in r[y_key]], np.float64)
     ys.append(np.interp(grid, x, y))
   ys = np.asarray(ys)
   with np.errstate(all="ignore"):
     return grid, ys.mean(0), ys.min(0), ys.max(0)
 
 
-def plot(result: dict[str, Any], path: str, title: str = "",
-         yscale: str = "log", xscale: str = "linear",
-         theta_x: str = "steps") -> str:
+def plot(
+  result: dict[str, Any],
+  path: str,
+  title: str = "",
+  yscale: str = "log",
+  xscale: str = "linear",
+  theta_x: str = "steps",
+) -> str:
   """Writes the comparison figure; returns its path.
 
   Panels: meta-loss against inner steps and against wall-clock seconds (mean
@@ -660,14 +796,20 @@ def plot(result: dict[str, Any], path: str, title: str = "",
   the truth dashed) or the distance |theta - theta*|.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  truth = (np.asarray(result["theta_true"], np.float64)
-           if "theta_true" in result else None)
+  truth = (
+    np.asarray(result["theta_true"], np.float64)
+    if "theta_true" in result
+    else None
+  )
   scalar = truth is not None and truth.size == 1
-  panels = [("steps", "total inner unroll steps"),
-            ("seconds", "wall-clock seconds (timed region)")]
+  panels = [
+    ("steps", "total inner unroll steps"),
+    ("seconds", "wall-clock seconds (timed region)"),
+  ]
   num_panels = len(panels) + (truth is not None)
   fig, axes = plt.subplots(1, num_panels, figsize=(5.2 * num_panels, 4.2))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -685,17 +827,36 @@ def plot(result: dict[str, Any], path: str, title: str = "",
     for ax, (x_key, _) in zip(axes, panels):
       draw(ax, runs, x_key, "meta_loss", color, label)
     if truth is not None:
-      shown = [dict(r, _theta=[
-          float(np.ravel(t)[0]) if scalar else
-          float(np.linalg.norm(np.asarray(t) - truth)) for t in r["theta"]])
-               for r in runs]
-      draw(axes[-1], shown, theta_x, "_theta", color, label,
-           log_x=log_x and theta_x == "steps")
+      shown = [
+        dict(
+          r,
+          _theta=[
+            float(np.ravel(t)[0])
+            if scalar
+            else float(np.linalg.norm(np.asarray(t) - truth))
+            for t in r["theta"]
+          ],
+        )
+        for r in runs
+      ]
+      draw(
+        axes[-1],
+        shown,
+        theta_x,
+        "_theta",
+        color,
+        label,
+        log_x=log_x and theta_x == "steps",
+      )
   num_seeds = len(result["seeds"])
-  spread = (f"mean of {num_seeds} seeds, band = min..max" if num_seeds > 1
-            else "1 seed")
-  ylabel = ("meta-loss (unperturbed theta)" if result.get("kind") == "toy"
-            else "meta-loss: eval mean train loss")
+  spread = (
+    f"mean of {num_seeds} seeds, band = min..max" if num_seeds > 1 else "1 seed"
+  )
+  ylabel = (
+    "meta-loss (unperturbed theta)"
+    if result.get("kind") == "toy"
+    else "meta-loss: eval mean train loss"
+  )
   for ax, (_, xlabel) in zip(axes, panels):
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale=yscale, xscale=xscale)
   if truth is not None:
@@ -705,8 +866,13 @@ def plot(result: dict[str, Any], path: str, title: str = "",
     else:
       ax.set(xlabel="outer steps")
     if scalar:
-      ax.axhline(float(truth[0]), color="k", ls="--", lw=1,
-                 label=f"theta* = {float(truth[0]):.4g}")
+      ax.axhline(
+        float(truth[0]),
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"theta* = {float(truth[0]):.4g}",
+      )
       ax.set_yscale("symlog", linthresh=1.0)
       ax.set(ylabel="theta (symlog)")
       ax.set_ylim(bottom=min(-1.0, float(truth[0]) - 0.5))
@@ -723,8 +889,9 @@ def plot(result: dict[str, Any], path: str, title: str = "",
   return path
 
 
-def write(result: dict[str, Any], output_dir: str, name: str,
-          title: str = "") -> tuple[str, str]:
+def write(
+  result: dict[str, Any], output_dir: str, name: str, title: str = ""
+) -> tuple[str, str]:
   """Writes `<name>.json` and `<name>.png`; returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
   json_path = os.path.join(output_dir, f"{name}.json")
@@ -734,14 +901,19 @@ def write(result: dict[str, Any], output_dir: str, name: str,
   plot_cfg = config.get("plot", {}) or {}
   if not title and result.get("kind") == "lopt":
     task = config.get("task", {})
-    title = (f"Learned-optimizer meta-training, {task.get('dataset')} "
-             f"{task.get('model')} {tuple(task.get('hidden', ()))}, "
-             f"T = {config.get('inner', {}).get('horizon')}")
-  png_path = plot(result, os.path.join(output_dir, f"{name}.png"),
-                  title=title or plot_cfg.get("title", name),
-                  yscale=plot_cfg.get("yscale", "log"),
-                  xscale=plot_cfg.get("xscale", "linear"),
-                  theta_x=plot_cfg.get("theta_x", "steps"))
+    title = (
+      f"Learned-optimizer meta-training, {task.get('dataset')} "
+      f"{task.get('model')} {tuple(task.get('hidden', ()))}, "
+      f"T = {config.get('inner', {}).get('horizon')}"
+    )
+  png_path = plot(
+    result,
+    os.path.join(output_dir, f"{name}.png"),
+    title=title or plot_cfg.get("title", name),
+    yscale=plot_cfg.get("yscale", "log"),
+    xscale=plot_cfg.get("xscale", "linear"),
+    theta_x=plot_cfg.get("theta_x", "steps"),
+  )
   return json_path, png_path
 
 
@@ -753,6 +925,7 @@ def _json_default(obj):
 
 def format_table(result: dict[str, Any]) -> str:
   """The final numbers per estimator as a Markdown table."""
+
   def fmt(d: dict[str, Any], spread: bool = True) -> str:
     if d["mean"] is None:
       return "n/a"
@@ -760,21 +933,28 @@ def format_table(result: dict[str, Any]) -> str:
       return f"{d['mean']:.4g} ± {d['std']:.2g}"
     return f"{d['mean']:.4g}"
 
-  lines = ["| estimator | final meta-loss (mean ± std) | best meta-loss | "
-           "outer steps | inner steps | seconds | final theta |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    "| estimator | final meta-loss (mean ± std) | best meta-loss | "
+    "outer steps | inner steps | seconds | final theta |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for label, entry in result["estimators"].items():
     s = entry["summary"]
     theta = s.get("final_theta_mean")
-    theta = ("" if theta is None else
-             "(" + ", ".join("nan" if t is None else f"{t:.4g}"
-                             for t in theta) + ")")
+    theta = (
+      ""
+      if theta is None
+      else "("
+      + ", ".join("nan" if t is None else f"{t:.4g}" for t in theta)
+      + ")"
+    )
     lines.append(
-        f"| {label} | {fmt(s['final_meta_loss'])} | "
-        f"{fmt(s['best_meta_loss'], False)} | "
-        f"{fmt(s['total_outer_steps'], False)} | "
-        f"{fmt(s['total_steps'], False)} | "
-        f"{fmt(s['total_seconds'], False)} | {theta} |")
+      f"| {label} | {fmt(s['final_meta_loss'])} | "
+      f"{fmt(s['best_meta_loss'], False)} | "
+      f"{fmt(s['total_outer_steps'], False)} | "
+      f"{fmt(s['total_steps'], False)} | "
+      f"{fmt(s['total_seconds'], False)} | {theta} |"
+    )
   return "\n".join(lines)
 
 
@@ -788,32 +968,49 @@ def define_flags() -> dict[str, Any]:
   (`lopt.main`, `lopt.evaluate`) imported into the same process.
   """
   return {
-      "config": config_flags.DEFINE_config_file(
-          "config", None, "A toy-system or learned-optimizer config file.",
-          lock_config=False),
-      "estimators": flags.DEFINE_list(
-          "estimators", None, "Estimator labels; default: "
-          "config.compare.estimators, else nres,pes,tes."),
-      "seeds": flags.DEFINE_list(
-          "seeds", None, "Seeds, e.g. 0,1,2; default: config.compare.seeds, "
-          "else 0."),
-      "budget_seconds": flags.DEFINE_float(
-          "budget_seconds", 0.0, "Per-run wall-clock budget (toy systems)."),
-      "budget_steps": flags.DEFINE_float(
-          "budget_steps", 0.0, "Per-run budget of total inner unroll steps."),
-      "budget_outer_steps": flags.DEFINE_integer(
-          "budget_outer_steps", 0, "Per-run budget of outer steps."),
-      "output_dir": flags.DEFINE_string(
-          "output_dir", ".", "Where <name>.json and <name>.png go."),
-      "num_points": flags.DEFINE_integer(
-          "num_points", 0, "Evaluation points per run (0: the config's "
-          "eval.num_points, or 10 for learned-optimizer configs)."),
-      "name": flags.DEFINE_string(
-          "name", None, "Output file stem; default: the config's stem."),
-      "workdir": flags.DEFINE_string(
-          "workdir", None, "Learned-optimizer configs: the runs' workdirs "
-          "(<workdir>/<estimator>/seed<k>); a temporary directory by "
-          "default. Finished runs there are reused."),
+    "config": config_flags.DEFINE_config_file(
+      "config",
+      None,
+      "A toy-system or learned-optimizer config file.",
+      lock_config=False,
+    ),
+    "estimators": flags.DEFINE_list(
+      "estimators",
+      None,
+      "Estimator labels; default: "
+      "config.compare.estimators, else nres,pes,tes.",
+    ),
+    "seeds": flags.DEFINE_list(
+      "seeds", None, "Seeds, e.g. 0,1,2; default: config.compare.seeds, else 0."
+    ),
+    "budget_seconds": flags.DEFINE_float(
+      "budget_seconds", 0.0, "Per-run wall-clock budget (toy systems)."
+    ),
+    "budget_steps": flags.DEFINE_float(
+      "budget_steps", 0.0, "Per-run budget of total inner unroll steps."
+    ),
+    "budget_outer_steps": flags.DEFINE_integer(
+      "budget_outer_steps", 0, "Per-run budget of outer steps."
+    ),
+    "output_dir": flags.DEFINE_string(
+      "output_dir", ".", "Where <name>.json and <name>.png go."
+    ),
+    "num_points": flags.DEFINE_integer(
+      "num_points",
+      0,
+      "Evaluation points per run (0: the config's "
+      "eval.num_points, or 10 for learned-optimizer configs).",
+    ),
+    "name": flags.DEFINE_string(
+      "name", None, "Output file stem; default: the config's stem."
+    ),
+    "workdir": flags.DEFINE_string(
+      "workdir",
+      None,
+      "Learned-optimizer configs: the runs' workdirs "
+      "(<workdir>/<estimator>/seed<k>); a temporary directory by "
+      "default. Finished runs there are reused.",
+    ),
   }
 
 
@@ -823,25 +1020,36 @@ def main(argv, flag_values: dict[str, Any]):
   f = {k: v.value for k, v in flag_values.items()}
   config = f["config"]
   defaults = config.get("compare", ml_collections.ConfigDict())
-  labels = f["estimators"] or list(defaults.get(
-      "estimators", ("nres", "pes", "tes")))
+  labels = f["estimators"] or list(
+    defaults.get("estimators", ("nres", "pes", "tes"))
+  )
   seeds = [int(s) for s in (f["seeds"] or defaults.get("seeds", (0,)))]
   if f["budget_seconds"] or f["budget_steps"] or f["budget_outer_steps"]:
     # A budget on the command line replaces the config's.
-    budget = Budget(seconds=f["budget_seconds"], steps=f["budget_steps"],
-                    outer_steps=f["budget_outer_steps"])
+    budget = Budget(
+      seconds=f["budget_seconds"],
+      steps=f["budget_steps"],
+      outer_steps=f["budget_outer_steps"],
+    )
   else:
-    budget = Budget(seconds=defaults.get("budget_seconds", 0.0),
-                    steps=defaults.get("budget_steps", 0.0),
-                    outer_steps=defaults.get("budget_outer_steps", 0))
+    budget = Budget(
+      seconds=defaults.get("budget_seconds", 0.0),
+      steps=defaults.get("budget_steps", 0.0),
+      outer_steps=defaults.get("budget_outer_steps", 0),
+    )
   if f["num_points"]:
     if is_toy(config):
       config.eval.num_points = f["num_points"]
     else:
       config.compare = ml_collections.ConfigDict(
-          dict(defaults, num_points=f["num_points"]))
-  name = f["name"] or os.path.splitext(os.path.basename(
-      config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+        dict(defaults, num_points=f["num_points"])
+      )
+  name = (
+    f["name"]
+    or os.path.splitext(
+      os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
+    )[0]
+  )
   result = compare(config, labels, seeds, budget, workdir=f["workdir"])
   json_path, png_path = write(result, f["output_dir"], name)
   print(format_table(result))

@@ -16,43 +16,48 @@ import json
 import math
 import os
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 
 from lopt import export, optimizers, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8, "Models per optimizer.")
 _NUM_STEPS = flags.DEFINE_integer(
-    "num_steps", 0, "Training steps per model; 0 = the meta-training horizon.")
+  "num_steps", 0, "Training steps per model; 0 = the meta-training horizon."
+)
 _OUTPUT = flags.DEFINE_string(
-    "output", "", "Directory for eval.json and eval.png; default: workdir.")
+  "output", "", "Directory for eval.json and eval.png; default: workdir."
+)
 
 #: Adam learning rates of the sweep: 1e-4 .. 1e-1, three per decade.
-LEARNING_RATES = tuple(round(m * 10.0**e, 6) for e in range(-4, -1)
-                       for m in (1, 2, 5)) + (0.1,)
+LEARNING_RATES = tuple(
+  round(m * 10.0**e, 6) for e in range(-4, -1) for m in (1, 2, 5)
+) + (0.1,)
 SCHEDULES = ("constant", "linear")
 
 
 def _rank(score: dict) -> tuple[bool, float]:
   """Sort key: finite losses first (a diverged run is never the best)."""
-  return (not math.isfinite(score["mean_train_loss"]),
-          score["mean_train_loss"])
+  return (not math.isfinite(score["mean_train_loss"]), score["mean_train_loss"])
 
 
 def _scores(result) -> dict[str, float]:
   losses = np.asarray(result["losses"])
-  return {"mean_train_loss": float(losses.mean()),
-          "final_train_loss": float(losses[:, -10:].mean()),
-          "test_accuracy": float(np.mean(result["test_accuracy"])),
-          "test_loss": float(np.mean(result["test_loss"]))}
+  return {
+    "mean_train_loss": float(losses.mean()),
+    "final_train_loss": float(losses[:, -10:].mean()),
+    "test_accuracy": float(np.mean(result["test_accuracy"])),
+    "test_loss": float(np.mean(result["test_loss"])),
+  }
 
 
-def evaluate(workdir: str, *, num_seeds: int = 8, num_steps: int = 0,
-             output: str = "") -> dict:
+def evaluate(
+  workdir: str, *, num_seeds: int = 8, num_steps: int = 0, output: str = ""
+) -> dict:
   """Runs the comparison and writes eval.json and eval.png.
 
   Returns:
@@ -76,12 +81,19 @@ def evaluate(workdir: str, *, num_seeds: int = 8, num_steps: int = 0,
     return train.evaluate_optimizer(exp, data, tx, keys)
 
   result = learned(theta)
-  summary = {"num_seeds": num_seeds, "num_steps": num_steps,
-             "dataset": dataset.name, "learned": _scores(result)}
+  summary = {
+    "num_seeds": num_seeds,
+    "num_steps": num_steps,
+    "dataset": dataset.name,
+    "learned": _scores(result),
+  }
   curves = {"learned optimizer": np.asarray(result["losses"]).mean(0)}
   for schedule in SCHEDULES:
-    run = jax.jit(lambda lr, s=schedule: train.evaluate_optimizer(
-        exp, data, optimizers.adam_baseline(lr, num_steps, s), keys))
+    run = jax.jit(
+      lambda lr, s=schedule: train.evaluate_optimizer(
+        exp, data, optimizers.adam_baseline(lr, num_steps, s), keys
+      )
+    )
     sweep, curves_of_sweep = [], []
     for lr in LEARNING_RATES:
       out = run(jnp.float32(lr))
@@ -91,21 +103,26 @@ def evaluate(workdir: str, *, num_seeds: int = 8, num_steps: int = 0,
     best, best_curve = sweep[best_index], curves_of_sweep[best_index]
     summary[f"adam_{schedule}"] = {"best": best, "sweep": sweep}
     summary["learned"][f"ratio_to_best_adam_{schedule}"] = (
-        summary["learned"]["mean_train_loss"] / best["mean_train_loss"])
+      summary["learned"]["mean_train_loss"] / best["mean_train_loss"]
+    )
     curves[f"Adam {schedule}, lr {best['learning_rate']:g}"] = best_curve
 
   output = output or workdir
   os.makedirs(output, exist_ok=True)
   with open(os.path.join(output, "eval.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  summary["plot"] = plot(curves, os.path.join(output, "eval.png"),
-                         title=f"{dataset.name}: {num_seeds} held-out seeds")
+  summary["plot"] = plot(
+    curves,
+    os.path.join(output, "eval.png"),
+    title=f"{dataset.name}: {num_seeds} held-out seeds",
+  )
   return summary
 
 
 def plot(curves: dict[str, np.ndarray], path: str, title: str) -> str:
   """Writes the training-loss curves (smoothed) to a PNG; returns its path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -114,8 +131,12 @@ def plot(curves: dict[str, np.ndarray], path: str, title: str) -> str:
     width = max(1, len(curve) // 50)
     smooth = np.convolve(curve, np.ones(width) / width, mode="valid")
     ax.plot(np.arange(len(smooth)) + width // 2, smooth, label=label)
-  ax.set(xlabel="training step", ylabel="training loss (batch)", yscale="log",
-         title=title)
+  ax.set(
+    xlabel="training step",
+    ylabel="training loss (batch)",
+    yscale="log",
+    title=title,
+  )
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -129,26 +150,38 @@ def format_table(summary: dict) -> str:
   for schedule in SCHEDULES:
     best = summary[f"adam_{schedule}"]["best"]
     rows.append((f"Adam {schedule}, best lr {best['learning_rate']:g}", best))
-  lines = ["| optimizer | mean train loss | final train loss | test acc |",
-           "|---|---|---|---|"]
+  lines = [
+    "| optimizer | mean train loss | final train loss | test acc |",
+    "|---|---|---|---|",
+  ]
   for name, s in rows:
-    lines.append(f"| {name} | {s['mean_train_loss']:.4f} | "
-                 f"{s['final_train_loss']:.4f} | {s['test_accuracy']:.3f} |")
+    lines.append(
+      f"| {name} | {s['mean_train_loss']:.4f} | "
+      f"{s['final_train_loss']:.4f} | {s['test_accuracy']:.3f} |"
+    )
   learned = summary["learned"]
   lines.append("")
   for schedule in SCHEDULES:
-    lines.append(f"learned / best Adam {schedule}: "
-                 f"{learned[f'ratio_to_best_adam_{schedule}']:.3f}")
+    lines.append(
+      f"learned / best Adam {schedule}: "
+      f"{learned[f'ratio_to_best_adam_{schedule}']:.3f}"
+    )
   return "\n".join(lines)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  summary = evaluate(_WORKDIR.value, num_seeds=_NUM_SEEDS.value,
-                     num_steps=_NUM_STEPS.value, output=_OUTPUT.value)
-  print(f"Mean training loss over {summary['num_steps']} steps, "
-        f"{summary['num_seeds']} held-out seeds ({summary['dataset']}):")
+  summary = evaluate(
+    _WORKDIR.value,
+    num_seeds=_NUM_SEEDS.value,
+    num_steps=_NUM_STEPS.value,
+    output=_OUTPUT.value,
+  )
+  print(
+    f"Mean training loss over {summary['num_steps']} steps, "
+    f"{summary['num_seeds']} held-out seeds ({summary['dataset']}):"
+  )
   print(format_table(summary))
   print(f"Loss curves: {summary['plot']}")
 

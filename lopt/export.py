@@ -38,20 +38,24 @@ def load_theta(path: str, step: int | None = None):
   meta, saved = checkpoint.load_meta(_checkpoint_dir(path), step)
   if "lopt" not in saved or "theta" not in meta:
     raise ValueError(
-        f"{path} holds a checkpoint, but not of a lopt learned optimizer: "
-        f"its config has keys {sorted(saved)} and its state {sorted(meta)}.")
+      f"{path} holds a checkpoint, but not of a lopt learned optimizer: "
+      f"its config has keys {sorted(saved)} and its state {sorted(meta)}."
+    )
   cfg = optimizers.LOptConfig.from_dict(saved["lopt"])
   theta = jax.tree.map(jax.numpy.asarray, meta["theta"])
   try:  # learned_optimizer checks that theta's shapes fit the architecture
     optimizers.learned_optimizer(theta, cfg, saved.get("horizon", 1))
   except ValueError as e:
-    raise ValueError(f"The checkpoint in {path} does not fit its recorded "
-                     f"architecture {cfg}: {e}") from e
+    raise ValueError(
+      f"The checkpoint in {path} does not fit its recorded "
+      f"architecture {cfg}: {e}"
+    ) from e
   return theta, cfg, saved
 
 
-def load_optimizer(path: str, num_steps: int | None = None,
-                   step: int | None = None) -> optax.GradientTransformation:
+def load_optimizer(
+  path: str, num_steps: int | None = None, step: int | None = None
+) -> optax.GradientTransformation:
   """Loads a trained learned optimizer as an optax transformation.
 
   Args:
@@ -67,5 +71,6 @@ def load_optimizer(path: str, num_steps: int | None = None,
     via `nnx.Optimizer(model, tx, wrt=nnx.Param)`, plain dicts).
   """
   theta, cfg, saved = load_theta(path, step)
-  return optimizers.learned_optimizer(theta, cfg,
-                                      num_steps or saved.get("horizon"))
+  return optimizers.learned_optimizer(
+    theta, cfg, num_steps or saved.get("horizon")
+  )

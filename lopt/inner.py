@@ -21,7 +21,8 @@ into the compiled program as constants.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,35 +56,45 @@ class InnerTraining:
 
   def __post_init__(self):
     if self.meta_loss not in META_LOSSES:
-      raise ValueError(f"task.meta_loss must be one of {list(META_LOSSES)}, "
-                       f"got {self.meta_loss!r}")
+      raise ValueError(
+        f"task.meta_loss must be one of {list(META_LOSSES)}, "
+        f"got {self.meta_loss!r}"
+      )
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     params = self.task.init(key)
-    return {"params": params,
-            "opt_state": optimizers.init_state(self.lopt, params)}
+    return {
+      "params": params,
+      "opt_state": optimizers.init_state(self.lopt, params),
+    }
 
   def step(self, theta, state, t, key):
     del t  # the learned optimizer keeps its own step count
     k_train, k_valid = jax.random.split(key)
-    x, y = self.task.sample_batch(k_train, self.data["train_x"],
-                                  self.data["train_y"])
+    x, y = self.task.sample_batch(
+      k_train, self.data["train_x"], self.data["train_y"]
+    )
     loss, grads = jax.value_and_grad(self.task.loss)(state["params"], x, y)
     tx = optimizers.learned_optimizer(theta, self.lopt, self.horizon)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if self.meta_loss == "validation":
-      xv, yv = self.task.sample_batch(k_valid, self.data["valid_x"],
-                                      self.data["valid_y"])
+      xv, yv = self.task.sample_batch(
+        k_valid, self.data["valid_x"], self.data["valid_y"]
+      )
       loss = self.task.loss(params, xv, yv)
     if self.max_loss is not None:
       loss = jnp.minimum(loss, self.max_loss)
     return {"params": params, "opt_state": opt_state}, loss
 
 
-def train_model(task: tasks.Task, tx: optax.GradientTransformation,
-                data: Mapping[str, jax.Array], key: jax.Array,
-                num_steps: int):
+def train_model(
+  task: tasks.Task,
+  tx: optax.GradientTransformation,
+  data: Mapping[str, jax.Array],
+  key: jax.Array,
+  num_steps: int,
+):
   """Trains one fresh model with any optax optimizer; pure and jit-able.
 
   The yardstick of meta-evaluation: the learned optimizer and the Adam
@@ -112,8 +123,10 @@ def train_model(task: tasks.Task, tx: optax.GradientTransformation,
     return (optax.apply_updates(params, updates), opt_state), loss
 
   (params, _), losses = jax.lax.scan(
-      step, (params, tx.init(params)), jax.random.split(k_steps, num_steps))
-  return {"losses": losses,
-          "test_loss": task.loss(params, data["test_x"], data["test_y"]),
-          "test_accuracy": task.accuracy(params, data["test_x"],
-                                         data["test_y"])}
+    step, (params, tx.init(params)), jax.random.split(k_steps, num_steps)
+  )
+  return {
+    "losses": losses,
+    "test_loss": task.loss(params, data["test_x"], data["test_y"]),
+    "test_accuracy": task.accuracy(params, data["test_x"], data["test_y"]),
+  }

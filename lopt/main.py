@@ -16,28 +16,35 @@ saves and restores. SIGTERM (or a TPU preemption notice) makes the run save
 a checkpoint at the next step boundary and exit with status 0.
 """
 
-from absl import app, flags, logging
 import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lopt import train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file.",
-    lock_config=True)
+  "config", None, "Path to an ml_collections config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints and metrics.")
+  "workdir", None, "Directory for checkpoints and metrics."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
-    "Call jax.distributed.initialize() (TPU pods and multi-process runs).")
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() (TPU pods and multi-process runs).",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0, with --distributed (auto-detected on Cloud "
-    "TPU, Slurm and other known clusters).")
+  "coordinator_address",
+  None,
+  "host:port of process 0, with --distributed (auto-detected on Cloud "
+  "TPU, Slurm and other known clusters).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Number of processes, with --distributed.")
+  "num_processes", None, "Number of processes, with --distributed."
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index, with --distributed.")
+  "process_id", None, "This process's index, with --distributed."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,16 +54,22 @@ def main(argv):
   if _DISTRIBUTED.value:
     # Must come before anything touches the devices. With no arguments it
     # auto-detects Cloud TPU, Slurm, ...; the flags serve other clusters.
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
     # N copies of every progress line help no one; problems still show.
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX process %d/%d, %d local and %d global devices (%s)",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logging.info(
+    "JAX process %d/%d, %d local and %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   logging.info("Config:\n%s", _CONFIG.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

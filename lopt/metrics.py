@@ -25,16 +25,16 @@ import time
 from collections.abc import Mapping
 from typing import Any, BinaryIO, TextIO
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
-METRICS_FILE = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _open(path: str, mode: str) -> TextIO | BinaryIO:
-  if '://' in path:
+  if "://" in path:
     # gs://... workdirs on TPU pods. etils comes with orbax; note that object
     # stores may not support appending to an existing metrics.jsonl.
     from etils import epath  # pylint: disable=g-import-not-at-top
@@ -44,36 +44,36 @@ def _open(path: str, mode: str) -> TextIO | BinaryIO:
 
 
 def _join(*parts: str) -> str:
-  return '/'.join(p.rstrip('/') for p in parts)
+  return "/".join(p.rstrip("/") for p in parts)
 
 
 def _to_float(name: str, value: Any) -> float:
   """Converts a Python, numpy or (scalar) jax number to a Python float."""
   if isinstance(value, (str, bytes)):
-    raise TypeError(f'metric {name!r} is a string: {value!r}')
+    raise TypeError(f"metric {name!r} is a string: {value!r}")
   array = np.asarray(value)  # Copies a jax array to the host.
   if array.size != 1:
     raise ValueError(
-        f'metric {name!r} must be a scalar, got shape {array.shape}'
+      f"metric {name!r} must be a scalar, got shape {array.shape}"
     )
   return float(array.reshape(()))
 
 
 def _ends_mid_line(path: str) -> bool:
-  with open(path, 'rb') as f:
+  with open(path, "rb") as f:
     if f.seek(0, os.SEEK_END) == 0:
       return False
     f.seek(-1, os.SEEK_END)
-    return f.read(1) != b'\n'
+    return f.read(1) != b"\n"
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(_flatten(value, f"{prefix}{key}."))
     else:
-      flat[f'{prefix}{key}'] = value
+      flat[f"{prefix}{key}"] = value
   return flat
 
 
@@ -83,11 +83,13 @@ class _EventWriter:
   def __init__(self, logdir: str):
     # Imported here so that lopt works without the `tensorboard` package.
     # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.compat.proto import tensor_pb2
-    from tensorboard.compat.proto import tensor_shape_pb2
-    from tensorboard.compat.proto import types_pb2
+    from tensorboard.compat.proto import (
+      event_pb2,
+      summary_pb2,
+      tensor_pb2,
+      tensor_shape_pb2,
+      types_pb2,
+    )
     from tensorboard.summary.writer.record_writer import RecordWriter
     # pylint: enable=g-import-not-at-top
 
@@ -96,18 +98,18 @@ class _EventWriter:
     self._tensor_pb2 = tensor_pb2
     self._tensor_shape_pb2 = tensor_shape_pb2
     self._types_pb2 = types_pb2
-    if '://' not in logdir:
+    if "://" not in logdir:
       os.makedirs(logdir, exist_ok=True)
     # TensorBoard reads every file with 'tfevents' in its name; time, host and
     # pid keep a restarted run from overwriting the events of the earlier one.
     name = (
-        f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
-        f'.{os.getpid()}'
+      f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"
+      f".{os.getpid()}"
     )
     self.path = _join(logdir, name)
-    self._file = _open(self.path, 'wb')
+    self._file = _open(self.path, "wb")
     self._records = RecordWriter(self._file)
-    self._write(self._event_pb2.Event(file_version='brain.Event:2'))
+    self._write(self._event_pb2.Event(file_version="brain.Event:2"))
 
   def _write(self, event) -> None:
     event.wall_time = time.time()
@@ -120,32 +122,32 @@ class _EventWriter:
 
   def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     self._summary(
-        step,
-        [
-            self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
-            for tag, value in scalars.items()
-        ],
+      step,
+      [
+        self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
+        for tag, value in scalars.items()
+      ],
     )
 
   def text(self, step: int, tag: str, text: str) -> None:
     # The layout of the text plugin: a scalar string tensor with plugin data.
     metadata = self._summary_pb2.SummaryMetadata(
-        plugin_data=self._summary_pb2.SummaryMetadata.PluginData(
-            plugin_name='text'
-        )
+      plugin_data=self._summary_pb2.SummaryMetadata.PluginData(
+        plugin_name="text"
+      )
     )
     tensor = self._tensor_pb2.TensorProto(
-        dtype=self._types_pb2.DT_STRING,
-        string_val=[text.encode('utf-8')],
-        tensor_shape=self._tensor_shape_pb2.TensorShapeProto(),
+      dtype=self._types_pb2.DT_STRING,
+      string_val=[text.encode("utf-8")],
+      tensor_shape=self._tensor_shape_pb2.TensorShapeProto(),
     )
     self._summary(
-        step,
-        [
-            self._summary_pb2.Summary.Value(
-                tag=tag, metadata=metadata, tensor=tensor
-            )
-        ],
+      step,
+      [
+        self._summary_pb2.Summary.Value(
+          tag=tag, metadata=metadata, tensor=tensor
+        )
+      ],
     )
 
   def hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -167,7 +169,7 @@ class MetricWriter:
   """
 
   def __init__(
-      self, workdir: str | os.PathLike[str], *, enabled: bool | None = None
+    self, workdir: str | os.PathLike[str], *, enabled: bool | None = None
   ):
     """Creates the writer (and `workdir` if needed).
 
@@ -183,20 +185,20 @@ class MetricWriter:
     self._events = None
     if not self.enabled:
       return
-    if '://' not in self.workdir:
+    if "://" not in self.workdir:
       os.makedirs(self.workdir, exist_ok=True)
     # Appending: a resumed run continues the file of the run it resumes.
     path = _join(self.workdir, METRICS_FILE)
-    self._jsonl = _open(path, 'a')
-    if '://' not in path and _ends_mid_line(path):
+    self._jsonl = _open(path, "a")
+    if "://" not in path and _ends_mid_line(path):
       # The previous run was killed mid-line; keep our first line separate.
-      self._jsonl.write('\n')
+      self._jsonl.write("\n")
     try:
       self._events = _EventWriter(_join(self.workdir, TENSORBOARD_DIR))
     except ImportError:
       logging.warning(
-          'The tensorboard package is not installed: writing %s only.',
-          METRICS_FILE,
+        "The tensorboard package is not installed: writing %s only.",
+        METRICS_FILE,
       )
 
   @property
@@ -214,11 +216,11 @@ class MetricWriter:
     """
     if not self.enabled:
       return
-    if 'step' in metrics:
+    if "step" in metrics:
       raise ValueError('"step" is reserved for the step argument')
     # Converting here also moves jax scalars to the host, once.
     scalars = {name: _to_float(name, value) for name, value in metrics.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
     if self._events:
       self._events.scalars(int(step), scalars)
@@ -244,7 +246,7 @@ class MetricWriter:
     """
     if not (self.enabled and self._events):
       return
-    if hasattr(hparams, 'to_dict'):  # ml_collections.ConfigDict
+    if hasattr(hparams, "to_dict"):  # ml_collections.ConfigDict
       hparams = hparams.to_dict()
     flat = {}
     for name, value in _flatten(hparams).items():
@@ -289,10 +291,10 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     the file does not exist.
   """
   path = _join(os.fspath(workdir), METRICS_FILE)
-  if '://' not in path and not os.path.exists(path):
+  if "://" not in path and not os.path.exists(path):
     return []
   rows = []
-  with _open(path, 'r') as f:
+  with _open(path, "r") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -300,5 +302,5 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         rows.append(json.loads(line))
       except json.JSONDecodeError:
         # A run killed mid-write leaves a truncated line; the rest is fine.
-        logging.warning('Skipping line %d of %s: %r', number, path, line)
+        logging.warning("Skipping line %d of %s: %r", number, path, line)
   return rows

@@ -55,7 +55,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -65,7 +66,7 @@ import optax
 
 Theta = Any  # A nested dict of float32 arrays (the meta-parameters).
 
-KINDS = ('mlp', 'nominal')
+KINDS = ("mlp", "nominal")
 # Momentum decays of MLPLOpt (algorithms.md section 4).
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 # Time scales tau of the tanh(it / tau - 1) step features.
@@ -80,11 +81,15 @@ _ADAM_B1_INDEX = MOMENTUM_DECAYS.index(ADAM_B1)
 # Per-parameter feature channels: g, p and the momenta (all normalised); the
 # nominal kind adds the Adam direction, normalised and raw.
 _NUM_BASE_CHANNELS = 2 + len(MOMENTUM_DECAYS)
-_NUM_PARAM_FEATURES = {'mlp': _NUM_BASE_CHANNELS,
-                       'nominal': _NUM_BASE_CHANNELS + 2}
+_NUM_PARAM_FEATURES = {
+  "mlp": _NUM_BASE_CHANNELS,
+  "nominal": _NUM_BASE_CHANNELS + 2,
+}
 # Features shared by every parameter: step features (+ progress, nominal).
-_NUM_SHARED_FEATURES = {'mlp': len(TIME_SCALES),
-                        'nominal': len(TIME_SCALES) + 1}
+_NUM_SHARED_FEATURES = {
+  "mlp": len(TIME_SCALES),
+  "nominal": len(TIME_SCALES) + 1,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +112,7 @@ class LOptConfig:
     nominal_exp_mult: scale of the multiplicative log-step correction.
   """
 
-  kind: str = 'mlp'
+  kind: str = "mlp"
   hidden: tuple[int, ...] = (32, 32)
   step_mult: float = 1e-3
   exp_mult: float = 1e-3
@@ -119,42 +124,46 @@ class LOptConfig:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(
-          f'LOptConfig.kind must be one of {list(KINDS)}, got {self.kind!r}.'
+        f"LOptConfig.kind must be one of {list(KINDS)}, got {self.kind!r}."
       )
     try:
       hidden = tuple(int(h) for h in self.hidden)
     except (TypeError, ValueError):
       hidden = None
-    if not hidden or any(
-        h <= 0 or h != w for h, w in zip(hidden, self.hidden)
-    ):
+    if not hidden or any(h <= 0 or h != w for h, w in zip(hidden, self.hidden)):
       raise ValueError(
-          'LOptConfig.hidden must be a non-empty sequence of positive ints, '
-          f'got {self.hidden!r}.'
+        "LOptConfig.hidden must be a non-empty sequence of positive ints, "
+        f"got {self.hidden!r}."
       )
     # A list (e.g. from JSON) becomes a tuple so that the config hashes.
-    object.__setattr__(self, 'hidden', hidden)
-    positive = ('step_mult', 'nominal_lr')
-    non_negative = ('exp_mult', 'out_init_scale', 'nominal_dir_mult',
-                    'nominal_exp_mult')
+    object.__setattr__(self, "hidden", hidden)
+    positive = ("step_mult", "nominal_lr")
+    non_negative = (
+      "exp_mult",
+      "out_init_scale",
+      "nominal_dir_mult",
+      "nominal_exp_mult",
+    )
     for name in positive + non_negative:
       value = getattr(self, name)
-      ok = (isinstance(value, (int, float, np.floating, np.integer))
-            and not isinstance(value, bool) and math.isfinite(value))
+      ok = (
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+      )
       if ok:
         ok = value > 0 if name in positive else value >= 0
       if not ok:
-        bound = '> 0' if name in positive else '>= 0'
+        bound = "> 0" if name in positive else ">= 0"
         raise ValueError(
-            f'LOptConfig.{name} must be a finite number {bound}, got '
-            f'{value!r}.'
+          f"LOptConfig.{name} must be a finite number {bound}, got {value!r}."
         )
       object.__setattr__(self, name, float(value))
 
   def to_dict(self) -> dict[str, Any]:
     """Returns a JSON-friendly dict (lists, floats, strings)."""
     d = dataclasses.asdict(self)
-    d['hidden'] = list(self.hidden)
+    d["hidden"] = list(self.hidden)
     return d
 
   @classmethod
@@ -174,7 +183,7 @@ class LOptConfig:
     unknown = sorted(set(d) - set(valid))
     if unknown:
       raise ValueError(
-          f'Unknown LOptConfig field(s) {unknown}; valid fields: {valid}.'
+        f"Unknown LOptConfig field(s) {unknown}; valid fields: {valid}."
       )
     return cls(**d)
 
@@ -197,17 +206,19 @@ class _DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self) -> tuple[jax.Array, jax.Array]:
-    kernel = self.param('kernel', self.kernel_init,
-                        (self.in_features, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,),
-                      jnp.float32)
+    kernel = self.param(
+      "kernel", self.kernel_init, (self.in_features, self.features), jnp.float32
+    )
+    bias = self.param(
+      "bias", nn.initializers.zeros_init(), (self.features,), jnp.float32
+    )
     return kernel, bias
 
 
 def _apply_layers(
-    layers: Sequence[tuple[jax.Array, jax.Array]],
-    features: jax.Array,
-    shared: jax.Array,
+  layers: Sequence[tuple[jax.Array, jax.Array]],
+  features: jax.Array,
+  shared: jax.Array,
 ) -> jax.Array:
   """The MLP's arithmetic: (F - S, P) and (S,) features -> (P, 2).
 
@@ -284,15 +295,17 @@ class MLPLOpt(nn.Module):
         kernel_init = nn.initializers.zeros_init()
       else:
         kernel_init = nn.initializers.variance_scaling(
-            self.out_init_scale**2, 'fan_in', 'truncated_normal')
+          self.out_init_scale**2, "fan_in", "truncated_normal"
+        )
       layers.append(
-          _DenseParams(fan_in, width, kernel_init, name=f'layer_{i}')())
+        _DenseParams(fan_in, width, kernel_init, name=f"layer_{i}")()
+      )
       fan_in = width
     return _apply_layers(layers, features, shared)
 
 
 def _module(cfg: LOptConfig) -> MLPLOpt:
-  scale = cfg.out_init_scale if cfg.kind == 'mlp' else 0.0
+  scale = cfg.out_init_scale if cfg.kind == "mlp" else 0.0
   return MLPLOpt(hidden=cfg.hidden, out_init_scale=scale)
 
 
@@ -314,11 +327,12 @@ def init_theta(cfg: LOptConfig, key: jax.Array) -> Theta:
   module = _module(cfg)
   shared = jnp.zeros((_NUM_SHARED_FEATURES[cfg.kind],), jnp.float32)
   per_param = jnp.zeros((_NUM_PARAM_FEATURES[cfg.kind], 1), jnp.float32)
-  params = module.init(key, per_param, shared)['params']
-  theta = {'mlp': jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
-                               dict(params))}
-  if cfg.kind == 'nominal':
-    theta['log_lr'] = jnp.asarray(math.log(cfg.nominal_lr), jnp.float32)
+  params = module.init(key, per_param, shared)["params"]
+  theta = {
+    "mlp": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
+  }
+  if cfg.kind == "nominal":
+    theta["log_lr"] = jnp.asarray(math.log(cfg.nominal_lr), jnp.float32)
   return theta
 
 
@@ -335,18 +349,19 @@ def _check_theta(theta: Theta, cfg: LOptConfig) -> None:
     leaves = exp_def.flatten_up_to(theta)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f'theta does not match LOptConfig(kind={cfg.kind!r}, '
-        f'hidden={cfg.hidden}): expected structure {exp_def}, got '
-        f'{jax.tree.structure(theta)}.'
+      f"theta does not match LOptConfig(kind={cfg.kind!r}, "
+      f"hidden={cfg.hidden}): expected structure {exp_def}, got "
+      f"{jax.tree.structure(theta)}."
     ) from e
-  for path_leaf, got in zip(jax.tree_util.tree_leaves_with_path(expected),
-                            leaves):
+  for path_leaf, got in zip(
+    jax.tree_util.tree_leaves_with_path(expected), leaves
+  ):
     path, want = path_leaf
     if jnp.shape(got) != want.shape:
       raise ValueError(
-          f'theta{jax.tree_util.keystr(path)} has shape {jnp.shape(got)}, '
-          f'but LOptConfig(kind={cfg.kind!r}, hidden={cfg.hidden}) needs '
-          f'{want.shape}.'
+        f"theta{jax.tree_util.keystr(path)} has shape {jnp.shape(got)}, "
+        f"but LOptConfig(kind={cfg.kind!r}, hidden={cfg.hidden}) needs "
+        f"{want.shape}."
       )
 
 
@@ -400,12 +415,12 @@ def init_state(cfg: LOptConfig, params: optax.Params) -> LOptState:
   """
   n = len(MOMENTUM_DECAYS)
   momenta = jax.tree.map(
-      lambda p: jnp.zeros((n, *jnp.shape(p)), _float_dtype(p)), params)
+    lambda p: jnp.zeros((n, *jnp.shape(p)), _float_dtype(p)), params
+  )
   count = jnp.zeros([], jnp.int32)
-  if cfg.kind == 'mlp':
+  if cfg.kind == "mlp":
     return MLPLOptState(count=count, momenta=momenta)
-  nu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _float_dtype(p)),
-                    params)
+  nu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _float_dtype(p)), params)
   return NominalLOptState(count=count, momenta=momenta, nu=nu)
 
 
@@ -426,17 +441,17 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 
 def _compute(
-    cfg: LOptConfig,
-    grads: optax.Updates,
-    state: LOptState,
-    params: optax.Params,
-    num_steps: int | jax.Array | None,
+  cfg: LOptConfig,
+  grads: optax.Updates,
+  state: LOptState,
+  params: optax.Params,
+  num_steps: int | jax.Array | None,
 ) -> tuple[_Computed, list[Any], Any]:
   """Updates the accumulators and builds the features of one step."""
   g_leaves, treedef = jax.tree.flatten(grads)
   p_leaves = treedef.flatten_up_to(params)
   m_leaves = treedef.flatten_up_to(state.momenta)
-  nominal = cfg.kind == 'nominal'
+  nominal = cfg.kind == "nominal"
   if nominal:
     v_leaves = treedef.flatten_up_to(state.nu)
   it = state.count  # Before the increment, as in the paper.
@@ -466,8 +481,9 @@ def _compute(
       v = jnp.reshape(v_leaves[i], (1, -1)).astype(jnp.float32)
       v = ADAM_B2 * v + (1.0 - ADAM_B2) * jnp.square(g)
       new_v.append(v.reshape(shape).astype(v_dtype))
-      a = (m[_ADAM_B1_INDEX:_ADAM_B1_INDEX + 1] / bc1) / (
-          jnp.sqrt(v / bc2) + ADAM_EPS)
+      a = (m[_ADAM_B1_INDEX : _ADAM_B1_INDEX + 1] / bc1) / (
+        jnp.sqrt(v / bc2) + ADAM_EPS
+      )
       adam_dirs.append(a[0])
       channels += [a]
     block = _normalize(jnp.concatenate(channels, axis=0))
@@ -491,26 +507,29 @@ def _compute(
 
   new_momenta = jax.tree.unflatten(treedef, new_m)
   if nominal:
-    new_state = NominalLOptState(count=new_count, momenta=new_momenta,
-                                 nu=jax.tree.unflatten(treedef, new_v))
+    new_state = NominalLOptState(
+      count=new_count,
+      momenta=new_momenta,
+      nu=jax.tree.unflatten(treedef, new_v),
+    )
   else:
     new_state = MLPLOptState(count=new_count, momenta=new_momenta)
   computed = _Computed(
-      param_features=param_features,
-      shared_features=shared_features,
-      adam_direction=jnp.concatenate(adam_dirs) if nominal else None,
-      progress=progress,
-      new_state=new_state,
+    param_features=param_features,
+    shared_features=shared_features,
+    adam_direction=jnp.concatenate(adam_dirs) if nominal else None,
+    progress=progress,
+    new_state=new_state,
   )
   return computed, p_leaves, treedef
 
 
 def compute_features(
-    cfg: LOptConfig,
-    grads: optax.Updates,
-    state: LOptState,
-    params: optax.Params,
-    num_steps: int | None = None,
+  cfg: LOptConfig,
+  grads: optax.Updates,
+  state: LOptState,
+  params: optax.Params,
+  num_steps: int | None = None,
 ) -> jax.Array:
   """The MLP's full input features for one update (for tests and analysis).
 
@@ -530,26 +549,27 @@ def compute_features(
   _check_num_steps(cfg, num_steps)
   c, _, _ = _compute(cfg, grads, state, params, num_steps)
   rows = c.param_features.shape[1]
-  shared = jnp.broadcast_to(c.shared_features,
-                            (rows, c.shared_features.shape[0]))
+  shared = jnp.broadcast_to(
+    c.shared_features, (rows, c.shared_features.shape[0])
+  )
   return jnp.concatenate([c.param_features.T, shared], axis=1)
 
 
 def _check_num_steps(cfg: LOptConfig, num_steps: Any) -> None:
-  if cfg.kind == 'nominal':
+  if cfg.kind == "nominal":
     if num_steps is None:
       raise ValueError(
-          "LOptConfig(kind='nominal') needs num_steps (the inner training "
-          'horizon) for its learning-rate schedule and progress feature.'
+        "LOptConfig(kind='nominal') needs num_steps (the inner training "
+        "horizon) for its learning-rate schedule and progress feature."
       )
     if isinstance(num_steps, (int, float)) and num_steps <= 0:
-      raise ValueError(f'num_steps must be positive, got {num_steps}.')
+      raise ValueError(f"num_steps must be positive, got {num_steps}.")
 
 
 def learned_optimizer(
-    theta: Theta,
-    cfg: LOptConfig,
-    num_steps: int | None = None,
+  theta: Theta,
+  cfg: LOptConfig,
+  num_steps: int | None = None,
 ) -> optax.GradientTransformation:
   """The learned optimizer with meta-parameters `theta`, as optax.
 
@@ -575,7 +595,7 @@ def learned_optimizer(
       'nominal' kind.
   """
   if not isinstance(cfg, LOptConfig):
-    raise TypeError(f'cfg must be an LOptConfig, got {type(cfg).__name__}.')
+    raise TypeError(f"cfg must be an LOptConfig, got {type(cfg).__name__}.")
   _check_num_steps(cfg, num_steps)
   _check_theta(theta, cfg)
   module = _module(cfg)
@@ -584,31 +604,33 @@ def learned_optimizer(
     return init_state(cfg, params)
 
   def update_fn(
-      updates: optax.Updates,
-      state: LOptState,
-      params: optax.Params | None = None,
+    updates: optax.Updates,
+    state: LOptState,
+    params: optax.Params | None = None,
   ) -> tuple[optax.Updates, LOptState]:
     if params is None:
       raise ValueError(
-          'The learned optimizer needs the current parameters: call '
-          'update(grads, state, params).'
+        "The learned optimizer needs the current parameters: call "
+        "update(grads, state, params)."
       )
     c, p_leaves, treedef = _compute(cfg, updates, state, params, num_steps)
-    out = module.apply({'params': theta['mlp']}, c.param_features,
-                       c.shared_features)
+    out = module.apply(
+      {"params": theta["mlp"]}, c.param_features, c.shared_features
+    )
     direction, magnitude = out[:, 0], out[:, 1]
-    if cfg.kind == 'mlp':
+    if cfg.kind == "mlp":
       step = cfg.step_mult * direction * jnp.exp(cfg.exp_mult * magnitude)
     else:
-      lr = jnp.exp(theta['log_lr']) * (1.0 - c.progress)
-      step = lr * (c.adam_direction * jnp.exp(cfg.nominal_exp_mult * magnitude)
-                   + cfg.nominal_dir_mult * direction)
+      lr = jnp.exp(theta["log_lr"]) * (1.0 - c.progress)
+      step = lr * (
+        c.adam_direction * jnp.exp(cfg.nominal_exp_mult * magnitude)
+        + cfg.nominal_dir_mult * direction
+      )
     new_updates, offset = [], 0
     for p in p_leaves:
       size = math.prod(jnp.shape(p))
-      leaf = -step[offset:offset + size]
-      new_updates.append(
-          leaf.reshape(jnp.shape(p)).astype(jnp.result_type(p)))
+      leaf = -step[offset : offset + size]
+      new_updates.append(leaf.reshape(jnp.shape(p)).astype(jnp.result_type(p)))
       offset += size
     return jax.tree.unflatten(treedef, new_updates), c.new_state
 
@@ -616,9 +638,9 @@ def learned_optimizer(
 
 
 def adam_baseline(
-    learning_rate: float,
-    num_steps: int | None = None,
-    schedule: str = 'constant',
+  learning_rate: float,
+  num_steps: int | None = None,
+  schedule: str = "constant",
 ) -> optax.GradientTransformation:
   """Hand-designed baseline: optax Adam with a constant or linear schedule.
 
@@ -633,13 +655,14 @@ def adam_baseline(
   Raises:
     ValueError: on an unknown schedule or a missing num_steps.
   """
-  if schedule == 'constant':
+  if schedule == "constant":
     return optax.adam(learning_rate)
-  if schedule == 'linear':
+  if schedule == "linear":
     if num_steps is None or num_steps <= 0:
       raise ValueError(
-          f"schedule='linear' needs a positive num_steps, got {num_steps}.")
+        f"schedule='linear' needs a positive num_steps, got {num_steps}."
+      )
     return optax.adam(optax.linear_schedule(learning_rate, 0.0, num_steps))
   raise ValueError(
-      f"Unknown schedule {schedule!r}; valid choices: ['constant', 'linear']."
+    f"Unknown schedule {schedule!r}; valid choices: ['constant', 'linear']."
   )

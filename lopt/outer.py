@@ -22,14 +22,22 @@ class OuterState(NamedTuple):
   estimator_state: Any
 
 
-def init(estimator: Estimator, optimizer: optax.GradientTransformation,
-         theta, key: jax.Array) -> OuterState:
+def init(
+  estimator: Estimator,
+  optimizer: optax.GradientTransformation,
+  theta,
+  key: jax.Array,
+) -> OuterState:
   """Initial outer state: the estimator's particles burn in under theta."""
   return OuterState(theta, optimizer.init(theta), estimator.init(theta, key))
 
 
-def outer_step(estimator: Estimator, optimizer: optax.GradientTransformation,
-               state: OuterState, key: jax.Array):
+def outer_step(
+  estimator: Estimator,
+  optimizer: optax.GradientTransformation,
+  state: OuterState,
+  key: jax.Array,
+):
   """One outer update; returns the new state and the estimator's info.
 
   A gradient with a non-finite entry is not applied (theta and the
@@ -37,19 +45,27 @@ def outer_step(estimator: Estimator, optimizer: optax.GradientTransformation,
   estimators already mask non-finite losses, so this is a last guard.
   """
   grad, est_state, info = estimator.estimate(
-      state.theta, state.estimator_state, key)
+    state.theta, state.estimator_state, key
+  )
   updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
   theta = optax.apply_updates(state.theta, updates)
   finite = base.tree_all_finite(grad)
   theta, opt_state = jax.tree.map(
-      lambda new, old: jnp.where(finite, new, old),
-      (theta, opt_state), (state.theta, state.opt_state))
+    lambda new, old: jnp.where(finite, new, old),
+    (theta, opt_state),
+    (state.theta, state.opt_state),
+  )
   info = dict(info, grad_norm=optax.tree.norm(grad), applied=finite)
   return OuterState(theta, opt_state, est_state), info
 
 
-def meta_train(estimator: Estimator, optimizer: optax.GradientTransformation,
-               theta, key: jax.Array, num_steps: int):
+def meta_train(
+  estimator: Estimator,
+  optimizer: optax.GradientTransformation,
+  theta,
+  key: jax.Array,
+  num_steps: int,
+):
   """Meta-trains theta for `num_steps` outer steps in one jitted scan.
 
   Args:
@@ -73,7 +89,8 @@ def meta_train(estimator: Estimator, optimizer: optax.GradientTransformation,
       return state, dict(info, theta=state.theta)
 
     state, history = jax.lax.scan(
-        body, state, jax.random.split(k_steps, num_steps))
+      body, state, jax.random.split(k_steps, num_steps)
+    )
     return state.theta, history
 
   return run(theta)

@@ -53,12 +53,14 @@ host with `to_host`, which works when arrays are not fully addressable.
 """
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 
@@ -78,8 +80,9 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     The mesh, with an Auto axis (see the module docstring for why).
   """
   devices = list(jax.devices() if devices is None else devices)
-  return jax.make_mesh((len(devices),), (AXIS,),
-                       axis_types=(AxisType.Auto,), devices=devices)
+  return jax.make_mesh(
+    (len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -103,10 +106,11 @@ def check_divisible(num_particles: int, num_devices: int) -> None:
     lower = num_particles - num_particles % num_devices
     options = " or ".join(str(n) for n in (lower, lower + num_devices) if n)
     raise ValueError(
-        f"estimator.num_particles ({num_particles}) must be divisible by the "
-        f"number of devices ({num_devices}): every device holds the same "
-        f"number of particles. Use e.g. {options} particles, or another "
-        f"number of devices.")
+      f"estimator.num_particles ({num_particles}) must be divisible by the "
+      f"number of devices ({num_devices}): every device holds the same "
+      f"number of particles. Use e.g. {options} particles, or another "
+      f"number of devices."
+    )
 
 
 def run_state_shardings(run_state: dict[str, PyTree], mesh: Mesh) -> dict:
@@ -122,13 +126,17 @@ def run_state_shardings(run_state: dict[str, PyTree], mesh: Mesh) -> dict:
     `P('particles')` for the estimator state, `P()` for everything else.
   """
   rep, part = replicated(mesh), by_particle(mesh)
-  return {name: jax.tree.map(
-      lambda _, s=part if name == ESTIMATOR_STATE else rep: s, value)
-          for name, value in run_state.items()}
+  return {
+    name: jax.tree.map(
+      lambda _, s=part if name == ESTIMATOR_STATE else rep: s, value
+    )
+    for name, value in run_state.items()
+  }
 
 
-def shard_particles(build_estimator: Callable[[PyTree], Any], data: PyTree,
-                    mesh: Mesh):
+def shard_particles(
+  build_estimator: Callable[[PyTree], Any], data: PyTree, mesh: Mesh
+):
   """Builds an estimator whose particles run under `shard_map` over `mesh`.
 
   `Estimator._run` is the one place where an estimator maps over its
@@ -166,7 +174,8 @@ def shard_particles(build_estimator: Callable[[PyTree], Any], data: PyTree,
     def local(theta, state, keys, data):
       window = build_estimator(data)._window  # pylint: disable=protected-access
       return jax.vmap(window, in_axes=(None, 0, 0, None))(
-          theta, state, keys, num_steps)
+        theta, state, keys, num_steps
+      )
 
     # theta and the data are replicated (P()); every output leads with the
     # particle axis. check_vma=False: the estimators are plain per-particle
@@ -175,9 +184,13 @@ def shard_particles(build_estimator: Callable[[PyTree], Any], data: PyTree,
     # the check would reject that, and it has nothing to protect here since
     # no output is claimed replicated. (Differentiating through this, as
     # TBPTT does, sums theta's cotangent over the devices, as it should.)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P()),
-                         out_specs=spec, check_vma=False)(
-                             theta, state, keys, data)
+    return jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(P(), spec, spec, P()),
+      out_specs=spec,
+      check_vma=False,
+    )(theta, state, keys, data)
 
   sharded._run = run  # pylint: disable=protected-access
   return sharded
@@ -202,6 +215,7 @@ def to_host(tree: PyTree) -> PyTree:
   one is all-gathered (a collective: every process must call this).
   Typed PRNG keys come back as their uint32 key data.
   """
+
   def key_data(x):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.random.key_data(x)
@@ -216,6 +230,7 @@ def to_host(tree: PyTree) -> PyTree:
       # A local copy: no computation that other processes would have to join.
       return np.asarray(key_data(x.addressable_data(0)))
     return np.asarray(
-        multihost_utils.process_allgather(key_data(x), tiled=True))
+      multihost_utils.process_allgather(key_data(x), tiled=True)
+    )
 
   return jax.tree.map(leaf, tree)

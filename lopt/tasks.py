@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,18 +38,18 @@ import optax
 Params = Any  # A nested dict of float32 arrays.
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'gelu': functools.partial(jax.nn.gelu, approximate=True),
-    'relu': jax.nn.relu,
-    'tanh': jnp.tanh,
+  "gelu": functools.partial(jax.nn.gelu, approximate=True),
+  "relu": jax.nn.relu,
+  "tanh": jnp.tanh,
 }
-_DEFAULT_ACTIVATION = {'mlp': 'gelu', 'cnn': 'relu'}
+_DEFAULT_ACTIVATION = {"mlp": "gelu", "cnn": "relu"}
 MODELS = tuple(_DEFAULT_ACTIVATION)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in _ACTIVATIONS:
     raise ValueError(
-        f'Unknown activation {name!r}; valid choices: {sorted(_ACTIVATIONS)}.'
+      f"Unknown activation {name!r}; valid choices: {sorted(_ACTIVATIONS)}."
     )
   return _ACTIVATIONS[name]
 
@@ -64,7 +65,7 @@ class MLP(nn.Module):
 
   hidden: Sequence[int]
   num_classes: int
-  activation: str = 'gelu'
+  activation: str = "gelu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -89,7 +90,7 @@ class CNN(nn.Module):
 
   channels: Sequence[int]
   num_classes: int
-  activation: str = 'relu'
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,7 +98,7 @@ class CNN(nn.Module):
     if x.ndim == 3:  # (batch, height, width) grayscale: add a channel axis.
       x = x[..., None]
     for width in self.channels:
-      x = act(nn.Conv(width, (3, 3), padding='SAME')(x))
+      x = act(nn.Conv(width, (3, 3), padding="SAME")(x))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.num_classes)(x)
@@ -126,7 +127,7 @@ class Task:
     """The parameter pytree as `jax.ShapeDtypeStruct`s (no computation)."""
     dummy = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
     variables = jax.eval_shape(self.model.init, jax.random.key(0), dummy)
-    return variables['params']
+    return variables["params"]
 
   @property
   def num_params(self) -> int:
@@ -160,17 +161,17 @@ class Task:
         continue
       size = math.prod(s.shape)
       fan_in = math.prod(s.shape[:-1])
-      w = flat[offset:offset + size].reshape(s.shape)
+      w = flat[offset : offset + size].reshape(s.shape)
       leaves.append(w * (1.0 / math.sqrt(fan_in)))
       offset += size
     return jax.tree.unflatten(treedef, leaves)
 
   def apply(self, params: Params, images: jax.Array) -> jax.Array:
     """Returns the logits, shape (batch, num_classes)."""
-    return self.model.apply({'params': params}, images)
+    return self.model.apply({"params": params}, images)
 
   def loss(
-      self, params: Params, images: jax.Array, labels: jax.Array
+    self, params: Params, images: jax.Array, labels: jax.Array
   ) -> jax.Array:
     """Mean softmax cross-entropy of a batch.
 
@@ -184,18 +185,18 @@ class Task:
     """
     logits = self.apply(params, images)
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits, labels
+      logits, labels
     ).mean()
 
   def accuracy(
-      self, params: Params, images: jax.Array, labels: jax.Array
+    self, params: Params, images: jax.Array, labels: jax.Array
   ) -> jax.Array:
     """Fraction of the batch classified correctly (a float32 scalar)."""
     logits = self.apply(params, images)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
   def sample_batch(
-      self, key: jax.Array, images: jax.Array, labels: jax.Array
+    self, key: jax.Array, images: jax.Array, labels: jax.Array
   ) -> tuple[jax.Array, jax.Array]:
     """Draws `batch_size` rows uniformly with replacement.
 
@@ -216,13 +217,13 @@ class Task:
 
 
 def make_task(
-    model: str,
-    *,
-    hidden: Sequence[int],
-    num_classes: int,
-    input_shape: Sequence[int],
-    activation: str | None = None,
-    batch_size: int = 128,
+  model: str,
+  *,
+  hidden: Sequence[int],
+  num_classes: int,
+  input_shape: Sequence[int],
+  activation: str | None = None,
+  batch_size: int = 128,
 ) -> Task:
   """Builds a `Task`.
 
@@ -243,27 +244,33 @@ def make_task(
   """
   if model not in MODELS:
     raise ValueError(
-        f'Unknown task model {model!r}; valid choices: {list(MODELS)}.'
+      f"Unknown task model {model!r}; valid choices: {list(MODELS)}."
     )
   activation = activation or _DEFAULT_ACTIVATION[model]
   _activation(activation)  # Validates the name early, not at trace time.
   hidden = tuple(int(h) for h in hidden)
   if any(h <= 0 for h in hidden):
-    raise ValueError(f'task.hidden must be positive widths, got {hidden}.')
+    raise ValueError(f"task.hidden must be positive widths, got {hidden}.")
   if num_classes < 2:
-    raise ValueError(f'num_classes must be >= 2, got {num_classes}.')
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
   if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
   input_shape = tuple(int(d) for d in input_shape)
-  if model == 'mlp':
+  if model == "mlp":
     module = MLP(hidden=hidden, num_classes=num_classes, activation=activation)
   else:
     if len(input_shape) not in (2, 3):
       raise ValueError(
-          'The cnn model needs image inputs (height, width[, channels]); '
-          f'got input_shape={input_shape}.'
+        "The cnn model needs image inputs (height, width[, channels]); "
+        f"got input_shape={input_shape}."
       )
-    module = CNN(channels=hidden, num_classes=num_classes,
-                 activation=activation)
-  return Task(name=model, model=module, input_shape=input_shape,
-              num_classes=num_classes, batch_size=batch_size)
+    module = CNN(
+      channels=hidden, num_classes=num_classes, activation=activation
+    )
+  return Task(
+    name=model,
+    model=module,
+    input_shape=input_shape,
+    num_classes=num_classes,
+    batch_size=batch_size,
+  )

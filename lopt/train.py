@@ -36,15 +36,24 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
-from lopt import checkpoint, data as data_lib, estimators, inner, metrics
-from lopt import optimizers, outer, sharding, tasks
+from lopt import (
+  checkpoint,
+  estimators,
+  inner,
+  metrics,
+  optimizers,
+  outer,
+  sharding,
+  tasks,
+)
+from lopt import data as data_lib
 
 #: Version of the checkpoint's JSON item; bump when its layout changes.
 FORMAT_VERSION = 1
@@ -52,8 +61,9 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 MODELS = ("mlp", "cnn")
 
 
-def check_config(config: ml_collections.ConfigDict,
-                 num_devices: int | None = None) -> None:
+def check_config(
+  config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> None:
   """Fails fast, naming the field, on names and values that cannot work.
 
   Args:
@@ -64,54 +74,84 @@ def check_config(config: ml_collections.ConfigDict,
   Raises:
     ValueError: naming the field and why.
   """
+
   def need(ok, message):
     if not ok:
       raise ValueError(message)
 
   data_lib.check_dataset_name(config.task.dataset)
-  need(config.task.model in MODELS,
-       f"task.model must be one of {list(MODELS)}, got {config.task.model!r}")
-  need(config.task.meta_loss in inner.META_LOSSES,
-       f"task.meta_loss must be one of {list(inner.META_LOSSES)}, got "
-       f"{config.task.meta_loss!r}")
-  need(config.estimator.name in estimators.REGISTRY,
-       f"estimator.name must be one of {sorted(estimators.REGISTRY)}, got "
-       f"{config.estimator.name!r}")
-  need(config.outer.optimizer in OUTER_OPTIMIZERS,
-       f"outer.optimizer must be one of {list(OUTER_OPTIMIZERS)}, got "
-       f"{config.outer.optimizer!r}")
-  for field in ("inner.horizon", "task.batch_size", "outer.num_steps",
-                "outer.steps_per_dispatch", "checkpoint.every_steps",
-                "checkpoint.keep", "eval.num_seeds", "log.every_steps"):
+  need(
+    config.task.model in MODELS,
+    f"task.model must be one of {list(MODELS)}, got {config.task.model!r}",
+  )
+  need(
+    config.task.meta_loss in inner.META_LOSSES,
+    f"task.meta_loss must be one of {list(inner.META_LOSSES)}, got "
+    f"{config.task.meta_loss!r}",
+  )
+  need(
+    config.estimator.name in estimators.REGISTRY,
+    f"estimator.name must be one of {sorted(estimators.REGISTRY)}, got "
+    f"{config.estimator.name!r}",
+  )
+  need(
+    config.outer.optimizer in OUTER_OPTIMIZERS,
+    f"outer.optimizer must be one of {list(OUTER_OPTIMIZERS)}, got "
+    f"{config.outer.optimizer!r}",
+  )
+  for field in (
+    "inner.horizon",
+    "task.batch_size",
+    "outer.num_steps",
+    "outer.steps_per_dispatch",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "eval.num_seeds",
+    "log.every_steps",
+  ):
     section, name = field.split(".")
     value = config[section][name]
-    need(isinstance(value, int) and value >= 1,
-         f"{field} must be an integer >= 1, got {value!r}")
+    need(
+      isinstance(value, int) and value >= 1,
+      f"{field} must be an integer >= 1, got {value!r}",
+    )
   value = config.eval.every_steps
-  need(isinstance(value, int) and value >= 0,
-       f"eval.every_steps must be an integer >= 0 (0 = no meta-evaluation "
-       f"during training), got {value!r}")
-  need(config.task.image_size >= 0,
-       f"task.image_size must be >= 0 (0 = native), got "
-       f"{config.task.image_size}")
-  need(config.outer.learning_rate > 0,
-       f"outer.learning_rate must be > 0, got {config.outer.learning_rate}")
-  need(config.outer.clip >= 0,
-       f"outer.clip must be >= 0 (0 = no clipping), got {config.outer.clip}")
-  need(config.checkpoint.every_steps % config.outer.steps_per_dispatch == 0,
-       f"checkpoint.every_steps ({config.checkpoint.every_steps}) must be a "
-       f"multiple of outer.steps_per_dispatch "
-       f"({config.outer.steps_per_dispatch}): checkpoints are taken between "
-       f"dispatches")
-  need(config.outer.num_steps % config.outer.steps_per_dispatch == 0,
-       f"outer.num_steps ({config.outer.num_steps}) must be a multiple of "
-       f"outer.steps_per_dispatch ({config.outer.steps_per_dispatch})")
+  need(
+    isinstance(value, int) and value >= 0,
+    f"eval.every_steps must be an integer >= 0 (0 = no meta-evaluation "
+    f"during training), got {value!r}",
+  )
+  need(
+    config.task.image_size >= 0,
+    f"task.image_size must be >= 0 (0 = native), got {config.task.image_size}",
+  )
+  need(
+    config.outer.learning_rate > 0,
+    f"outer.learning_rate must be > 0, got {config.outer.learning_rate}",
+  )
+  need(
+    config.outer.clip >= 0,
+    f"outer.clip must be >= 0 (0 = no clipping), got {config.outer.clip}",
+  )
+  need(
+    config.checkpoint.every_steps % config.outer.steps_per_dispatch == 0,
+    f"checkpoint.every_steps ({config.checkpoint.every_steps}) must be a "
+    f"multiple of outer.steps_per_dispatch "
+    f"({config.outer.steps_per_dispatch}): checkpoints are taken between "
+    f"dispatches",
+  )
+  need(
+    config.outer.num_steps % config.outer.steps_per_dispatch == 0,
+    f"outer.num_steps ({config.outer.num_steps}) must be a multiple of "
+    f"outer.steps_per_dispatch ({config.outer.steps_per_dispatch})",
+  )
   # The estimator validates W <= T, sigma > 0, N >= 1, K >= W itself.
   make_estimator(config, _NoSystem(config.inner.horizon))
   optimizers.LOptConfig(kind=config.lopt.kind, hidden=tuple(config.lopt.hidden))
   sharding.check_divisible(
-      config.estimator.num_particles,
-      jax.device_count() if num_devices is None else num_devices)
+    config.estimator.num_particles,
+    jax.device_count() if num_devices is None else num_devices,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +164,14 @@ class _NoSystem:
 def make_estimator(config, system) -> estimators.Estimator:
   est = config.estimator
   return estimators.make(
-      est.name, system, num_particles=est.num_particles,
-      unroll_length=est.unroll_length, sigma=est.sigma,
-      noise_period=est.noise_period or None,
-      step_unlocked=est.step_unlocked)
+    est.name,
+    system,
+    num_particles=est.num_particles,
+    unroll_length=est.unroll_length,
+    sigma=est.sigma,
+    noise_period=est.noise_period or None,
+    step_unlocked=est.step_unlocked,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +187,19 @@ class Experiment:
   mesh: jax.sharding.Mesh | None = None
 
   def system(self, data) -> inner.InnerTraining:
-    cap = (1.5 * math.log(self.task.num_classes)
-           if self.config.task.clip_meta_loss else None)
+    cap = (
+      1.5 * math.log(self.task.num_classes)
+      if self.config.task.clip_meta_loss
+      else None
+    )
     return inner.InnerTraining(
-        task=self.task, lopt=self.lopt, horizon=self.config.inner.horizon,
-        data=data, meta_loss=self.config.task.meta_loss, max_loss=cap)
+      task=self.task,
+      lopt=self.lopt,
+      horizon=self.config.inner.horizon,
+      data=data,
+      meta_loss=self.config.task.meta_loss,
+      max_loss=cap,
+    )
 
   def estimator(self, data) -> estimators.Estimator:
     def build_estimator(data):
@@ -159,14 +211,17 @@ class Experiment:
 
   def saved_config(self) -> dict[str, Any]:
     """The JSON stored with every checkpoint; `load_optimizer` reads it."""
-    return {"format_version": FORMAT_VERSION,
-            "config": json.loads(self.config.to_json()),
-            "lopt": self.lopt.to_dict(),
-            "horizon": self.config.inner.horizon}
+    return {
+      "format_version": FORMAT_VERSION,
+      "config": json.loads(self.config.to_json()),
+      "lopt": self.lopt.to_dict(),
+      "horizon": self.config.inner.horizon,
+    }
 
 
-def load_data(config, mesh: jax.sharding.Mesh | None = None
-              ) -> tuple[dict[str, jax.Array], data_lib.Dataset]:
+def load_data(
+  config, mesh: jax.sharding.Mesh | None = None
+) -> tuple[dict[str, jax.Array], data_lib.Dataset]:
   """The dataset, whole, replicated on every device of `mesh`.
 
   Args:
@@ -178,13 +233,17 @@ def load_data(config, mesh: jax.sharding.Mesh | None = None
     host-side `Dataset`.
   """
   dataset = data_lib.load_dataset(
-      config.task.dataset, data_dir=config.task.data_dir or None,
-      image_size=config.task.image_size)
+    config.task.dataset,
+    data_dir=config.task.data_dir or None,
+    image_size=config.task.image_size,
+  )
   arrays = {
-      "train_x": dataset.train.images, "train_y": dataset.train.labels,
-      "valid_x": dataset.validation.images,
-      "valid_y": dataset.validation.labels,
-      "test_x": dataset.test.images, "test_y": dataset.test.labels,
+    "train_x": dataset.train.images,
+    "train_y": dataset.train.labels,
+    "valid_x": dataset.validation.images,
+    "valid_y": dataset.validation.labels,
+    "test_x": dataset.test.images,
+    "test_y": dataset.test.labels,
   }
   # From numpy, every process its own copy: the multi-process-safe way to
   # build a replicated global array (style.md B.5).
@@ -192,8 +251,9 @@ def load_data(config, mesh: jax.sharding.Mesh | None = None
   return sharding.put_replicated(arrays, mesh), dataset
 
 
-def build(config, dataset: data_lib.Dataset,
-          mesh: jax.sharding.Mesh | None = None) -> Experiment:
+def build(
+  config, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh | None = None
+) -> Experiment:
   """The static parts of a run.
 
   Args:
@@ -207,16 +267,22 @@ def build(config, dataset: data_lib.Dataset,
     The `Experiment`.
   """
   task = tasks.make_task(
-      config.task.model, hidden=tuple(config.task.hidden),
-      num_classes=dataset.num_classes, input_shape=dataset.image_shape,
-      activation=config.task.activation, batch_size=config.task.batch_size)
-  lopt_cfg = optimizers.LOptConfig(kind=config.lopt.kind,
-                                   hidden=tuple(config.lopt.hidden))
+    config.task.model,
+    hidden=tuple(config.task.hidden),
+    num_classes=dataset.num_classes,
+    input_shape=dataset.image_shape,
+    activation=config.task.activation,
+    batch_size=config.task.batch_size,
+  )
+  lopt_cfg = optimizers.LOptConfig(
+    kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
+  )
   base = {"adam": optax.adam, "sgd": optax.sgd}[config.outer.optimizer]
   outer_tx = base(config.outer.learning_rate)
   if config.outer.clip:
-    outer_tx = optax.chain(optax.clip_by_global_norm(config.outer.clip),
-                           outer_tx)
+    outer_tx = optax.chain(
+      optax.clip_by_global_norm(config.outer.clip), outer_tx
+    )
   mesh = sharding.make_mesh() if mesh is None else mesh
   return Experiment(config, task, lopt_cfg, outer_tx, mesh)
 
@@ -226,10 +292,13 @@ def init_run_state(exp: Experiment, data) -> dict[str, Any]:
   key = jax.random.key(exp.config.seed)
   k_theta, k_particles, rng = jax.random.split(jax.random.fold_in(key, 0), 3)
   theta = optimizers.init_theta(exp.lopt, k_theta)
-  return {"step": jnp.zeros((), jnp.int32), "theta": theta,
-          "outer_opt_state": exp.outer_tx.init(theta),
-          "estimator_state": exp.estimator(data).init(theta, k_particles),
-          "rng": rng}
+  return {
+    "step": jnp.zeros((), jnp.int32),
+    "theta": theta,
+    "outer_opt_state": exp.outer_tx.init(theta),
+    "estimator_state": exp.estimator(data).init(theta, k_particles),
+    "rng": rng,
+  }
 
 
 def train_steps(exp: Experiment, data, run_state, num_steps: int):
@@ -238,12 +307,19 @@ def train_steps(exp: Experiment, data, run_state, num_steps: int):
 
   def body(run_state, _):
     key = jax.random.fold_in(run_state["rng"], run_state["step"])
-    state = outer.OuterState(run_state["theta"], run_state["outer_opt_state"],
-                             run_state["estimator_state"])
+    state = outer.OuterState(
+      run_state["theta"],
+      run_state["outer_opt_state"],
+      run_state["estimator_state"],
+    )
     state, info = outer.outer_step(est, exp.outer_tx, state, key)
-    return dict(run_state, step=run_state["step"] + 1, theta=state.theta,
-                outer_opt_state=state.opt_state,
-                estimator_state=state.estimator_state), info
+    return dict(
+      run_state,
+      step=run_state["step"] + 1,
+      theta=state.theta,
+      outer_opt_state=state.opt_state,
+      estimator_state=state.estimator_state,
+    ), info
 
   return jax.lax.scan(body, run_state, None, length=num_steps)
 
@@ -256,16 +332,19 @@ def eval_keys(config) -> jax.Array:
 
 def evaluate_optimizer(exp: Experiment, data, tx, keys):
   """Trains one fresh model per key for T steps; vmapped over keys."""
-  run = functools.partial(inner.train_model, exp.task, tx, data,
-                          num_steps=exp.config.inner.horizon)
+  run = functools.partial(
+    inner.train_model, exp.task, tx, data, num_steps=exp.config.inner.horizon
+  )
   return jax.vmap(lambda k: run(key=k))(keys)
 
 
 def _summarize_eval(result, prefix: str) -> dict[str, float]:
   losses = np.asarray(result["losses"])
-  return {f"{prefix}/mean_train_loss": float(np.mean(losses)),
-          f"{prefix}/final_train_loss": float(np.mean(losses[:, -10:])),
-          f"{prefix}/test_accuracy": float(np.mean(result["test_accuracy"]))}
+  return {
+    f"{prefix}/mean_train_loss": float(np.mean(losses)),
+    f"{prefix}/final_train_loss": float(np.mean(losses[:, -10:])),
+    f"{prefix}/test_accuracy": float(np.mean(result["test_accuracy"])),
+  }
 
 
 def sharded_functions(exp: Experiment, data):
@@ -289,14 +368,20 @@ def sharded_functions(exp: Experiment, data):
   # inside jit, from the seed (no host-local per-particle arrays exist), and
   # every dispatch hands it back with the same layout, so XLA never
   # reshuffles it between dispatches.
-  init_fn = jax.jit(functools.partial(init_run_state, exp),
-                    in_shardings=(replicated,), out_shardings=state_shardings)
+  init_fn = jax.jit(
+    functools.partial(init_run_state, exp),
+    in_shardings=(replicated,),
+    out_shardings=state_shardings,
+  )
   # The run state is donated: each dispatch updates it in place.
   steps_fn = jax.jit(
-      functools.partial(train_steps, exp,
-                        num_steps=exp.config.outer.steps_per_dispatch),
-      in_shardings=(replicated, state_shardings),
-      out_shardings=(state_shardings, replicated), donate_argnums=(1,))
+    functools.partial(
+      train_steps, exp, num_steps=exp.config.outer.steps_per_dispatch
+    ),
+    in_shardings=(replicated, state_shardings),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=(1,),
+  )
   return init_fn, steps_fn, abstract_state, state_shardings
 
 
@@ -319,8 +404,10 @@ class _SigtermFlag:
     self.requested = True
 
   def __enter__(self) -> "_SigtermFlag":
-    if (not jax.distributed.is_initialized()
-        and threading.current_thread() is threading.main_thread()):
+    if (
+      not jax.distributed.is_initialized()
+      and threading.current_thread() is threading.main_thread()
+    ):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -330,8 +417,9 @@ class _SigtermFlag:
       self._previous = None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """Meta-trains a learned optimizer; resumes from workdir's checkpoints.
 
   Every process of a multi-host run calls this with the same arguments.
@@ -361,17 +449,26 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
   check_config(config, mesh.size)
   data, dataset = load_data(config, mesh)
   exp = build(config, dataset, mesh)
-  logging.info("Inner task: %s with %d parameters on %s %s; learned "
-               "optimizer %s", config.task.model, exp.task.num_params,
-               dataset.name, dataset.image_shape, exp.lopt)
-  logging.info("%d particles over a mesh of %d devices (%d processes): %d "
-               "per device", config.estimator.num_particles, mesh.size,
-               jax.process_count(),
-               config.estimator.num_particles // mesh.size)
+  logging.info(
+    "Inner task: %s with %d parameters on %s %s; learned optimizer %s",
+    config.task.model,
+    exp.task.num_params,
+    dataset.name,
+    dataset.image_shape,
+    exp.lopt,
+  )
+  logging.info(
+    "%d particles over a mesh of %d devices (%d processes): %d per device",
+    config.estimator.num_particles,
+    mesh.size,
+    jax.process_count(),
+    config.estimator.num_particles // mesh.size,
+  )
 
   replicated = sharding.replicated(mesh)
   init_fn, step_fn, abstract_state, state_shardings = sharded_functions(
-      exp, data)
+    exp, data
+  )
   steps_per_dispatch = config.outer.steps_per_dispatch
   horizon = config.inner.horizon
 
@@ -392,8 +489,10 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
   if "://" not in workdir:
     os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
-      every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint.every_steps,
+    keep=config.checkpoint.keep,
+  )
   writer = metrics.MetricWriter(workdir)  # a no-op on processes other than 0
   latest = ckpt.latest_step()
   if latest is None:
@@ -412,17 +511,22 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
     # Computed on first use: a resumed run that reaches no evaluation step
     # never compiles it.
     if not adam_scores:
-      adam_scores.update(_summarize_eval(sharding.to_host(eval_adam(data)),
-                                         "eval/adam"))
+      adam_scores.update(
+        _summarize_eval(sharding.to_host(eval_adam(data)), "eval/adam")
+      )
     return adam_scores
 
   def meta_eval(step, theta):
-    scores = _summarize_eval(sharding.to_host(eval_learned(data, theta)),
-                             "eval/learned")
+    scores = _summarize_eval(
+      sharding.to_host(eval_learned(data, theta)), "eval/learned"
+    )
     writer.write(step, scores)
-    logging.info("step %d: learned optimizer mean train loss %.4f "
-                 "(Adam %.4f)", step, scores["eval/learned/mean_train_loss"],
-                 adam_baseline()["eval/adam/mean_train_loss"])
+    logging.info(
+      "step %d: learned optimizer mean train loss %.4f (Adam %.4f)",
+      step,
+      scores["eval/learned/mean_train_loss"],
+      adam_baseline()["eval/adam/mean_train_loss"],
+    )
 
   # eval.every_steps = 0 turns meta-evaluation off (e.g. on a pod slice,
   # where it would run replicated on every device; lopt.evaluate can score
@@ -435,8 +539,11 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
 
   num_steps = config.outer.num_steps
   inner_per_outer = make_estimator(config, _NoSystem(config.inner.horizon))
-  inner_steps = (inner_per_outer.members * inner_per_outer.num_particles
-                 * inner_per_outer.unroll_length)
+  inner_steps = (
+    inner_per_outer.members
+    * inner_per_outer.num_particles
+    * inner_per_outer.unroll_length
+  )
   saved_config = exp.saved_config()
   # Throughput is measured between log points, so compilation (in the first
   # window) shows up once instead of skewing every later figure.
@@ -449,18 +556,23 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
     # Read the flag once: the handler may fire at any moment, and this
     # step's save and exit must agree.
     stop = sigterm.requested
-    ckpt.save(step, run_state, saved_config,
-              force=stop or step >= num_steps)
-    if (step // config.log.every_steps > previous // config.log.every_steps
-        or step >= num_steps or stop):
+    ckpt.save(step, run_state, saved_config, force=stop or step >= num_steps)
+    if (
+      step // config.log.every_steps > previous // config.log.every_steps
+      or step >= num_steps
+      or stop
+    ):
       # Stacking waits for the dispatches; the only host sync of the loop.
-      info = jax.tree.map(lambda *x: np.concatenate(x),
-                          *sharding.to_host(pending))
+      info = jax.tree.map(
+        lambda *x: np.concatenate(x), *sharding.to_host(pending)
+      )
       pending = []
       now = time.perf_counter()
       rate = (step - last_step) / (now - last_time)
       last_time, last_step = now, step
-      writer.write(step, {
+      writer.write(
+        step,
+        {
           "meta_loss": float(np.mean(info["loss"])),
           "grad_norm": float(np.mean(info["grad_norm"])),
           # Signal-to-noise of the ES estimate: far below 1 means sigma or
@@ -471,18 +583,24 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
           "skipped_updates": float(np.sum(~info["applied"])),
           "inner_steps_per_sec": rate * inner_steps,
           "outer_steps_per_sec": rate,
-      })
-      logging.info("step %d/%d: meta-loss %.4f, %.0f inner steps/s, "
-                   "ETA %.0f s", step, num_steps, np.mean(info["loss"]),
-                   rate * inner_steps, (num_steps - step) / rate)
+        },
+      )
+      logging.info(
+        "step %d/%d: meta-loss %.4f, %.0f inner steps/s, ETA %.0f s",
+        step,
+        num_steps,
+        np.mean(info["loss"]),
+        rate * inner_steps,
+        (num_steps - step) / rate,
+      )
     if stop:
-      logging.warning("SIGTERM: saved the checkpoint of step %d; exiting.",
-                      step)
+      logging.warning(
+        "SIGTERM: saved the checkpoint of step %d; exiting.", step
+      )
       break
     # Every process calls this at every step: it is a sync point.
     if ckpt.reached_preemption(step):
-      logging.warning("Preemption at step %d: checkpoint saved, exiting.",
-                      step)
+      logging.warning("Preemption at step %d: checkpoint saved, exiting.", step)
       break
     if eval_every and step // eval_every > previous // eval_every:
       meta_eval(step, run_state["theta"])

@@ -34,11 +34,11 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import logging
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+from absl import logging
 
 # The configs live next to the lopt package, in the repository root.
 ROOT = pathlib.Path.cwd().resolve()
@@ -66,9 +66,13 @@ workdir = tempfile.mkdtemp(prefix="lopt_quickstart_")
 train.train_and_evaluate(config, workdir)
 rows = metrics.read_metrics(workdir)
 for row in rows:
-  print({k: round(v, 4) if isinstance(v, float) else v
-         for k, v in row.items() if k in ("step", "meta_loss", "grad_snr",
-                                          "eval/learned/mean_train_loss")})
+  print(
+    {
+      k: round(v, 4) if isinstance(v, float) else v
+      for k, v in row.items()
+      if k in ("step", "meta_loss", "grad_snr", "eval/learned/mean_train_loss")
+    }
+  )
 
 # %% [markdown]
 # `meta_loss` is the mean per-step loss of the perturbed particles during
@@ -81,11 +85,18 @@ for row in rows:
 train_rows = [r for r in rows if "meta_loss" in r]
 eval_rows = [r for r in rows if "eval/learned/mean_train_loss" in r]
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows],
-        "o-", label="meta-loss (particles)")
-ax.plot([r["step"] for r in eval_rows],
-        [r["eval/learned/mean_train_loss"] for r in eval_rows], "s-",
-        label="eval: mean train loss")
+ax.plot(
+  [r["step"] for r in train_rows],
+  [r["meta_loss"] for r in train_rows],
+  "o-",
+  label="meta-loss (particles)",
+)
+ax.plot(
+  [r["step"] for r in eval_rows],
+  [r["eval/learned/mean_train_loss"] for r in eval_rows],
+  "s-",
+  label="eval: mean train loss",
+)
 ax.set(xlabel="outer step", ylabel="loss", title="meta-training (tiny)")
 ax.legend()
 plt.show()
@@ -102,35 +113,54 @@ plt.show()
 num_steps = 200
 tx = lopt.load_optimizer(workdir, num_steps=num_steps)
 digits = data.load_dataset("digits")
-arrays = {"train_x": digits.train.images, "train_y": digits.train.labels,
-          "test_x": digits.test.images, "test_y": digits.test.labels}
+arrays = {
+  "train_x": digits.train.images,
+  "train_y": digits.train.labels,
+  "test_x": digits.test.images,
+  "test_y": digits.test.labels,
+}
 arrays = jax.tree.map(jax.numpy.asarray, arrays)
-task = tasks.make_task("mlp", hidden=(32, 32), num_classes=10,
-                       input_shape=digits.image_shape, batch_size=64)
+task = tasks.make_task(
+  "mlp",
+  hidden=(32, 32),
+  num_classes=10,
+  input_shape=digits.image_shape,
+  batch_size=64,
+)
 
 
 @jax.jit
 def fit(arrays, key):
   """Trains one fresh model with the learned optimizer and with Adam."""
   adam_tx = optax.adam(config.eval.adam_learning_rate)
-  return (inner.train_model(task, tx, arrays, key, num_steps),
-          inner.train_model(task, adam_tx, arrays, key, num_steps))
+  return (
+    inner.train_model(task, tx, arrays, key, num_steps),
+    inner.train_model(task, adam_tx, arrays, key, num_steps),
+  )
 
 
 learned, adam = fit(arrays, jax.random.key(0))
 print(f"learned optimizer: test accuracy {float(learned['test_accuracy']):.3f}")
-print(f"Adam (lr {config.eval.adam_learning_rate}): test accuracy "
-      f"{float(adam['test_accuracy']):.3f}")
+print(
+  f"Adam (lr {config.eval.adam_learning_rate}): test accuracy "
+  f"{float(adam['test_accuracy']):.3f}"
+)
+
 
 # %%
 def smooth(x, width=10):
   return np.convolve(np.asarray(x), np.ones(width) / width, mode="valid")
 
+
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(smooth(learned["losses"]), label="learned optimizer (tiny, 6 steps)")
 ax.plot(smooth(adam["losses"]), label="Adam")
-ax.set(xlabel="training step", ylabel="training loss (batch, smoothed)",
-       yscale="log", title="a fresh 32-32 MLP on digits")
+ax.set(
+  xlabel="training step",
+  ylabel="training loss (batch, smoothed)",
+  yscale="log",
+  title="a fresh 32-32 MLP on digits",
+)
 ax.legend()
 plt.show()
 

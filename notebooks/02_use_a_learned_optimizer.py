@@ -33,14 +33,14 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import logging
-from flax import linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+from absl import logging
+from flax import linen as nn
+from flax import nnx
 
 ROOT = pathlib.Path.cwd().resolve()
 while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
@@ -89,15 +89,16 @@ def make_learned():
 def make_adam():
   return optax.adam(1e-2)
 
+
 # %% [markdown]
 # ## Flax NNX
 #
 # The learned optimizer needs the parameters in `update`, which
 # `nnx.Optimizer` passes; `wrt=nnx.Param` is required since flax 0.11.
 
+
 # %%
 class NNXMLP(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs):
     self.hidden = nnx.Linear(64, 32, rngs=rngs)
     self.out = nnx.Linear(32, 10, rngs=rngs)
@@ -123,10 +124,14 @@ def train_nnx(tx):
 
 nnx_learned, nnx_learned_acc = train_nnx(make_learned())
 nnx_adam, nnx_adam_acc = train_nnx(make_adam())
-print(f"NNX   learned: final loss {nnx_learned[-20:].mean():.4f}, test acc "
-      f"{nnx_learned_acc:.3f}")
-print(f"NNX   Adam:    final loss {nnx_adam[-20:].mean():.4f}, test acc "
-      f"{nnx_adam_acc:.3f}")
+print(
+  f"NNX   learned: final loss {nnx_learned[-20:].mean():.4f}, test acc "
+  f"{nnx_learned_acc:.3f}"
+)
+print(
+  f"NNX   Adam:    final loss {nnx_adam[-20:].mean():.4f}, test acc "
+  f"{nnx_adam_acc:.3f}"
+)
 
 # %% [markdown]
 # ## Flax linen
@@ -135,9 +140,9 @@ print(f"NNX   Adam:    final loss {nnx_adam[-20:].mean():.4f}, test acc "
 # `tx.init(params)` / `tx.update(grads, state, params)` loop, here inside a
 # `lax.scan`.
 
+
 # %%
 class LinenMLP(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     return nn.Dense(10)(nn.gelu(nn.Dense(32)(x)))
@@ -153,11 +158,14 @@ def train_linen(tx):
       params, opt_state = carry
       x, y = batch
       loss, grads = jax.value_and_grad(
-          lambda p: xent(model.apply({"params": p}, x), y))(params)
+        lambda p: xent(model.apply({"params": p}, x), y)
+      )(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
-    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
-                                       (xs, ys))
+
+    (params, _), losses = jax.lax.scan(
+      step, (params, tx.init(params)), (xs, ys)
+    )
     return params, losses
 
   params, losses = run(params)
@@ -167,19 +175,29 @@ def train_linen(tx):
 
 linen_learned, linen_learned_acc = train_linen(make_learned())
 linen_adam, linen_adam_acc = train_linen(make_adam())
-print(f"linen learned: final loss {linen_learned[-20:].mean():.4f}, test acc "
-      f"{linen_learned_acc:.3f}")
-print(f"linen Adam:    final loss {linen_adam[-20:].mean():.4f}, test acc "
-      f"{linen_adam_acc:.3f}")
+print(
+  f"linen learned: final loss {linen_learned[-20:].mean():.4f}, test acc "
+  f"{linen_learned_acc:.3f}"
+)
+print(
+  f"linen Adam:    final loss {linen_adam[-20:].mean():.4f}, test acc "
+  f"{linen_adam_acc:.3f}"
+)
+
 
 # %%
 def smooth(x, width=10):
   return np.convolve(x, np.ones(width) / width, mode="valid")
 
+
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-for ax, (name, learned, adam) in zip(axes, [
+for ax, (name, learned, adam) in zip(
+  axes,
+  [
     ("Flax NNX", nnx_learned, nnx_adam),
-    ("Flax linen", linen_learned, linen_adam)]):
+    ("Flax linen", linen_learned, linen_adam),
+  ],
+):
   ax.plot(smooth(learned), label="learned optimizer")
   ax.plot(smooth(adam), label="Adam 1e-2")
   ax.set(title=name, xlabel="training step", yscale="log")

@@ -62,21 +62,29 @@ print("window-local (TBPTT):", truncated_grad)
 
 results = {}
 for name in ["nres", "pes", "tes", "full_es"]:
-  est = estimators.make(name, system, num_particles=10_000, unroll_length=10,
-                        sigma=0.1)
-  results[name] = analysis.estimator_variance(est, theta, jax.random.key(0),
-                                              num_samples=10_000)
+  est = estimators.make(
+    name, system, num_particles=10_000, unroll_length=10, sigma=0.1
+  )
+  results[name] = analysis.estimator_variance(
+    est, theta, jax.random.key(0), num_samples=10_000
+  )
 
-print(f"{'':8s} {'mean estimate':>24s} {'z vs true':>18s} "
-      f"{'trace var':>10s} {'exact':>8s}")
-exact = {"nres": analysis.exact_lq_variance(system, theta, 10)["trace"],
-         "pes": analysis.exact_lq_variance(system, theta, 10, 10)["trace"],
-         "full_es": analysis.exact_lq_variance(system, theta, 100)["trace"]}
+print(
+  f"{'':8s} {'mean estimate':>24s} {'z vs true':>18s} "
+  f"{'trace var':>10s} {'exact':>8s}"
+)
+exact = {
+  "nres": analysis.exact_lq_variance(system, theta, 10)["trace"],
+  "pes": analysis.exact_lq_variance(system, theta, 10, 10)["trace"],
+  "full_es": analysis.exact_lq_variance(system, theta, 100)["trace"],
+}
 for name, v in results.items():
   z = (v.mean - true_grad) / v.mean_se
-  print(f"{name:8s} {np.array2string(v.mean, precision=3):>24s} "
-        f"{np.array2string(z, precision=1):>18s} {v.trace:10.1f} "
-        f"{exact.get(name, float('nan')):8.1f}")
+  print(
+    f"{name:8s} {np.array2string(v.mean, precision=3):>24s} "
+    f"{np.array2string(z, precision=1):>18s} {v.trace:10.1f} "
+    f"{exact.get(name, float('nan')):8.1f}"
+  )
 
 # %% [markdown]
 # NRES, PES and FullES land within a few standard errors of the true
@@ -95,18 +103,26 @@ for name, v in results.items():
 
 # %%
 ws = [1, 2, 5, 10, 20, 25, 50, 100]
-exact_pes = np.asarray([analysis.exact_lq_variance(system, theta, w, w)
-                        ["trace"] for w in ws])
-exact_nres = np.asarray([analysis.exact_lq_variance(system, theta, w)
-                         ["trace"] for w in ws])
+exact_pes = np.asarray(
+  [analysis.exact_lq_variance(system, theta, w, w)["trace"] for w in ws]
+)
+exact_nres = np.asarray(
+  [analysis.exact_lq_variance(system, theta, w)["trace"] for w in ws]
+)
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
 ax1.plot(ws, exact_pes, "C1-", label="PES (exact)")
 ax1.plot(ws, exact_nres, "C0-", label="NRES (exact)")
 for name, color in (("pes", "C1"), ("nres", "C0")):
   v = results[name]
-  ax1.errorbar(10, v.trace, 2 * v.trace_se, fmt="o", color=color,
-               label=f"{name.upper()} Monte Carlo, W = 10")
+  ax1.errorbar(
+    10,
+    v.trace,
+    2 * v.trace_se,
+    fmt="o",
+    color=color,
+    label=f"{name.upper()} Monte Carlo, W = 10",
+  )
 ax1.set(xscale="log", xlabel="W", ylabel="trace variance of one estimate")
 ax1.legend(fontsize="small")
 ax2.plot(ws, exact_pes / exact_nres, "k-")
@@ -138,18 +154,21 @@ for w, ratio in zip(ws, exact_pes / exact_nres):
 ib = systems.InfluenceBalancing()
 trajectories = {}
 for name in ["nres", "pes", "tes", "tbptt"]:
-  est = estimators.make(name, ib, num_particles=500, unroll_length=1,
-                        sigma=0.1, step_unlocked=False)
-  final, history = outer.meta_train(est, optax.sgd(1e-4), jnp.asarray(0.5),
-                                    jax.random.key(3), 3000)
+  est = estimators.make(
+    name, ib, num_particles=500, unroll_length=1, sigma=0.1, step_unlocked=False
+  )
+  final, history = outer.meta_train(
+    est, optax.sgd(1e-4), jnp.asarray(0.5), jax.random.key(3), 3000
+  )
   trajectories[name] = np.asarray(history["theta"])
   print(f"{name:6s} final theta {float(final):+.6f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for name, thetas in trajectories.items():
   ax.plot(thetas, label=name)
-ax.axhline(systems.influence_balancing.OPTIMUM, color="k", ls="--",
-           label="theta* = -1/6")
+ax.axhline(
+  systems.influence_balancing.OPTIMUM, color="k", ls="--", label="theta* = -1/6"
+)
 ax.set(xlabel="outer step", ylabel="theta")
 ax.legend()
 plt.show()

@@ -16,20 +16,36 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_bench_writes_the_documented_json(tmp_path):
   output = tmp_path / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "lopt.bench", "--quick", f"--output={output}"],
-      cwd=REPO, capture_output=True, text=True, timeout=900)
+    [sys.executable, "-m", "lopt.bench", "--quick", f"--output={output}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(output.read_text())
-  assert {"machine", "matmul_peak_gflops", "cases", "checkpoint_overhead",
-          "sharding_overhead_8dev"} <= set(report)
+  assert {
+    "machine",
+    "matmul_peak_gflops",
+    "cases",
+    "checkpoint_overhead",
+    "sharding_overhead_8dev",
+  } <= set(report)
   assert report["matmul_peak_gflops"] > 0
   digits = [c for c in report["cases"] if c["name"].startswith("digits_")]
   assert digits
   for case in digits:
-    for key in ("estimator", "num_particles", "unroll_length",
-                "compile_seconds", "inner_steps_per_sec",
-                "outer_iters_per_sec", "flops_per_inner_step",
-                "achieved_gflops", "peak_rss_mb"):
+    for key in (
+      "estimator",
+      "num_particles",
+      "unroll_length",
+      "compile_seconds",
+      "inner_steps_per_sec",
+      "outer_iters_per_sec",
+      "flops_per_inner_step",
+      "achieved_gflops",
+      "peak_rss_mb",
+    ):
       assert case[key] is not None, key
     assert case["inner_steps_per_sec"] > 0
     # XLA's count and the hand count of the matmuls agree to within the

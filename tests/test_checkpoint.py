@@ -42,44 +42,44 @@ def make_run_state(num_particles: int = 8, seed: int = 0) -> dict:
     return jax.random.wrap_key_data(jnp.asarray(data))
 
   theta = {
-      'dense_0': {'kernel': normal(5, 4), 'bias': normal(4)},
-      'scale': jnp.asarray(np.float32(0.5)),
+    "dense_0": {"kernel": normal(5, 4), "bias": normal(4)},
+    "scale": jnp.asarray(np.float32(0.5)),
   }
   # The real optax structure, with moments that are not their initial zeros.
   adam_state, empty = optax.adam(1e-2).init(theta)
   adam_state = adam_state._replace(
-      count=jnp.asarray(np.int32(3)),
-      mu=jax.tree.map(lambda x: normal(*x.shape), theta),
-      nu=jax.tree.map(lambda x: jnp.abs(normal(*x.shape)), theta),
+    count=jnp.asarray(np.int32(3)),
+    mu=jax.tree.map(lambda x: normal(*x.shape), theta),
+    nu=jax.tree.map(lambda x: jnp.abs(normal(*x.shape)), theta),
   )
   estimator_state = EstimatorState(
-      inner_params={
-          'w': normal(num_particles, 3, 2),
-          'b': normal(num_particles, 2, dtype=jnp.bfloat16),
-      },
-      inner_step=jnp.asarray(np.arange(num_particles, dtype=np.int32)),
-      noise=normal(num_particles, 7),
-      key=keys(num_particles),
+    inner_params={
+      "w": normal(num_particles, 3, 2),
+      "b": normal(num_particles, 2, dtype=jnp.bfloat16),
+    },
+    inner_step=jnp.asarray(np.arange(num_particles, dtype=np.int32)),
+    noise=normal(num_particles, 7),
+    key=keys(num_particles),
   )
   return {
-      'step': jnp.asarray(np.int32(7)),
-      'theta': theta,
-      'outer_opt_state': (adam_state, empty),
-      'estimator_state': estimator_state,
-      'rng': keys(),
+    "step": jnp.asarray(np.int32(7)),
+    "theta": theta,
+    "outer_opt_state": (adam_state, empty),
+    "estimator_state": estimator_state,
+    "rng": keys(),
   }
 
 
 CONFIG = {
-    'seed': 0,
-    'lopt': {'hidden': (32, 32)},
-    'estimator': {'name': 'nres'},
+  "seed": 0,
+  "lopt": {"hidden": (32, 32)},
+  "estimator": {"name": "nres"},
 }
 
 
 def _bits(x) -> tuple:
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return ('key', str(jax.random.key_impl(x)), _bits(jax.random.key_data(x)))
+    return ("key", str(jax.random.key_impl(x)), _bits(jax.random.key_data(x)))
   x = np.asarray(x)
   return (x.dtype, x.shape, x.tobytes())
 
@@ -97,7 +97,7 @@ def assert_identical(a, b):
 def test_round_trip_is_bit_exact(tmp_path):
   state = make_run_state()
   with checkpoint.Checkpointer(
-      tmp_path / 'ckpt', every_steps=1, keep=2
+    tmp_path / "ckpt", every_steps=1, keep=2
   ) as ckpt:
     assert ckpt.save(7, state, CONFIG)
     ckpt.wait_until_finished()
@@ -105,22 +105,22 @@ def test_round_trip_is_bit_exact(tmp_path):
     restored = ckpt.restore(7, checkpoint.abstract_like(state))
     # A target from jax.eval_shape (no shardings): leaves get replicated.
     from_shapes = ckpt.restore(
-        None, checkpoint.abstract_like(jax.eval_shape(lambda: state))
+      None, checkpoint.abstract_like(jax.eval_shape(lambda: state))
     )
     saved_config = ckpt.restore_config(7)
   assert_identical(restored, state)
   assert_identical(from_shapes, state)
-  assert isinstance(restored['outer_opt_state'][0], optax.ScaleByAdamState)
-  assert isinstance(restored['estimator_state'], EstimatorState)
-  assert restored['rng'].dtype == jax.random.key(0).dtype
+  assert isinstance(restored["outer_opt_state"][0], optax.ScaleByAdamState)
+  assert isinstance(restored["estimator_state"], EstimatorState)
+  assert restored["rng"].dtype == jax.random.key(0).dtype
   # JSON has no tuples.
-  assert saved_config['lopt']['hidden'] == [32, 32]
-  assert saved_config['estimator'] == CONFIG['estimator']
+  assert saved_config["lopt"]["hidden"] == [32, 32]
+  assert saved_config["estimator"] == CONFIG["estimator"]
 
 
 def test_every_k_and_keep_n_policy(tmp_path):
   state = make_run_state(num_particles=2)
-  directory = tmp_path / 'ckpt'
+  directory = tmp_path / "ckpt"
   with checkpoint.Checkpointer(directory, every_steps=5, keep=2) as ckpt:
     saved = [s for s in range(3, 23) if ckpt.save(s, state, CONFIG)]
     # The first call of a fresh run always saves (orbax InitialSavePolicy).
@@ -129,7 +129,7 @@ def test_every_k_and_keep_n_policy(tmp_path):
     assert not ckpt.save(22, state, CONFIG, force=True)  # already there
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == [20, 22]
-  assert sorted(os.listdir(directory)) == ['20', '22']
+  assert sorted(os.listdir(directory)) == ["20", "22"]
   # A resumed run saves on the interval again, with no extra initial save.
   with checkpoint.Checkpointer(directory, every_steps=5, keep=2) as ckpt:
     assert ckpt.latest_step() == 22
@@ -141,28 +141,26 @@ def test_every_k_and_keep_n_policy(tmp_path):
 
 def test_latest_step_ignores_incomplete_checkpoints(tmp_path):
   state = make_run_state(num_particles=2)
-  directory = tmp_path / 'ckpt'
+  directory = tmp_path / "ckpt"
   with checkpoint.Checkpointer(directory, every_steps=1, keep=5) as ckpt:
     ckpt.save(2, state, CONFIG)
   # An async save killed half-way, as orbax leaves it on a local disk.
-  tmp_dir = directory / '5.orbax-checkpoint-tmp-1234567'
-  shutil.copytree(directory / '2', tmp_dir)
-  (tmp_dir / 'commit_success.txt').unlink()
+  tmp_dir = directory / "5.orbax-checkpoint-tmp-1234567"
+  shutil.copytree(directory / "2", tmp_dir)
+  (tmp_dir / "commit_success.txt").unlink()
   # A step directory without its commit marker (a partial copy, or the way an
   # interrupted save looks on GCS).
-  shutil.copytree(directory / '2', directory / '9')
-  (directory / '9' / 'commit_success.txt').unlink()
+  shutil.copytree(directory / "2", directory / "9")
+  (directory / "9" / "commit_success.txt").unlink()
 
   with checkpoint.Checkpointer(directory, every_steps=1, keep=5) as ckpt:
     assert ckpt.latest_step() == 2
     assert ckpt.all_steps() == [2]
-    assert_identical(
-        ckpt.restore(None, checkpoint.abstract_like(state)), state
-    )
-    with pytest.raises(FileNotFoundError, match='step 9'):
+    assert_identical(ckpt.restore(None, checkpoint.abstract_like(state)), state)
+    with pytest.raises(FileNotFoundError, match="step 9"):
       ckpt.restore(9, checkpoint.abstract_like(state))
   meta, _ = checkpoint.load_meta(directory)
-  assert int(meta['step']) == 7  # the value saved at step 2
+  assert int(meta["step"]) == 7  # the value saved at step 2
 
 
 def test_restore_rejects_changed_shapes(tmp_path):
@@ -170,12 +168,12 @@ def test_restore_rejects_changed_shapes(tmp_path):
     ckpt.save(1, make_run_state(num_particles=4), CONFIG)
     ckpt.wait_until_finished()
     with pytest.raises(
-        ValueError, match=r'estimator_state\.inner_params\.w has shape'
+      ValueError, match=r"estimator_state\.inner_params\.w has shape"
     ):
       ckpt.restore(1, checkpoint.abstract_like(make_run_state(8)))
     bigger_theta = make_run_state(num_particles=4)
-    bigger_theta['theta']['extra'] = jnp.zeros(3)
-    with pytest.raises(ValueError, match=r'theta\.extra is not in'):
+    bigger_theta["theta"]["extra"] = jnp.zeros(3)
+    with pytest.raises(ValueError, match=r"theta\.extra is not in"):
       ckpt.restore(1, checkpoint.abstract_like(bigger_theta))
 
 
@@ -183,47 +181,47 @@ def test_load_meta_without_shapes(tmp_path):
   state = make_run_state()
   with checkpoint.Checkpointer(tmp_path, every_steps=1, keep=3) as ckpt:
     ckpt.save(3, state, CONFIG)
-    ckpt.save(4, {**state, 'step': jnp.int32(4)}, {**CONFIG, 'seed': 4})
+    ckpt.save(4, {**state, "step": jnp.int32(4)}, {**CONFIG, "seed": 4})
   meta, config = checkpoint.load_meta(tmp_path)
-  assert set(meta) == {'step', 'theta', 'outer_opt_state', 'rng'}
-  assert int(meta['step']) == 4 and config['seed'] == 4
-  assert_identical(meta['theta'], state['theta'])
+  assert set(meta) == {"step", "theta", "outer_opt_state", "rng"}
+  assert int(meta["step"]) == 4 and config["seed"] == 4
+  assert_identical(meta["theta"], state["theta"])
   # Typed keys come back typed even though the metadata shows key data.
-  assert_identical(meta['rng'], state['rng'])
-  adam = meta['outer_opt_state'][0]
+  assert_identical(meta["rng"], state["rng"])
+  adam = meta["outer_opt_state"][0]
   np.testing.assert_array_equal(
-      np.asarray(adam['mu']['dense_0']['kernel']),
-      np.asarray(state['outer_opt_state'][0].mu['dense_0']['kernel']),
+    np.asarray(adam["mu"]["dense_0"]["kernel"]),
+    np.asarray(state["outer_opt_state"][0].mu["dense_0"]["kernel"]),
   )
   meta3, config3 = checkpoint.load_meta(str(tmp_path), step=3)
-  assert int(meta3['step']) == 7 and config3['seed'] == 0
-  with pytest.raises(FileNotFoundError, match='step 5'):
+  assert int(meta3["step"]) == 7 and config3["seed"] == 0
+  with pytest.raises(FileNotFoundError, match="step 5"):
     checkpoint.load_meta(tmp_path, step=5)
 
 
 def test_load_meta_without_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match='empty') as info:
+  with pytest.raises(FileNotFoundError, match="empty") as info:
     checkpoint.load_meta(tmp_path)
   assert str(tmp_path) in str(info.value)
-  with pytest.raises(FileNotFoundError, match='does not exist'):
-    checkpoint.load_meta(tmp_path / 'nope')
-  (tmp_path / '3.orbax-checkpoint-tmp-99').mkdir()
-  (tmp_path / 'notes.txt').write_text('hi')
-  with pytest.raises(FileNotFoundError, match='3.orbax-checkpoint-tmp-99'):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoint.load_meta(tmp_path / "nope")
+  (tmp_path / "3.orbax-checkpoint-tmp-99").mkdir()
+  (tmp_path / "notes.txt").write_text("hi")
+  with pytest.raises(FileNotFoundError, match="3.orbax-checkpoint-tmp-99"):
     checkpoint.load_meta(tmp_path)
 
 
 def test_bad_arguments(tmp_path):
-  with pytest.raises(ValueError, match='every_steps'):
+  with pytest.raises(ValueError, match="every_steps"):
     checkpoint.Checkpointer(tmp_path, every_steps=0, keep=1)
-  with pytest.raises(ValueError, match='keep'):
+  with pytest.raises(ValueError, match="keep"):
     checkpoint.Checkpointer(tmp_path, every_steps=1, keep=0)
   with checkpoint.Checkpointer(tmp_path, every_steps=1, keep=1) as ckpt:
     state = make_run_state(num_particles=2)
-    with pytest.raises(TypeError, match='JSON'):
-      ckpt.save(1, state, {'f': object()})
-    with pytest.raises(ValueError, match='estimator_state'):
-      ckpt.save(1, {'theta': state['theta']}, CONFIG)
+    with pytest.raises(TypeError, match="JSON"):
+      ckpt.save(1, state, {"f": object()})
+    with pytest.raises(ValueError, match="estimator_state"):
+      ckpt.save(1, {"theta": state["theta"]}, CONFIG)
 
 
 # Runs in a fresh interpreter, so that it can have its own fake device count:
@@ -279,27 +277,27 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
 
 def _run_with_devices(args: list[str], devices: int) -> str:
   env = dict(os.environ)
-  env['XLA_FLAGS'] = (
-      env.get('XLA_FLAGS', '')
-      + f' --xla_force_host_platform_device_count={devices}'
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={devices}"
   ).strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  env.pop('JAX_NUM_CPU_DEVICES', None)  # would win over the XLA flag
+  env["JAX_PLATFORMS"] = "cpu"
+  env.pop("JAX_NUM_CPU_DEVICES", None)  # would win over the XLA flag
   result = subprocess.run(
-      [sys.executable, '-c', _ELASTIC_SCRIPT, *args, str(devices)],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=120,
+    [sys.executable, "-c", _ELASTIC_SCRIPT, *args, str(devices)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
 
 
 def test_restore_onto_fewer_devices(tmp_path):
-  directory = str(tmp_path / 'ckpt')
-  assert 'WROTE 8' in _run_with_devices(['write', directory], 8)
-  out = _run_with_devices(['read', directory], 4)
+  directory = str(tmp_path / "ckpt")
+  assert "WROTE 8" in _run_with_devices(["write", directory], 8)
+  out = _run_with_devices(["read", directory], 4)
   for n in (4, 2, 1):
-    assert f'RESTORED {n}' in out
+    assert f"RESTORED {n}" in out

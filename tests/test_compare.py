@@ -21,8 +21,14 @@ from configs import influence_balancing, lorenz, tiny
 from lopt import compare, export, metrics, outer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CURVE_KEYS = {"outer_steps", "steps", "seconds", "meta_loss", "train_loss",
-              "seed"}
+CURVE_KEYS = {
+  "outer_steps",
+  "steps",
+  "seconds",
+  "meta_loss",
+  "train_loss",
+  "seed",
+}
 
 
 def small_lorenz():
@@ -46,14 +52,21 @@ def small_influence():
 def test_toy_json_and_png_have_every_curve(tmp_path):
   config = small_lorenz()
   labels = ["nres", "full_es", "tbptt"]
-  result = compare.compare(config, labels, [0, 1],
-                           compare.Budget(steps=4000))
+  result = compare.compare(config, labels, [0, 1], compare.Budget(steps=4000))
   json_path, png_path = compare.write(result, str(tmp_path), "lorenz")
   assert os.path.getsize(png_path) > 10_000
   with open(json_path) as f:
     saved = json.load(f)
-  assert {"kind", "budget", "meta_loss_definition", "labels", "seeds",
-          "estimators", "config", "theta_true"} <= set(saved)
+  assert {
+    "kind",
+    "budget",
+    "meta_loss_definition",
+    "labels",
+    "seeds",
+    "estimators",
+    "config",
+    "theta_true",
+  } <= set(saved)
   assert saved["kind"] == "toy" and saved["labels"] == labels
   assert list(saved["estimators"]) == labels
   start = None
@@ -65,8 +78,9 @@ def test_toy_json_and_png_have_every_curve(tmp_path):
     for run in entry["runs"]:
       assert CURVE_KEYS <= set(run)
       n = len(run["outer_steps"])
-      assert n >= 3 and all(len(run[k]) == n for k in
-                            ("steps", "seconds", "meta_loss", "theta"))
+      assert n >= 3 and all(
+        len(run[k]) == n for k in ("steps", "seconds", "meta_loss", "theta")
+      )
       assert np.all(np.diff(run["steps"]) > 0)
       assert np.all(np.diff(run["seconds"]) > 0)
       # The budget is spent, overshooting by less than one update.
@@ -86,22 +100,28 @@ def test_toy_json_and_png_have_every_curve(tmp_path):
   assert len(summary["final_theta_mean"]) == 2
 
 
-@pytest.mark.parametrize("label,name,unroll_length", [
-    ("nres", "nres", 1), ("tes", "tes", 1), ("tbptt_w10", "tbptt", 10)])
+@pytest.mark.parametrize(
+  "label,name,unroll_length",
+  [("nres", "nres", 1), ("tes", "tes", 1), ("tbptt_w10", "tbptt", 10)],
+)
 def test_steps_are_the_estimators_own_count(label, name, unroll_length):
   """Cumulative steps equal the sum of info["steps"] of a plain run."""
   config = small_influence()
   runner = compare.ToyRunner(config, label)
   assert runner.settings["name"] == name
   assert runner.estimator.unroll_length == unroll_length
-  run = runner.run(5, compare.Budget(outer_steps=30),
-                   compare.make_evaluator(config))
+  run = runner.run(
+    5, compare.Budget(outer_steps=30), compare.make_evaluator(config)
+  )
   assert run["outer_steps"][-1] == 30
-  _, history = outer.meta_train(runner.estimator, runner.optimizer,
-                                jnp.asarray(config.theta_init),
-                                jax.random.key(0), 30)
-  assert run["steps"][-1] == int(np.sum(np.asarray(history["steps"],
-                                                    np.int64)))
+  _, history = outer.meta_train(
+    runner.estimator,
+    runner.optimizer,
+    jnp.asarray(config.theta_init),
+    jax.random.key(0),
+    30,
+  )
+  assert run["steps"][-1] == int(np.sum(np.asarray(history["steps"], np.int64)))
   members = {"nres": 2, "tes": 3, "tbptt": 1}[name]
   assert run["steps_per_update"] == members * 8 * unroll_length
   assert run["burn_in_steps"] == 0  # lockstep particles: no burn-in
@@ -113,16 +133,19 @@ def test_seconds_budget_and_unbiased_estimators_move_theta_right():
   # NRES rather than PES: on this endless horizon PES's accumulated credit
   # grows with every step, so how far it gets in 0.5 s would depend on the
   # machine's speed.
-  result = compare.compare(config, ["nres", "tbptt"], [0],
-                           compare.Budget(seconds=0.5))
+  result = compare.compare(
+    config, ["nres", "tbptt"], [0], compare.Budget(seconds=0.5)
+  )
   for label, entry in result["estimators"].items():
     seconds = entry["runs"][0]["seconds"]
     # It stops once the budget is spent, not before; how many points fit in
     # it depends on the machine, so that is not asserted.
     assert seconds[-1] >= 0.5, (label, seconds)
     assert seconds == sorted(seconds) and len(seconds) >= 2
-  theta = {label: entry["runs"][0]["theta"][-1][0]
-           for label, entry in result["estimators"].items()}
+  theta = {
+    label: entry["runs"][0]["theta"][-1][0]
+    for label, entry in result["estimators"].items()
+  }
   # From 0.5: NRES heads to -1/6, truncated backprop (W = 1) away from it.
   assert theta["nres"] < 0.5 < theta["tbptt"]
 
@@ -137,18 +160,37 @@ def test_labels_and_budgets_are_checked():
   with pytest.raises(ValueError, match="budget"):
     compare.Budget()
   with pytest.raises(ValueError, match="budget_seconds"):
-    compare.compare(tiny.get_config(), ["nres"], [0],
-                    compare.Budget(seconds=1.0))
+    compare.compare(
+      tiny.get_config(), ["nres"], [0], compare.Budget(seconds=1.0)
+    )
 
 
 def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(
-      request.config.cache.mkdir("jax_compilation_cache")))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=str(
+      request.config.cache.mkdir("jax_compilation_cache")
+    ),
+  )
   result = subprocess.run(
-      [sys.executable, "-m", "lopt.compare", "--config=configs/tiny.py",
-       "--estimators=nres", "--seeds=0", "--budget_outer_steps=2",
-       f"--output_dir={tmp_path}", f"--workdir={tmp_path / 'runs'}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "lopt.compare",
+      "--config=configs/tiny.py",
+      "--estimators=nres",
+      "--seeds=0",
+      "--budget_outer_steps=2",
+      f"--output_dir={tmp_path}",
+      f"--workdir={tmp_path / 'runs'}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| nres |" in result.stdout
   assert os.path.getsize(tmp_path / "tiny.png") > 10_000
@@ -174,15 +216,22 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   # the same.
   initial = [r for r in rows if "eval/learned/mean_train_loss" in r]
   assert run["meta_loss"][0] == pytest.approx(
-      initial[0]["eval/learned/mean_train_loss"])
+    initial[0]["eval/learned/mean_train_loss"]
+  )
 
 
 def toy_config_names():
   directory = os.path.join(REPO, "configs")
-  names = sorted(f[:-3] for f in os.listdir(directory)
-                 if f.endswith(".py") and f != "__init__.py")
-  return [n for n in names if getattr(importlib.import_module(
-      f"configs.{n}"), "KIND", None) == "toy"]
+  names = sorted(
+    f[:-3]
+    for f in os.listdir(directory)
+    if f.endswith(".py") and f != "__init__.py"
+  )
+  return [
+    n
+    for n in names
+    if getattr(importlib.import_module(f"configs.{n}"), "KIND", None) == "toy"
+  ]
 
 
 def test_every_toy_config_builds_its_estimators():
@@ -199,14 +248,26 @@ def test_every_toy_config_builds_its_estimators():
         s = compare.settings(config, label)
         compare.make_estimator(system, s)
         compare.make_outer_optimizer(s)
-      compare.Budget(seconds=config.compare.get("budget_seconds", 0.0),
-                     steps=config.compare.get("budget_steps", 0.0),
-                     outer_steps=config.compare.get("budget_outer_steps", 0))
+      compare.Budget(
+        seconds=config.compare.get("budget_seconds", 0.0),
+        steps=config.compare.get("budget_steps", 0.0),
+        outer_steps=config.compare.get("budget_outer_steps", 0),
+      )
   paper = lorenz.get_config("paper")
-  assert (paper.system.horizon, paper.estimator.num_particles,
-          paper.estimator.unroll_length, paper.estimator.sigma) == (
-              2000, 200, 100, 0.04)
-  lrs = {k: compare.settings(paper, k)["learning_rate"]
-         for k in paper.compare.estimators}
-  assert lrs == {"nres": 1e-5, "pes": 1e-5, "tes": 3e-4, "full_es": 3e-5,
-                 "tbptt": 3e-4}
+  assert (
+    paper.system.horizon,
+    paper.estimator.num_particles,
+    paper.estimator.unroll_length,
+    paper.estimator.sigma,
+  ) == (2000, 200, 100, 0.04)
+  lrs = {
+    k: compare.settings(paper, k)["learning_rate"]
+    for k in paper.compare.estimators
+  }
+  assert lrs == {
+    "nres": 1e-5,
+    "pes": 1e-5,
+    "tes": 3e-4,
+    "full_es": 3e-5,
+    "tbptt": 3e-4,
+  }

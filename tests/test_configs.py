@@ -7,12 +7,17 @@ import pytest
 
 from lopt import train
 
-CONFIGS = sorted(f[:-3] for f in os.listdir(
-    os.path.join(os.path.dirname(__file__), "..", "configs"))
-                 if f.endswith(".py") and f != "__init__.py")
+CONFIGS = sorted(
+  f[:-3]
+  for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+  if f.endswith(".py") and f != "__init__.py"
+)
 # Toy-system configs (KIND = "toy") are checked in tests/test_compare.py.
-CONFIGS = [n for n in CONFIGS if getattr(
-    importlib.import_module(f"configs.{n}"), "KIND", "lopt") != "toy"]
+CONFIGS = [
+  n
+  for n in CONFIGS
+  if getattr(importlib.import_module(f"configs.{n}"), "KIND", "lopt") != "toy"
+]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -26,6 +31,9 @@ def test_paper_settings():
   pes = importlib.import_module("configs.fashion_mnist8_pes").get_config()
   assert (fmnist.task.dataset, fmnist.task.image_size) == ("fashion_mnist", 8)
   assert fmnist.lopt.kind == "mlp" and fmnist.task.meta_loss == "validation"
-  assert (fmnist.estimator.num_particles, fmnist.estimator.unroll_length,
-          fmnist.estimator.sigma) == (100, 1, 0.01)
+  assert (
+    fmnist.estimator.num_particles,
+    fmnist.estimator.unroll_length,
+    fmnist.estimator.sigma,
+  ) == (100, 1, 0.01)
   assert pes.estimator.name == "pes"

@@ -35,8 +35,13 @@ def lq():
 def build(name, system, num_particles, unroll_length=W, **kwargs):
   kwargs.setdefault("noise_period", 20)
   kwargs.setdefault("sigma", SIGMA)
-  return estimators.make(name, system, num_particles=num_particles,
-                         unroll_length=unroll_length, **kwargs)
+  return estimators.make(
+    name,
+    system,
+    num_particles=num_particles,
+    unroll_length=unroll_length,
+    **kwargs,
+  )
 
 
 def episode_averages(est, theta, key):
@@ -68,9 +73,16 @@ def z_scores(samples, target):
   return mean, se, (mean - target) / se
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("nres", {}), ("pes", {}), ("gpes", {"noise_period": 20}),
-    ("gpes", {"noise_period": 50}), ("full_es", {})])
+@pytest.mark.parametrize(
+  "name,extra",
+  [
+    ("nres", {}),
+    ("pes", {}),
+    ("gpes", {"noise_period": 20}),
+    ("gpes", {"noise_period": 50}),
+    ("full_es", {}),
+  ],
+)
 def test_unbiased_estimators_match_the_true_gradient(name, extra):
   system, num = lq(), 20_000
   est = build(name, system, num, step_unlocked=False, **extra)
@@ -98,11 +110,14 @@ def test_truncated_estimators_miss_the_true_gradient(name):
 
 def test_tbptt_over_the_whole_episode_is_backprop():
   system = lq()
-  est = build("tbptt", system, 1, unroll_length=system.horizon,
-              step_unlocked=False)
-  grad, _, _ = est.estimate(jnp.asarray(THETA),
-                            est.init(jnp.asarray(THETA), jax.random.key(0)),
-                            jax.random.key(1))
+  est = build(
+    "tbptt", system, 1, unroll_length=system.horizon, step_unlocked=False
+  )
+  grad, _, _ = est.estimate(
+    jnp.asarray(THETA),
+    est.init(jnp.asarray(THETA), jax.random.key(0)),
+    jax.random.key(1),
+  )
   np.testing.assert_allclose(grad, system.true_gradient(THETA), rtol=1e-10)
 
 
@@ -119,15 +134,23 @@ def window_samples(est, theta, key):
 
 
 # Exact trace variances of one window estimate on the O2 system, W = 10.
-ORACLE_TRACE_VARIANCE = {"pes": 1221.36, "gpes20": 1108.03,
-                         "gpes50": 846.52, "nres": 678.82}
+ORACLE_TRACE_VARIANCE = {
+  "pes": 1221.36,
+  "gpes20": 1108.03,
+  "gpes50": 846.52,
+  "nres": 678.82,
+}
 
 
 def test_nres_has_the_least_per_estimate_variance():
   system, num = lq(), 50_000
   variances, errors = {}, {}
-  for label, name, period in [("pes", "pes", None), ("gpes20", "gpes", 20),
-                              ("gpes50", "gpes", 50), ("nres", "nres", None)]:
+  for label, name, period in [
+    ("pes", "pes", None),
+    ("gpes20", "gpes", 20),
+    ("gpes50", "gpes", 50),
+    ("nres", "nres", None),
+  ]:
     est = build(name, system, num, noise_period=period)
     samples = window_samples(est, THETA, jax.random.key(2))
     mean, se, z = z_scores(samples, system.true_gradient(THETA))
@@ -136,12 +159,16 @@ def test_nres_has_the_least_per_estimate_variance():
     variances[label] = squared.mean()
     errors[label] = squared.std(ddof=1) / np.sqrt(num)
     z_var = (variances[label] - ORACLE_TRACE_VARIANCE[label]) / errors[label]
-    print(f"\n{label}: trace var {variances[label]:.1f} ± {errors[label]:.1f}"
-          f" (exact {ORACLE_TRACE_VARIANCE[label]}, z={z_var:.2f})")
+    print(
+      f"\n{label}: trace var {variances[label]:.1f} ± {errors[label]:.1f}"
+      f" (exact {ORACLE_TRACE_VARIANCE[label]}, z={z_var:.2f})"
+    )
     assert abs(z_var) < 4
   ratio = variances["pes"] / variances["nres"]
-  print(f"\nPES/NRES per-estimate variance ratio at W={W}, T=100: "
-        f"{ratio:.3f} (exact 1.80)")
+  print(
+    f"\nPES/NRES per-estimate variance ratio at W={W}, T=100: "
+    f"{ratio:.3f} (exact 1.80)"
+  )
   order = [variances[k] for k in ("pes", "gpes20", "gpes50", "nres")]
   assert order == sorted(order, reverse=True)
   gap = variances["pes"] - variances["nres"]
@@ -152,10 +179,13 @@ def test_nres_and_full_es_agree_in_expectation_when_w_equals_t():
   system, num = lq(), 20_000
   t = system.horizon
   nres = episode_averages(
-      build("nres", system, num, unroll_length=t, step_unlocked=False),
-      THETA, jax.random.key(3))
-  full = episode_averages(build("full_es", system, num), THETA,
-                          jax.random.key(4))
+    build("nres", system, num, unroll_length=t, step_unlocked=False),
+    THETA,
+    jax.random.key(3),
+  )
+  full = episode_averages(
+    build("full_es", system, num), THETA, jax.random.key(4)
+  )
   diff = nres.mean(0) - full.mean(0)
   se = np.hypot(nres.std(0, ddof=1), full.std(0, ddof=1)) / np.sqrt(num)
   print(f"\nNRES(W=T) - FullES: {diff}, z={diff / se}")
@@ -178,14 +208,17 @@ def test_nres_windows_telescope_to_the_full_es_estimate():
   def mean_loss(th):
     def body(s, t):
       return system.step(th, s, t, None)
-    return jnp.mean(jax.lax.scan(body, system.init(None),
-                                 jnp.arange(system.horizon))[1])
+
+    return jnp.mean(
+      jax.lax.scan(body, system.init(None), jnp.arange(system.horizon))[1]
+    )
 
   for i in range(3):
     delta = mean_loss(theta + eps[i]) - mean_loss(theta - eps[i])
     full_es = eps[i] * delta / (2 * SIGMA**2)
-    np.testing.assert_allclose(np.mean([w[i] for w in windows], axis=0),
-                               full_es, rtol=1e-10)
+    np.testing.assert_allclose(
+      np.mean([w[i] for w in windows], axis=0), full_es, rtol=1e-10
+    )
 
 
 def test_gpes_ends_are_pes_and_nres_bit_for_bit():
@@ -196,14 +229,19 @@ def test_gpes_ends_are_pes_and_nres_bit_for_bit():
     @jax.jit
     def once(theta):
       return est.estimate(theta, est.init(theta, key_init), key_call)[:2]
+
     return jax.tree.leaves(once(theta))
 
   pairs = [
-      (build("gpes", system, 8, noise_period=system.horizon + 1),
-       build("nres", system, 8)),
-      (build("gpes", system, 8, noise_period=W), build("pes", system, 8)),
-      (build("pes", system, 8, unroll_length=100),
-       build("nres", system, 8, unroll_length=100)),
+    (
+      build("gpes", system, 8, noise_period=system.horizon + 1),
+      build("nres", system, 8),
+    ),
+    (build("gpes", system, 8, noise_period=W), build("pes", system, 8)),
+    (
+      build("pes", system, 8, unroll_length=100),
+      build("nres", system, 8, unroll_length=100),
+    ),
   ]
   for a, b in pairs:
     for x, y in zip(run(a), run(b)):
@@ -236,13 +274,16 @@ def test_episode_end_inside_a_window_by_hand():
   e_new = state.noise
   assert np.all(np.asarray(e) != np.asarray(e_new))
   np.testing.assert_allclose(window_a, 1.5 * e**2 / SIGMA**2, rtol=1e-12)
-  np.testing.assert_allclose(window_b, (3 * e**2 + e_new**2) / (2 * SIGMA**2),
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    window_b, (3 * e**2 + e_new**2) / (2 * SIGMA**2), rtol=1e-12
+  )
   np.testing.assert_array_equal(state.counter, 1)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("nres", (1.5, 2.0)), ("pes", (1.5, 2.0)), ("tes", (1.5, 1.0))])
+@pytest.mark.parametrize(
+  "name,expected",
+  [("nres", (1.5, 2.0)), ("pes", (1.5, 2.0)), ("tes", (1.5, 1.0))],
+)
 def test_episode_end_credit_in_expectation(name, expected):
   """O7 in expectation: the truth is (1.5, 2); TES misses window B."""
   system, theta, num = Counter(), jnp.asarray(0.3), 100_000
@@ -275,8 +316,9 @@ def test_burn_in_leaves_uniform_counters_and_genuine_states():
   m = (1 - system.a**counters) / (1 - system.a)
   for sign, member in ((1, 0), (-1, 1)):
     expected = ((np.asarray(THETA) + sign * np.asarray(state.noise)) @ c) * m
-    np.testing.assert_allclose(state.inner[:, member], expected, rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+      state.inner[:, member], expected, rtol=1e-10, atol=1e-12
+    )
   # Without W | T the counters are uniform over the whole episode.
   odd = build("nres", systems.LinearQuadratic(horizon=97), num)
   counters = np.asarray(odd.init(theta, jax.random.key(8)).counter)
@@ -305,14 +347,17 @@ def test_same_key_same_result_and_jit_and_pytree_round_trip():
         np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs,field", [
+@pytest.mark.parametrize(
+  "kwargs,field",
+  [
     ({"num_particles": 0}, "num_particles"),
     ({"unroll_length": 0}, "unroll_length"),
     ({"unroll_length": 101}, "unroll_length"),
     ({"sigma": 0.0}, "sigma"),
     ({"sigma": -1.0}, "sigma"),
     ({"noise_period": 5}, "noise_period"),
-])
+  ],
+)
 def test_bad_arguments_name_the_field_and_range(kwargs, field):
   args = dict(num_particles=4, unroll_length=10, sigma=0.1, noise_period=20)
   args.update(kwargs)
@@ -320,8 +365,7 @@ def test_bad_arguments_name_the_field_and_range(kwargs, field):
     estimators.GPES(lq(), **args)
   assert "[" in str(error.value) or ">" in str(error.value)
   with pytest.raises(ValueError, match="valid|one of"):
-    estimators.make("nres2", lq(), num_particles=4, unroll_length=10,
-                    sigma=0.1)
+    estimators.make("nres2", lq(), num_particles=4, unroll_length=10, sigma=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,22 +386,27 @@ def test_nonfinite_losses_are_masked_and_counted():
   for name in ["nres", "pes", "tes", "full_es"]:
     est = build(name, system, 64, unroll_length=5, sigma=0.1)
     grad, _, info = jax.jit(
-        lambda th: est.estimate(th, est.init(th, jax.random.key(0)),
-                                jax.random.key(1)))(theta)
+      lambda th, est=est: est.estimate(
+        th, est.init(th, jax.random.key(0)), jax.random.key(1)
+      )
+    )(theta)
     assert np.isfinite(grad) and np.isfinite(info["loss"])
     assert 0 < int(info["nonfinite"]) < 64 * est.unroll_length
   est = build("nres", system, 64, unroll_length=5, sigma=0.1)
-  final, history = outer.meta_train(est, optax.sgd(1e-3), theta,
-                                    jax.random.key(2), 20)
+  final, history = outer.meta_train(
+    est, optax.sgd(1e-3), theta, jax.random.key(2), 20
+  )
   assert np.isfinite(final) and np.all(np.isfinite(history["theta"]))
 
 
 def influence_balancing(name, unroll_length):
   system = systems.InfluenceBalancing()  # horizon far beyond the run
-  est = build(name, system, 500, unroll_length=unroll_length,
-              step_unlocked=False)
-  theta, _ = outer.meta_train(est, optax.sgd(1e-4), jnp.asarray(0.5),
-                              jax.random.key(3), 3000)
+  est = build(
+    name, system, 500, unroll_length=unroll_length, step_unlocked=False
+  )
+  theta, _ = outer.meta_train(
+    est, optax.sgd(1e-4), jnp.asarray(0.5), jax.random.key(3), 3000
+  )
   return float(theta)
 
 
@@ -384,11 +433,14 @@ def test_info_reports_the_variance_of_the_estimate():
   state = est.init(theta, jax.random.key(9))
   grad, _, info = jax.jit(est.estimate)(theta, state, jax.random.key(10))
   samples = np.asarray(
-      jax.jit(est.particle_estimates)(theta, state, jax.random.key(10))[0])
-  np.testing.assert_allclose(info["grad_var"] * num,
-                             samples.var(axis=0, ddof=1).sum(), rtol=1e-8)
+    jax.jit(est.particle_estimates)(theta, state, jax.random.key(10))[0]
+  )
+  np.testing.assert_allclose(
+    info["grad_var"] * num, samples.var(axis=0, ddof=1).sum(), rtol=1e-8
+  )
   squared = ((samples - samples.mean(0)) ** 2).sum(axis=1)
   se = squared.std(ddof=1) / np.sqrt(num)
   assert abs(info["grad_var"] * num - ORACLE_TRACE_VARIANCE["nres"]) < 4 * se
   np.testing.assert_allclose(
-      info["grad_snr"], np.sum(np.asarray(grad) ** 2) / info["grad_var"] - 1)
+    info["grad_snr"], np.sum(np.asarray(grad) ** 2) / info["grad_var"] - 1
+  )

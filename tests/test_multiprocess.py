@@ -17,13 +17,19 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_sharding import (
+  TIMEOUT,
+  child_env,
+  finish,
+  flat,
+  overrides,
+  shared_dirs,
+  start,
+)
+from test_train import committed_steps
 
 from configs import tiny
 from lopt import checkpoint, metrics, sharding, train
-from test_sharding import (TIMEOUT, child_env, finish, flat, overrides,
-                           shared_dirs, start)
-from test_sharding import no_leftover_processes  # pylint: disable=unused-import
-from test_train import committed_steps
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +44,43 @@ def free_port() -> int:
 
 
 def main_command(workdir, flags: list[str]) -> list[str]:
-  return [sys.executable, "-m", "lopt.main", "--config=configs/tiny.py",
-          f"--workdir={workdir}", "--alsologtostderr", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "lopt.main",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    "--alsologtostderr",
+    *flags,
+  ]
 
 
 def launch(workdir, flags: list[str], cache_dir: str, processes: int = 2):
   """Starts `processes` lopt.main processes as one job, 2 devices each."""
   port = free_port()
-  distributed = ["--distributed", f"--coordinator_address=localhost:{port}",
-                 f"--num_processes={processes}"]
-  return [start(main_command(workdir, [*distributed, f"--process_id={i}",
-                                       *flags]),
-                f"{workdir}.process{i}.log", child_env(cache_dir, 2))
-          for i in range(processes)]
+  distributed = [
+    "--distributed",
+    f"--coordinator_address=localhost:{port}",
+    f"--num_processes={processes}",
+  ]
+  return [
+    start(
+      main_command(workdir, [*distributed, f"--process_id={i}", *flags]),
+      f"{workdir}.process{i}.log",
+      child_env(cache_dir, 2),
+    )
+    for i in range(processes)
+  ]
 
 
 def finish_all(processes, what: str) -> list[str]:
   deadline = time.monotonic() + TIMEOUT
-  return [finish(p, f"{what}, process {i}",
-                 timeout=max(1.0, deadline - time.monotonic()))
-          for i, p in enumerate(processes)]
+  return [
+    finish(
+      p, f"{what}, process {i}", timeout=max(1.0, deadline - time.monotonic())
+    )
+    for i, p in enumerate(processes)
+  ]
 
 
 def wait_for(condition, processes, what: str, timeout: float = TIMEOUT):
@@ -69,8 +92,10 @@ def wait_for(condition, processes, what: str, timeout: float = TIMEOUT):
         for q in processes:
           q.kill()
         with open(p.log_path) as f:
-          pytest.fail(f"{what}: a process exited early ({p.returncode}):\n"
-                      f"{f.read()[-3000:]}")
+          pytest.fail(
+            f"{what}: a process exited early ({p.returncode}):\n"
+            f"{f.read()[-3000:]}"
+          )
     if time.monotonic() > deadline:
       for p in processes:
         p.kill()
@@ -79,12 +104,14 @@ def wait_for(condition, processes, what: str, timeout: float = TIMEOUT):
 
 
 def metric_steps(workdir) -> list[int]:
-  return [row["step"] for row in metrics.read_metrics(workdir)
-          if "meta_loss" in row]
+  return [
+    row["step"] for row in metrics.read_metrics(workdir) if "meta_loss" in row
+  ]
 
 
 def test_two_processes_resume_after_sigkill_like_an_uninterrupted_run(
-    dirs, tmp_path):
+  dirs, tmp_path
+):
   data_dir, cache_dir = dirs
   total = 16
   common = overrides(data_dir, outer__num_steps=total)
@@ -94,12 +121,18 @@ def test_two_processes_resume_after_sigkill_like_an_uninterrupted_run(
   # uninterrupted 2-process run, meta-evaluating (on replicated theta, in
   # both processes) at steps 0, 8 and 16; and the same run, killed hard
   # (both processes) after a few checkpoints...
-  reference = launch(straight, common + ["--config.checkpoint.every_steps=16",
-                                         "--config.eval.every_steps=8"],
-                     cache_dir)
+  reference = launch(
+    straight,
+    common
+    + ["--config.checkpoint.every_steps=16", "--config.eval.every_steps=8"],
+    cache_dir,
+  )
   processes = launch(killed, common, cache_dir)
-  wait_for(lambda: (committed_steps(killed) or [0])[-1] >= 4, processes,
-           "waiting for checkpoints")
+  wait_for(
+    lambda: (committed_steps(killed) or [0])[-1] >= 4,
+    processes,
+    "waiting for checkpoints",
+  )
   for p in processes:
     p.send_signal(signal.SIGKILL)
   for p in processes:
@@ -133,16 +166,24 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   data_dir, cache_dir = dirs
   workdir = tmp_path / "run"
   # Far more steps than it will take; no interval checkpoint before 1000.
-  flags = overrides(data_dir, outer__num_steps=100_000,
-                    checkpoint__every_steps=1000)
-  process = start(main_command(workdir, flags), f"{workdir}.log",
-                  child_env(cache_dir, 1))
-  wait_for(lambda: len(metric_steps(workdir)) >= 3, [process],
-           "waiting for training steps")
+  flags = overrides(
+    data_dir, outer__num_steps=100_000, checkpoint__every_steps=1000
+  )
+  process = start(
+    main_command(workdir, flags), f"{workdir}.log", child_env(cache_dir, 1)
+  )
+  wait_for(
+    lambda: len(metric_steps(workdir)) >= 3,
+    [process],
+    "waiting for training steps",
+  )
   process.send_signal(signal.SIGTERM)
   out = finish(process, "the SIGTERM'd run", timeout=60)  # exit status 0
-  logged = [line for line in out.splitlines()
-            if "SIGTERM: saved the checkpoint of step" in line]
+  logged = [
+    line
+    for line in out.splitlines()
+    if "SIGTERM: saved the checkpoint of step" in line
+  ]
   assert logged, out[-3000:]
   stopped_at = int(logged[-1].split("step ")[-1].split(";")[0])
   # The step it had reached: the last one it logged.
@@ -150,8 +191,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   # The first step (orbax always saves a fresh run's first) and the one
   # SIGTERM asked for, nothing half-written.
   assert committed_steps(workdir) == [1, stopped_at]
-  assert not [d for d in os.listdir(workdir / "checkpoints")
-              if "tmp" in d]
+  assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
 
   # Restorable, particles included.
   config = tiny.get_config()
@@ -160,8 +200,9 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   abstract = jax.eval_shape(lambda d: train.init_run_state(exp, d), data)
-  with checkpoint.Checkpointer(workdir / "checkpoints", every_steps=1,
-                               keep=5) as ckpt:
+  with checkpoint.Checkpointer(
+    workdir / "checkpoints", every_steps=1, keep=5
+  ) as ckpt:
     state = ckpt.restore(stopped_at, checkpoint.abstract_like(abstract))
   state = sharding.to_host(state)
   assert int(state["step"]) == stopped_at

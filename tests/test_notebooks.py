@@ -21,8 +21,11 @@ NAMES = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-  assert {"01_quickstart", "02_use_a_learned_optimizer",
-          "03_estimators"} <= set(NAMES)
+  assert {
+    "01_quickstart",
+    "02_use_a_learned_optimizer",
+    "03_estimators",
+  } <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -33,12 +36,14 @@ def test_notebook_is_paired_and_stripped(name):
       assert not cell.outputs, f"{name}.ipynb is committed with outputs"
       assert cell.execution_count is None
   source = jupytext.read(NOTEBOOKS / f"{name}.py")
+
   def code(nb):
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
   assert code(notebook) == code(source), (
-      f"{name}.ipynb and {name}.py differ: run "
-      f"`jupytext --sync notebooks/{name}.py`")
+    f"{name}.ipynb and {name}.py differ: run "
+    f"`jupytext --sync notebooks/{name}.py`"
+  )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -52,15 +57,24 @@ def test_notebook_runs(name, monkeypatch, request):
   # `pytest --cache-clear` empties it): notebooks 01 and 02 meta-train the
   # same tiny config, so the second one reuses the first one's programs, and
   # later runs of the suite compile little. It changes no result.
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR",
-                     str(request.config.cache.mkdir("jax_compilation_cache")))
+  monkeypatch.setenv(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(request.config.cache.mkdir("jax_compilation_cache")),
+  )
   root = str(NOTEBOOKS.parent)
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                if p]))
+  monkeypatch.setenv(
+    "PYTHONPATH",
+    os.pathsep.join(
+      [root]
+      + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ),
+  )
   client = nbclient.NotebookClient(
-      notebook, timeout=300, kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOKS)}})
+    notebook,
+    timeout=300,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(NOTEBOOKS)}},
+  )
   # Run the kernel with this interpreter (its virtualenv), not whatever
   # `python3` a global kernelspec names.
   client.kernel_manager_class = _kernel_manager_class()
@@ -72,7 +86,6 @@ def _kernel_manager_class():
   from jupyter_client.manager import KernelManager
 
   class ThisPythonKernelManager(KernelManager):
-
     def format_kernel_cmd(self, extra_arguments=None):
       cmd = super().format_kernel_cmd(extra_arguments)
       if cmd and os.path.basename(cmd[0]).startswith("python"):

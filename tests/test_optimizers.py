@@ -7,17 +7,17 @@ momenta, scale invariance, zero theta gives the identity optimizer).
 import json
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from lopt import optimizers as opt
 
 MLP_CFG = opt.LOptConfig()
-NOM_CFG = opt.LOptConfig(kind='nominal')
+NOM_CFG = opt.LOptConfig(kind="nominal")
 
 
 # Test data comes from numpy: every eager jax.random call of a new shape
@@ -28,10 +28,10 @@ def _params():
   """A small tree with a matrix, a vector, a scalar and a nested dict."""
   rng = np.random.default_rng(0)
   return {
-      'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
-      'b': jnp.zeros((3,)),
-      'scale': jnp.asarray(1.5),
-      'inner': {'v': jnp.asarray(rng.normal(size=(7,)), jnp.float32)},
+    "w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+    "b": jnp.zeros((3,)),
+    "scale": jnp.asarray(1.5),
+    "inner": {"v": jnp.asarray(rng.normal(size=(7,)), jnp.float32)},
   }
 
 
@@ -39,8 +39,9 @@ def _grads(seed, params, scale=1.0):
   """Standard-normal values (times scale), shaped like params."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda p: jnp.asarray(scale * rng.normal(size=jnp.shape(p)),
-                            jnp.float32), params)
+    lambda p: jnp.asarray(scale * rng.normal(size=jnp.shape(p)), jnp.float32),
+    params,
+  )
 
 
 def _num(tree):
@@ -50,12 +51,12 @@ def _num(tree):
 def test_mlplopt_has_1762_parameters():
   theta = opt.init_theta(MLP_CFG, jax.random.key(0))
   assert _num(theta) == 1762
-  assert isinstance(theta, dict) and isinstance(theta['mlp'], dict)
+  assert isinstance(theta, dict) and isinstance(theta["mlp"], dict)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(theta))
-  assert theta['mlp']['layer_0']['kernel'].shape == (19, 32)
+  assert theta["mlp"]["layer_0"]["kernel"].shape == (19, 32)
   nominal = opt.init_theta(NOM_CFG, jax.random.key(0))
-  assert nominal['log_lr'].shape == ()
-  np.testing.assert_allclose(np.exp(nominal['log_lr']), 0.03, rtol=1e-6)
+  assert nominal["log_lr"].shape == ()
+  np.testing.assert_allclose(np.exp(nominal["log_lr"]), 0.03, rtol=1e-6)
   assert _num(nominal) == 22 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2 + 1
 
 
@@ -63,10 +64,12 @@ def test_feature_shapes():
   params = _params()
   grads = _grads(1, params)
   for cfg, num in ((MLP_CFG, 19), (NOM_CFG, 22)):
-    state = opt.learned_optimizer(opt.init_theta(cfg, jax.random.key(0)),
-                                  cfg, 100).init(params)
+    state = opt.learned_optimizer(
+      opt.init_theta(cfg, jax.random.key(0)), cfg, 100
+    ).init(params)
     feats = jax.jit(opt.compute_features, static_argnums=(0, 4))(
-        cfg, grads, state, params, 100)
+      cfg, grads, state, params, 100
+    )
     assert feats.shape == (_num(params), num)
     assert opt.num_features(cfg) == num
     assert np.all(np.isfinite(feats))
@@ -75,12 +78,14 @@ def test_feature_shapes():
 def test_momenta_after_one_step_from_zero():
   params = _params()
   grads = _grads(1, params)
-  tx = opt.learned_optimizer(opt.init_theta(MLP_CFG, jax.random.key(0)),
-                             MLP_CFG)
+  tx = opt.learned_optimizer(
+    opt.init_theta(MLP_CFG, jax.random.key(0)), MLP_CFG
+  )
   state = tx.init(params)
   assert state.count.dtype == jnp.int32 and int(state.count) == 0
-  assert jax.tree.all(jax.tree.map(
-      np.array_equal, state, opt.init_state(MLP_CFG, params)))
+  assert jax.tree.all(
+    jax.tree.map(np.array_equal, state, opt.init_state(MLP_CFG, params))
+  )
   _, state = jax.jit(tx.update)(grads, state, params)
   assert int(state.count) == 1
   for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(state.momenta)):
@@ -89,27 +94,28 @@ def test_momenta_after_one_step_from_zero():
       np.testing.assert_allclose(m[i], (1 - beta) * g, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize('what', ['grads', 'params'])
+@pytest.mark.parametrize("what", ["grads", "params"])
 def test_features_invariant_to_positive_scaling(what):
   params = _params()
   # Scales well above the 1e-5 epsilon, the only source of non-invariance.
   grads = _grads(1, params, scale=100.0)
-  state = opt.learned_optimizer(opt.init_theta(MLP_CFG, jax.random.key(0)),
-                                MLP_CFG).init(params)
+  state = opt.learned_optimizer(
+    opt.init_theta(MLP_CFG, jax.random.key(0)), MLP_CFG
+  ).init(params)
   # Momenta as after a long run: right after a first step the slow momenta
   # (1e-4 * g) sit below the epsilon, which then dominates.
-  state = state._replace(
-      momenta=_grads(2, state.momenta, scale=100.0))
+  state = state._replace(momenta=_grads(2, state.momenta, scale=100.0))
   features = jax.jit(opt.compute_features, static_argnums=0)
   base = features(MLP_CFG, grads, state, params)
   for c in (2.0, 10.0):
-    if what == 'grads':
+    if what == "grads":
       # Scaling every gradient so far scales the momenta too.
-      scaled = jax.tree.map(lambda x: c * x, (grads, state.momenta))
-      feats = features(MLP_CFG, scaled[0], state._replace(momenta=scaled[1]),
-                       params)
+      scaled = jax.tree.map(lambda x, c=c: c * x, (grads, state.momenta))
+      feats = features(
+        MLP_CFG, scaled[0], state._replace(momenta=scaled[1]), params
+      )
     else:
-      scaled = jax.tree.map(lambda p: c * p, params)
+      scaled = jax.tree.map(lambda p, c=c: c * p, params)
       feats = features(MLP_CFG, grads, state, scaled)
     np.testing.assert_allclose(feats, base, rtol=1e-5, atol=1e-5)
 
@@ -131,12 +137,12 @@ def test_untrained_update_is_small_and_zero_theta_is_identity():
 
 def _reference_mlp(mlp_params, features):
   """A plain dense MLP with ReLU on the full (P, F) feature matrix."""
-  layers = [mlp_params[f'layer_{i}'] for i in range(len(mlp_params))]
+  layers = [mlp_params[f"layer_{i}"] for i in range(len(mlp_params))]
   x = features
   for i, layer in enumerate(layers):
     if i:
       x = jax.nn.relu(x)
-    x = x @ layer['kernel'] + layer['bias']
+    x = x @ layer["kernel"] + layer["bias"]
   return x
 
 
@@ -153,7 +159,7 @@ def test_update_matches_mlp_on_full_features():
   def both(state):
     _, state = tx.update(grads, state, params)  # Non-trivial momenta, count.
     feats = opt.compute_features(cfg, grads, state, params)
-    out = _reference_mlp(theta['mlp'], feats)
+    out = _reference_mlp(theta["mlp"], feats)
     expected = -0.1 * out[:, 0] * jnp.exp(0.5 * out[:, 1])
     updates, _ = tx.update(grads, state, params)
     got = jnp.concatenate([u.reshape(-1) for u in jax.tree.leaves(updates)])
@@ -169,23 +175,25 @@ def test_nominal_at_init_is_adam_with_linear_decay():
   theta = opt.init_theta(NOM_CFG, jax.random.key(0))
   learned = opt.learned_optimizer(theta, NOM_CFG, num_steps)
   adam = optax.adam(optax.linear_schedule(0.03, 0.0, num_steps))
-  assert opt.adam_baseline(0.03, num_steps, 'linear') is not None
+  assert opt.adam_baseline(0.03, num_steps, "linear") is not None
 
   def run(tx):
     def step(carry, g):
       p, s = carry
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), u
-    grads = _grads(5, jax.tree.map(lambda p: jnp.zeros((num_steps + 2,
-                                                        *jnp.shape(p))),
-                                   params))
+
+    grads = _grads(
+      5,
+      jax.tree.map(lambda p: jnp.zeros((num_steps + 2, *jnp.shape(p))), params),
+    )
     return jax.lax.scan(step, (params, tx.init(params)), grads)[1]
 
   got, want = jax.jit(lambda: (run(learned), run(adam)))()
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # Steps past the horizon are zero (the schedule has decayed to 0).
-  np.testing.assert_array_equal(got['w'][num_steps:], 0.0)
+  np.testing.assert_array_equal(got["w"][num_steps:], 0.0)
 
 
 def test_jit_vmap_over_thetas_and_param_kinds():
@@ -193,15 +201,16 @@ def test_jit_vmap_over_thetas_and_param_kinds():
   grads = _grads(1, params)
   for cfg in (MLP_CFG, NOM_CFG):
     thetas = jax.tree.map(
-        lambda *xs: jnp.stack(xs),
-        *[opt.init_theta(cfg, jax.random.key(i)) for i in range(3)])
+      lambda *xs: jnp.stack(xs),
+      *[opt.init_theta(cfg, jax.random.key(i)) for i in range(3)],
+    )
 
     def one(theta, cfg=cfg):
       tx = opt.learned_optimizer(theta, cfg, 50)
       return tx.update(grads, tx.init(params), params)
 
     updates, state = jax.jit(jax.vmap(one))(thetas)
-    assert updates['w'].shape == (3, 5, 3) and updates['scale'].shape == (3,)
+    assert updates["w"].shape == (3, 5, 3) and updates["scale"].shape == (3,)
     assert state.count.shape == (3,)
     single = jax.jit(one)(jax.tree.map(lambda x: x[1], thetas))[0]
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(single)):
@@ -211,11 +220,12 @@ def test_jit_vmap_over_thetas_and_param_kinds():
 def test_linen_params_and_chain():
   model = nn.Dense(3)
   x = jnp.ones((4, 2))
-  params = model.init(jax.random.key(0), x)['params']
+  params = model.init(jax.random.key(0), x)["params"]
   theta = opt.init_theta(MLP_CFG, jax.random.key(1))
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   opt.learned_optimizer(theta, MLP_CFG))
-  grads = jax.grad(lambda p: jnp.sum(model.apply({'params': p}, x)))(params)
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0), opt.learned_optimizer(theta, MLP_CFG)
+  )
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x)))(params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   assert jax.tree.structure(updates) == jax.tree.structure(params)
 
@@ -223,8 +233,9 @@ def test_linen_params_and_chain():
 def test_nnx_optimizer_trains_with_nominal_kind():
   model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
   theta = opt.init_theta(NOM_CFG, jax.random.key(0))
-  optimizer = nnx.Optimizer(model, opt.learned_optimizer(theta, NOM_CFG, 50),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(
+    model, opt.learned_optimizer(theta, NOM_CFG, 50), wrt=nnx.Param
+  )
   x = jnp.asarray(np.random.default_rng(1).normal(size=(32, 3)), jnp.float32)
   y = x @ jnp.array([[1.0], [-2.0], [0.5]]) + 0.3
 
@@ -245,55 +256,59 @@ def test_nnx_optimizer_trains_with_nominal_kind():
 
 def test_update_without_params_raises():
   params = _params()
-  tx = opt.learned_optimizer(opt.init_theta(MLP_CFG, jax.random.key(0)),
-                             MLP_CFG)
-  with pytest.raises(ValueError, match='params'):
+  tx = opt.learned_optimizer(
+    opt.init_theta(MLP_CFG, jax.random.key(0)), MLP_CFG
+  )
+  with pytest.raises(ValueError, match="params"):
     tx.update(params, tx.init(params))
 
 
-@pytest.mark.parametrize('kwargs, field', [
-    (dict(kind='lstm'), 'kind'),
-    (dict(hidden=(32, 0)), 'hidden'),
-    (dict(hidden=()), 'hidden'),
-    (dict(step_mult=-1.0), 'step_mult'),
-    (dict(exp_mult=float('nan')), 'exp_mult'),
-    (dict(nominal_lr=0.0), 'nominal_lr'),
-])
+@pytest.mark.parametrize(
+  "kwargs, field",
+  [
+    (dict(kind="lstm"), "kind"),
+    (dict(hidden=(32, 0)), "hidden"),
+    (dict(hidden=()), "hidden"),
+    (dict(step_mult=-1.0), "step_mult"),
+    (dict(exp_mult=float("nan")), "exp_mult"),
+    (dict(nominal_lr=0.0), "nominal_lr"),
+  ],
+)
 def test_bad_config_field_raises_naming_it(kwargs, field):
   with pytest.raises(ValueError, match=field):
     opt.LOptConfig(**kwargs)
 
 
 def test_config_roundtrip_and_hashable():
-  cfg = opt.LOptConfig(kind='nominal', hidden=[16, 8], nominal_lr=0.01)
+  cfg = opt.LOptConfig(kind="nominal", hidden=[16, 8], nominal_lr=0.01)
   assert cfg.hidden == (16, 8)
   d = json.loads(json.dumps(cfg.to_dict()))
   assert opt.LOptConfig.from_dict(d) == cfg
   assert hash(opt.LOptConfig.from_dict(d)) == hash(cfg)
-  with pytest.raises(ValueError, match='bogus'):
-    opt.LOptConfig.from_dict({**d, 'bogus': 1})
-  with pytest.raises(ValueError, match='kind'):
-    opt.LOptConfig.from_dict({**d, 'kind': 'rnn'})
+  with pytest.raises(ValueError, match="bogus"):
+    opt.LOptConfig.from_dict({**d, "bogus": 1})
+  with pytest.raises(ValueError, match="kind"):
+    opt.LOptConfig.from_dict({**d, "kind": "rnn"})
 
 
 def test_theta_of_other_architecture_and_missing_num_steps_raise():
   theta = opt.init_theta(MLP_CFG, jax.random.key(0))
-  with pytest.raises(ValueError, match='shape'):
+  with pytest.raises(ValueError, match="shape"):
     opt.learned_optimizer(theta, opt.LOptConfig(hidden=(16, 16)))
-  with pytest.raises(ValueError, match='structure'):
+  with pytest.raises(ValueError, match="structure"):
     opt.learned_optimizer(theta, NOM_CFG, 10)
   nominal = opt.init_theta(NOM_CFG, jax.random.key(0))
-  with pytest.raises(ValueError, match='num_steps'):
+  with pytest.raises(ValueError, match="num_steps"):
     opt.learned_optimizer(nominal, NOM_CFG)
 
 
 def test_adam_baseline_schedules():
-  params = {'w': jnp.ones((2,))}
-  grads = {'w': jnp.ones((2,))}
-  for tx in (opt.adam_baseline(0.1), opt.adam_baseline(0.1, 10, 'linear')):
+  params = {"w": jnp.ones((2,))}
+  grads = {"w": jnp.ones((2,))}
+  for tx in (opt.adam_baseline(0.1), opt.adam_baseline(0.1, 10, "linear")):
     updates, _ = tx.update(grads, tx.init(params), params)
-    np.testing.assert_allclose(updates['w'], -0.1, rtol=1e-4)
-  with pytest.raises(ValueError, match='constant'):
-    opt.adam_baseline(0.1, 10, 'cosine')
-  with pytest.raises(ValueError, match='num_steps'):
-    opt.adam_baseline(0.1, None, 'linear')
+    np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-4)
+  with pytest.raises(ValueError, match="constant"):
+    opt.adam_baseline(0.1, 10, "cosine")
+  with pytest.raises(ValueError, match="num_steps"):
+    opt.adam_baseline(0.1, None, "linear")

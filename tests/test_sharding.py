@@ -23,23 +23,29 @@ import subprocess
 import sys
 import time
 
-from absl import flags as absl_flags, logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
-from ml_collections import config_flags
 import numpy as np
 import pytest
+from absl import flags as absl_flags
+from absl import logging
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
 
 from configs import tiny, tpu_fashion_mnist8_nres
-from lopt import checkpoint, data as data_lib, estimators, sharding, train
+from lopt import checkpoint, estimators, sharding, train
+from lopt import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Every run here: the tiny config with 8 particles (1 per device on 8),
 #: logging and checkpointing every step, no meta-evaluation (it is not what
 #: these tests are about, except where a test turns it back on).
-OVERRIDES = {"estimator.num_particles": 8, "eval.every_steps": 0,
-             "log.every_steps": 1, "checkpoint.every_steps": 1}
+OVERRIDES = {
+  "estimator.num_particles": 8,
+  "eval.every_steps": 0,
+  "log.every_steps": 1,
+  "checkpoint.every_steps": 1,
+}
 TIMEOUT = 240  # seconds; a hung collective must fail the test, not CI
 
 
@@ -64,22 +70,36 @@ def shared_dirs(tmp_path_factory):
 def child_env(cache_dir: str, devices: int) -> dict[str, str]:
   """The environment of a subprocess with `devices` CPU devices."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith(("--xla_force_host_platform_device_count",
-                                "--xla_backend_optimization_level"))]
-  env.update({
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith(
+      (
+        "--xla_force_host_platform_device_count",
+        "--xla_backend_optimization_level",
+      )
+    )
+  ]
+  env.update(
+    {
       "JAX_PLATFORMS": "cpu",
       # LLVM at -O0 halves XLA:CPU compile times (see the docstring).
       "XLA_FLAGS": " ".join(
-          flags + [f"--xla_force_host_platform_device_count={devices}",
-                   "--xla_backend_optimization_level=0"]),
+        flags
+        + [
+          f"--xla_force_host_platform_device_count={devices}",
+          "--xla_backend_optimization_level=0",
+        ]
+      ),
       "JAX_NUM_CPU_DEVICES": str(devices),
       "JAX_COMPILATION_CACHE_DIR": cache_dir,
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
       "PYTHONPATH": os.pathsep.join(
-          [REPO] + [p for p in [env.get("PYTHONPATH")] if p]),
-  })
+        [REPO] + [p for p in [env.get("PYTHONPATH")] if p]
+      ),
+    }
+  )
   return env
 
 
@@ -92,9 +112,12 @@ def overrides(data_dir: str, **fields) -> list[str]:
 
 def flat(tree) -> dict[str, np.ndarray]:
   """A run state as host arrays {'theta.mlp.layer_0.bias': array, ...}."""
-  return {jax.tree_util.keystr(path, simple=True, separator="."): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(
-              sharding.to_host(tree))[0]}
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="."): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(
+      sharding.to_host(tree)
+    )[0]
+  }
 
 
 def assert_trees_close(a: dict, b: dict, tol: float = 1e-4):
@@ -116,11 +139,13 @@ def assert_trees_close(a: dict, b: dict, tol: float = 1e-4):
     scale = float(np.max(np.abs(x), initial=0.0))
     error = float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0))
     assert error <= tol * scale, (
-        f"{name}: max difference {error:.3g} > {tol} x scale {scale:.3g}")
+      f"{name}: max difference {error:.3g} > {tol} x scale {scale:.3g}"
+    )
 
 
-def finish(process: subprocess.Popen, what: str,
-           timeout: float = TIMEOUT) -> str:
+def finish(
+  process: subprocess.Popen, what: str, timeout: float = TIMEOUT
+) -> str:
   """Waits (with a hard timeout) for a process; returns its output.
 
   The output goes to a file (`process.log_path`), not a pipe: a pipe that
@@ -138,20 +163,27 @@ def finish(process: subprocess.Popen, what: str,
     out = f.read()
   assert not timed_out, f"{what} timed out after {timeout} s:\n{out[-3000:]}"
   assert process.returncode == 0, (
-      f"{what} failed (exit {process.returncode}):\n{out[-3000:]}")
+    f"{what} failed (exit {process.returncode}):\n{out[-3000:]}"
+  )
   return out
 
 
 _STARTED: list[subprocess.Popen] = []
 
 
-def start(command: list[str], log_path, env: dict[str, str]
-          ) -> subprocess.Popen:
+def start(
+  command: list[str], log_path, env: dict[str, str]
+) -> subprocess.Popen:
   """Starts `command` in the repository with its output in `log_path`."""
   with open(log_path, "w") as log:
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
-                               stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+      command,
+      cwd=REPO,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+    )
   process.log_path = str(log_path)
   _STARTED.append(process)
   return process
@@ -174,20 +206,23 @@ def no_leftover_processes():
 
 
 def report(output: str) -> dict:
-  lines = [l for l in output.splitlines() if l.startswith("REPORT ")]
+  lines = [line for line in output.splitlines() if line.startswith("REPORT ")]
   assert lines, output[-3000:]
-  return json.loads(lines[-1][len("REPORT "):])
+  return json.loads(lines[-1][len("REPORT ") :])
 
 
 # -- workers ------------------------------------------------------------------
 
 
-def start_worker(mode: str, workdir, devices: int, cache_dir: str,
-                 flags: list[str]) -> subprocess.Popen:
+def start_worker(
+  mode: str, workdir, devices: int, cache_dir: str, flags: list[str]
+) -> subprocess.Popen:
   """Runs `worker(mode, workdir, flags)` in a process with `devices` devices."""
   return start(
-      [sys.executable, os.path.abspath(__file__), mode, str(workdir), *flags],
-      f"{workdir}.log", child_env(cache_dir, devices))
+    [sys.executable, os.path.abspath(__file__), mode, str(workdir), *flags],
+    f"{workdir}.log",
+    child_env(cache_dir, devices),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -206,13 +241,18 @@ def reference_runs(dirs, tmp_path_factory):
   data_dir, cache_dir = dirs
   base = tmp_path_factory.mktemp("reference")
   flags = overrides(data_dir, outer__num_steps=2)
-  runs = {d: start_worker("train", base / f"devices{d}", d, cache_dir, flags)
-          for d in (1, 8)}
-  runs["estimators"] = start_worker("estimators", base / "estimators", 8,
-                                    cache_dir, [])
+  runs = {
+    d: start_worker("train", base / f"devices{d}", d, cache_dir, flags)
+    for d in (1, 8)
+  }
+  runs["estimators"] = start_worker(
+    "estimators", base / "estimators", 8, cache_dir, []
+  )
   try:
-    return {d: (base / f"devices{d}", report(finish(p, f"{d} worker")))
-            for d, p in runs.items()}
+    return {
+      d: (base / f"devices{d}", report(finish(p, f"{d} worker")))
+      for d, p in runs.items()
+    }
   finally:
     kill_leftovers()  # only if one failed: the others are done
 
@@ -240,7 +280,7 @@ def test_one_and_eight_devices_give_the_same_outer_steps(reference_runs):
   # (clipped) gradient, so comparing it compares the ES gradient itself.
   meta1, _ = checkpoint.load_meta(str(dir1 / "checkpoints"), step=1)
   meta8, _ = checkpoint.load_meta(str(dir8 / "checkpoints"), step=1)
-  mu1, mu8 = flat(meta1["outer_opt_state"]), flat(meta8["outer_opt_state"])
+  mu1 = flat(meta1["outer_opt_state"])
   grads = [name for name in mu1 if ".mu." in f".{name}."]
   assert grads and any(np.any(mu1[name] != 0) for name in grads)
   assert_trees_close(flat(meta1), flat(meta8))
@@ -251,13 +291,15 @@ def test_one_and_eight_devices_give_the_same_outer_steps(reference_runs):
   # Same randomness, not just close numbers: keys, counters and every
   # particle's noise are bit-identical.
   for name in final1:
-    if name.startswith(("rng", "estimator_state.noise",
-                        "estimator_state.counter")):
+    if name.startswith(
+      ("rng", "estimator_state.noise", "estimator_state.counter")
+    ):
       np.testing.assert_array_equal(final1[name], final8[name])
 
 
 def test_elastic_resume_from_eight_devices_onto_two_and_one(
-    reference_runs, dirs, tmp_path):
+  reference_runs, dirs, tmp_path
+):
   data_dir, cache_dir = dirs
   source, _ = reference_runs[8]
   saved = dict(np.load(source / "final.npz"))  # its state at step 2
@@ -280,12 +322,13 @@ def test_elastic_resume_from_eight_devices_onto_two_and_one(
     restored = dict(np.load(workdir / "restored.npz"))
     assert sorted(restored) == sorted(saved)
     for name in saved:
-      np.testing.assert_array_equal(restored[name], saved[name],
-                                    err_msg=name)
+      np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
     # ... and continued to the end.
     assert rep["final_step"] == 4
-    assert max(int(d) for d in os.listdir(workdir / "checkpoints")
-               if d.isdigit()) == 4
+    assert (
+      max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+      == 4
+    )
     finals[devices] = dict(np.load(workdir / "final.npz"))
   # Two devices and one agree on the continuation too.
   assert_trees_close(finals[2], finals[1])
@@ -305,14 +348,20 @@ def test_mesh_and_run_state_shardings():
   mesh = sharding.make_mesh()
   assert mesh.axis_names == ("particles",) and mesh.size == jax.device_count()
   assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
-  state = {"step": 0, "theta": {"w": np.zeros(3)}, "rng": 0,
-           "outer_opt_state": (np.zeros(3),),
-           "estimator_state": {"inner": np.zeros((4, 2)),
-                               "counter": np.zeros(4)}}
-  specs = jax.tree.map(lambda s: s.spec,
-                       sharding.run_state_shardings(state, mesh))
-  assert specs["estimator_state"] == {"inner": P("particles"),
-                                      "counter": P("particles")}
+  state = {
+    "step": 0,
+    "theta": {"w": np.zeros(3)},
+    "rng": 0,
+    "outer_opt_state": (np.zeros(3),),
+    "estimator_state": {"inner": np.zeros((4, 2)), "counter": np.zeros(4)},
+  }
+  specs = jax.tree.map(
+    lambda s: s.spec, sharding.run_state_shardings(state, mesh)
+  )
+  assert specs["estimator_state"] == {
+    "inner": P("particles"),
+    "counter": P("particles"),
+  }
   assert specs["theta"] == {"w": P()} and specs["step"] == P()
   assert specs["outer_opt_state"] == (P(),) and specs["rng"] == P()
 
@@ -344,6 +393,7 @@ def estimators_worker() -> None:
   particle block per device. (Step-unlocked burn-in goes through the same
   `_run`; the end-to-end runs cover it.)
   """
+
   @dataclasses.dataclass(frozen=True)
   class NoisyRegression:
     data: dict
@@ -358,42 +408,60 @@ def estimators_worker() -> None:
       x, y = self.data["x"][idx], self.data["y"][idx]
       loss, g = jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(w)
       w = (1 - 0.1 * jax.nn.sigmoid(theta["decay"])) * w - jnp.exp(
-          theta["log_lr"]) * g
+        theta["log_lr"]
+      ) * g
       return w, loss
 
   rng = np.random.default_rng(0)
   x = rng.standard_normal((64, 3)).astype(np.float32)
   mesh = sharding.make_mesh()
   data = sharding.put_replicated(
-      {"x": x, "y": x @ np.float32([1, -2, 0.5])}, mesh)
+    {"x": x, "y": x @ np.float32([1, -2, 0.5])}, mesh
+  )
   theta = {"log_lr": jnp.float32(-2.0), "decay": jnp.float32(0.0)}
   errors, sharded = {}, {}
   for name in ("full_es", "nres", "tbptt", "tes"):
+
     def build(data, name=name):
-      return estimators.make(name, NoisyRegression(data), num_particles=8,
-                             unroll_length=4, sigma=0.1, step_unlocked=False)
+      return estimators.make(
+        name,
+        NoisyRegression(data),
+        num_particles=8,
+        unroll_length=4,
+        sigma=0.1,
+        step_unlocked=False,
+      )
 
     def run(est):
       def f(theta, key):
         k_init, k_estimate = jax.random.split(key)
         state = est.init(theta, k_init)
         return est.estimate(theta, state, k_estimate)
+
       return jax.jit(f)(theta, jax.random.key(1))
 
     plain = flat(run(build(data)))
     out = run(sharding.shard_particles(build, data, mesh))
     sharded[name] = all(
-        leaf.sharding.spec == P(sharding.AXIS)
-        and len({s.device for s in leaf.addressable_shards}) == mesh.size
-        for leaf in jax.tree.leaves(out[1]))
+      leaf.sharding.spec == P(sharding.AXIS)
+      and len({s.device for s in leaf.addressable_shards}) == mesh.size
+      for leaf in jax.tree.leaves(out[1])
+    )
     out = flat(out)
     errors[name] = max(
-        float(np.max(np.abs(out[k] - plain[k]), initial=0)
-              / max(float(np.max(np.abs(plain[k]), initial=0)), 1e-30))
-        for k in plain)
-  print("REPORT " + json.dumps({"devices": jax.device_count(),
-                                "errors": errors, "sharded": sharded}),
-        flush=True)
+      float(
+        np.max(np.abs(out[k] - plain[k]), initial=0)
+        / max(float(np.max(np.abs(plain[k]), initial=0)), 1e-30)
+      )
+      for k in plain
+    )
+  print(
+    "REPORT "
+    + json.dumps(
+      {"devices": jax.device_count(), "errors": errors, "sharded": sharded}
+    ),
+    flush=True,
+  )
 
 
 def worker(mode: str, workdir: str, flags: list[str]) -> None:
@@ -416,14 +484,20 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
     data, dataset = train.load_data(config, mesh)
     exp = train.build(config, dataset, mesh)
     _, _, abstract, shardings = train.sharded_functions(exp, data)
-    with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 every_steps=1, keep=10) as ckpt:
+    with checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every_steps=1, keep=10
+    ) as ckpt:
       step = ckpt.latest_step()
-      restored = ckpt.restore(step, checkpoint.abstract_like(abstract,
-                                                             shardings))
+      restored = ckpt.restore(
+        step, checkpoint.abstract_like(abstract, shardings)
+      )
     counter = restored["estimator_state"].counter
-    result.update(restored_step=step, restored_counter_shard_shape=list(
-        counter.addressable_shards[0].data.shape))
+    result.update(
+      restored_step=step,
+      restored_counter_shard_shape=list(
+        counter.addressable_shards[0].data.shape
+      ),
+    )
     np.savez(os.path.join(workdir, "restored.npz"), **flat(restored))
   else:
     # Compiling the step here also proves where XLA put the reduction; the
@@ -438,10 +512,11 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
   state = train.train_and_evaluate(config, workdir)
   counter = state["estimator_state"].counter
   result.update(
-      seconds=time.perf_counter() - began,
-      final_step=int(sharding.to_host(state["step"])),
-      particle_spec=str(counter.sharding.spec[0]),
-      counter_shard_shape=list(counter.addressable_shards[0].data.shape))
+    seconds=time.perf_counter() - began,
+    final_step=int(sharding.to_host(state["step"])),
+    particle_spec=str(counter.sharding.spec[0]),
+    counter_shard_shape=list(counter.addressable_shards[0].data.shape),
+  )
   np.savez(os.path.join(workdir, "final.npz"), **flat(state))
   print("REPORT " + json.dumps(result), flush=True)
 

@@ -12,8 +12,9 @@ from lopt import tasks
 
 
 def _digits_task(**kwargs):
-  return tasks.make_task('mlp', hidden=(32, 32, 32), num_classes=10,
-                         input_shape=(8, 8, 1), **kwargs)
+  return tasks.make_task(
+    "mlp", hidden=(32, 32, 32), num_classes=10, input_shape=(8, 8, 1), **kwargs
+  )
 
 
 def test_mlp_parameter_count_matches_paper():
@@ -26,16 +27,17 @@ def test_mlp_parameter_count_matches_paper():
 
 
 def test_init_is_lecun_normal_with_zero_biases():
-  task = tasks.make_task('mlp', hidden=(256,), num_classes=10,
-                         input_shape=(64,))
+  task = tasks.make_task(
+    "mlp", hidden=(256,), num_classes=10, input_shape=(64,)
+  )
   params = jax.jit(task.init)(jax.random.key(1))
-  kernel = params['Dense_0']['kernel']
+  kernel = params["Dense_0"]["kernel"]
   assert kernel.shape == (64, 256)
   np.testing.assert_allclose(float(jnp.std(kernel)), 1 / 8, rtol=0.05)
-  assert float(jnp.abs(params['Dense_0']['bias']).max()) == 0.0
+  assert float(jnp.abs(params["Dense_0"]["bias"]).max()) == 0.0
   # Different keys give different parameters.
   other = jax.jit(task.init)(jax.random.key(2))
-  assert not np.allclose(kernel, other['Dense_0']['kernel'])
+  assert not np.allclose(kernel, other["Dense_0"]["kernel"])
 
 
 def test_loss_at_init_is_about_log10():
@@ -65,27 +67,39 @@ def test_sample_batch_shapes_and_randomness_under_jit():
   rows = np.asarray(x1[:, 0, 0, 0] / 64).astype(int)
   np.testing.assert_array_equal(rows % 10, np.asarray(y1))
   # Same key, same batch.
-  np.testing.assert_array_equal(x1, sample(jax.random.key(0), images,
-                                           labels)[0])
+  np.testing.assert_array_equal(
+    x1, sample(jax.random.key(0), images, labels)[0]
+  )
 
 
 def test_cnn_forward_shape_and_count():
-  task = tasks.make_task('cnn', hidden=(32, 32, 32, 32), num_classes=10,
-                         input_shape=(32, 32, 3), batch_size=4)
+  task = tasks.make_task(
+    "cnn",
+    hidden=(32, 32, 32, 32),
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    batch_size=4,
+  )
   assert task.num_params == 29930
   params = jax.jit(task.init)(jax.random.key(0))
   logits = jax.jit(task.apply)(params, jnp.ones((4, 32, 32, 3)))
   assert logits.shape == (4, 10)
-  small = tasks.make_task('cnn', hidden=(4,), num_classes=3,
-                          input_shape=(8, 8))
-  out = jax.jit(small.apply)(jax.jit(small.init)(jax.random.key(0)),
-                             jnp.ones((2, 8, 8)))
+  small = tasks.make_task("cnn", hidden=(4,), num_classes=3, input_shape=(8, 8))
+  out = jax.jit(small.apply)(
+    jax.jit(small.init)(jax.random.key(0)), jnp.ones((2, 8, 8))
+  )
   assert out.shape == (2, 3)
 
 
 def test_adam_reduces_loss_on_synthetic_data():
-  task = tasks.make_task('mlp', hidden=(16,), num_classes=3,
-                         input_shape=(4,), activation='tanh', batch_size=64)
+  task = tasks.make_task(
+    "mlp",
+    hidden=(16,),
+    num_classes=3,
+    input_shape=(4,),
+    activation="tanh",
+    batch_size=64,
+  )
   rng = np.random.default_rng(0)
   centers = 2.0 * rng.normal(size=(3, 4))
   labels = np.arange(300) % 3
@@ -116,16 +130,19 @@ def test_adam_reduces_loss_on_synthetic_data():
 def test_init_under_vmap():
   task = _digits_task()
   params = jax.jit(jax.vmap(task.init))(jax.random.split(jax.random.key(0), 3))
-  assert params['Dense_0']['kernel'].shape == (3, 64, 32)
+  assert params["Dense_0"]["kernel"].shape == (3, 64, 32)
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(model='resnet'), r"'mlp', 'cnn'"),
-    (dict(model='mlp', activation='swish'), r'gelu'),
-    (dict(model='cnn', input_shape=(64,)), r'input_shape'),
-])
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(model="resnet"), r"'mlp', 'cnn'"),
+    (dict(model="mlp", activation="swish"), r"gelu"),
+    (dict(model="cnn", input_shape=(64,)), r"input_shape"),
+  ],
+)
 def test_bad_arguments_raise(kwargs, match):
   args = dict(hidden=(8,), num_classes=10, input_shape=(8, 8, 1))
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    tasks.make_task(args.pop('model'), **args)
+    tasks.make_task(args.pop("model"), **args)

@@ -23,13 +23,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main_command(workdir, *overrides):
-  return [sys.executable, "-m", "lopt.main", "--config=configs/tiny.py",
-          f"--workdir={workdir}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "lopt.main",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
 
 
 def run_main(workdir, *overrides, timeout=300):
-  return subprocess.run(main_command(workdir, *overrides), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    main_command(workdir, *overrides),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def committed_steps(workdir) -> list[int]:
@@ -38,9 +49,12 @@ def committed_steps(workdir) -> list[int]:
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and
-                os.path.exists(os.path.join(directory, d,
-                                            "commit_success.txt")))
+  return sorted(
+    int(d)
+    for d in os.listdir(directory)
+    if d.isdigit()
+    and os.path.exists(os.path.join(directory, d, "commit_success.txt"))
+  )
 
 
 def restore_final(workdir, config):
@@ -48,13 +62,20 @@ def restore_final(workdir, config):
   data, dataset = train.load_data(config)
   exp = train.build(config, dataset)
   abstract = checkpoint.abstract_like(
-      jax.eval_shape(lambda d: train.init_run_state(exp, d), data))
-  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               every_steps=1, keep=1) as ckpt:
+    jax.eval_shape(lambda d: train.init_run_state(exp, d), data)
+  )
+  with checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"), every_steps=1, keep=1
+  ) as ckpt:
     state = ckpt.restore(ckpt.latest_step(), abstract)
   return jax.tree.map(
-      lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
-          x.dtype, jax.dtypes.prng_key) else x), state)
+    lambda x: np.asarray(
+      jax.random.key_data(x)
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+      else x
+    ),
+    state,
+  )
 
 
 def test_main_writes_checkpoints_metrics_and_tensorboard(tmp_path):
@@ -63,8 +84,13 @@ def test_main_writes_checkpoints_metrics_and_tensorboard(tmp_path):
   assert committed_steps(tmp_path)[-1] == tiny.get_config().outer.num_steps
   rows = metrics.read_metrics(tmp_path)
   logged = {k for row in rows for k in row}
-  for key in ("meta_loss", "inner_steps_per_sec", "eval/learned/mean_train_loss",
-              "eval/adam/mean_train_loss", "nonfinite_steps"):
+  for key in (
+    "meta_loss",
+    "inner_steps_per_sec",
+    "eval/learned/mean_train_loss",
+    "eval/adam/mean_train_loss",
+    "nonfinite_steps",
+  ):
     assert key in logged
   assert os.listdir(tmp_path / "tensorboard")
   assert "ETA" in result.stderr
@@ -73,17 +99,25 @@ def test_main_writes_checkpoints_metrics_and_tensorboard(tmp_path):
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
   """2k steps straight equal k steps, a hard kill, and the rest."""
   total = 60
-  steps = [f"--config.outer.num_steps={total}",
-           "--config.eval.every_steps=1000", "--config.log.every_steps=1000"]
+  steps = [
+    f"--config.outer.num_steps={total}",
+    "--config.eval.every_steps=1000",
+    "--config.log.every_steps=1000",
+  ]
   config = tiny.get_config()
   config.outer.num_steps = total
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  result = run_main(straight, *steps, f"--config.checkpoint.every_steps={total}")
+  result = run_main(
+    straight, *steps, f"--config.checkpoint.every_steps={total}"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
 
   process = subprocess.Popen(
-      main_command(killed, *steps, "--config.checkpoint.every_steps=1"),
-      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main_command(killed, *steps, "--config.checkpoint.every_steps=1"),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while time.time() < deadline and process.poll() is None:
     if committed_steps(killed) and committed_steps(killed)[-1] >= 10:
@@ -97,13 +131,16 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
   result = run_main(killed, *steps, "--config.checkpoint.every_steps=1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Resumed from the checkpoint at step {interrupted_at}" in (
-      result.stderr)
+    result.stderr
+  )
   a, b = restore_final(straight, config), restore_final(killed, config)
   assert int(a["step"]) == int(b["step"]) == total
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("task.dataset", "imagenet21k", "digits"),
     ("task.model", "transformer", "mlp"),
     ("estimator.name", "sgd", "nres"),
@@ -115,7 +152,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     ("estimator.num_particles", 0, "num_particles"),
     ("inner.horizon", 0, "horizon"),
     ("checkpoint.every_steps", 3, "steps_per_dispatch"),
-])
+  ],
+)
 def test_bad_configs_fail_naming_the_field(field, value, message):
   config = tiny.get_config()
   section, name = field.split(".")
@@ -142,7 +180,8 @@ def test_diverging_inner_runs_do_not_poison_theta():
   theta = dict(run_state["theta"], log_lr=jnp.asarray(60.0))
   run_state = dict(run_state, theta=theta)
   run_state, info = jax.jit(
-      lambda d, s: train.train_steps(exp, d, s, num_steps=3))(data, run_state)
+    lambda d, s: train.train_steps(exp, d, s, num_steps=3)
+  )(data, run_state)
   assert int(np.sum(info["nonfinite"])) > 0
   for leaf in jax.tree.leaves(run_state["theta"]):
     assert np.all(np.isfinite(leaf))

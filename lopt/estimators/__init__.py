@@ -23,18 +23,25 @@ from lopt.estimators.truncated import TBPTT, TruncatedES, TruncatedState
 
 #: Config names of the estimators, as `estimator.name` spells them.
 REGISTRY: dict[str, type[Estimator]] = {
-    "nres": NRES,
-    "pes": PES,
-    "gpes": GPES,
-    "tes": TruncatedES,
-    "full_es": FullES,
-    "tbptt": TBPTT,
+  "nres": NRES,
+  "pes": PES,
+  "gpes": GPES,
+  "tes": TruncatedES,
+  "full_es": FullES,
+  "tbptt": TBPTT,
 }
 
 
-def make(name: str, system, *, num_particles: int, unroll_length: int,
-         sigma: float | None = None, noise_period: int | None = None,
-         step_unlocked: bool = True) -> Estimator:
+def make(
+  name: str,
+  system,
+  *,
+  num_particles: int,
+  unroll_length: int,
+  sigma: float | None = None,
+  noise_period: int | None = None,
+  step_unlocked: bool = True,
+) -> Estimator:
   """Builds an estimator from config-style arguments.
 
   Arguments an estimator does not take are ignored (FullES has no
@@ -45,8 +52,9 @@ def make(name: str, system, *, num_particles: int, unroll_length: int,
       argument (naming it and its allowed range).
   """
   if name not in REGISTRY:
-    raise ValueError(f"estimator.name must be one of {sorted(REGISTRY)}, "
-                     f"got {name!r}")
+    raise ValueError(
+      f"estimator.name must be one of {sorted(REGISTRY)}, got {name!r}"
+    )
   kwargs: dict[str, Any] = {"num_particles": num_particles}
   if name != "full_es":
     kwargs.update(unroll_length=unroll_length, step_unlocked=step_unlocked)
@@ -62,15 +70,15 @@ def make(name: str, system, *, num_particles: int, unroll_length: int,
 
 
 __all__ = [
-    "Estimator",
-    "FullES",
-    "GPES",
-    "GPESState",
-    "NRES",
-    "PES",
-    "REGISTRY",
-    "TBPTT",
-    "TruncatedES",
-    "TruncatedState",
-    "make",
+  "Estimator",
+  "FullES",
+  "GPES",
+  "GPESState",
+  "NRES",
+  "PES",
+  "REGISTRY",
+  "TBPTT",
+  "TruncatedES",
+  "TruncatedState",
+  "make",
 ]

@@ -45,7 +45,9 @@ def check_sigma(sigma: Any) -> float:
   try:
     value = float(sigma)
   except (TypeError, ValueError):
-    raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}") from None
+    raise ValueError(
+      f"sigma must be a finite number > 0, got {sigma!r}"
+    ) from None
   if not (value > 0 and math.isfinite(value)):
     raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
   return value
@@ -64,13 +66,16 @@ def sample_noise(key: jax.Array, like: PyTree, sigma: float) -> PyTree:
 
 def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree):
   """Leafwise `jnp.where` with one scalar condition for the whole tree."""
-  return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+  return jax.tree.map(
+    lambda a, b: jnp.where(condition, a, b), on_true, on_false
+  )
 
 
 def tree_all_finite(tree: PyTree) -> jax.Array:
   """A boolean scalar: True when no leaf of `tree` holds a NaN or an inf."""
-  return jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  return jnp.all(
+    jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+  )
 
 
 def tree_scale(tree: PyTree, factor: jax.Array) -> PyTree:
@@ -80,7 +85,8 @@ def tree_scale(tree: PyTree, factor: jax.Array) -> PyTree:
 def stack_members(state: PyTree, num_members: int) -> PyTree:
   """Copies one state into `num_members` identical members (leading axis)."""
   return jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (num_members,) + jnp.shape(x)), state)
+    lambda x: jnp.broadcast_to(x, (num_members,) + jnp.shape(x)), state
+  )
 
 
 def member_thetas(theta: PyTree, noise: PyTree, unperturbed: bool = False):
@@ -89,9 +95,11 @@ def member_thetas(theta: PyTree, noise: PyTree, unperturbed: bool = False):
   Running the members as one batch lets XLA fuse their work into the same
   batched matmuls instead of separate programs per member.
   """
+
   def stack(t, e):
     members = [t + e, t - e] + ([t] if unperturbed else [])
     return jnp.stack(members)
+
   return jax.tree.map(stack, theta, noise)
 
 
@@ -110,24 +118,25 @@ class Estimator(abc.ABC):
   members: int = 2
 
   def __init__(
-      self,
-      system: UnrolledSystem,
-      *,
-      num_particles: int,
-      unroll_length: int,
-      step_unlocked: bool = True,
+    self,
+    system: UnrolledSystem,
+    *,
+    num_particles: int,
+    unroll_length: int,
+    step_unlocked: bool = True,
   ):
     horizon = check_int("system.horizon", getattr(system, "horizon", None), 1)
     self.system = system
     self.horizon = horizon
     self.num_particles = check_int("num_particles", num_particles, 1)
-    self.unroll_length = check_int(
-        "unroll_length", unroll_length, 1, horizon)
+    self.unroll_length = check_int("unroll_length", unroll_length, 1, horizon)
     self.step_unlocked = bool(step_unlocked)
 
   def __repr__(self) -> str:
-    return (f"{type(self).__name__}(num_particles={self.num_particles}, "
-            f"unroll_length={self.unroll_length}, horizon={self.horizon})")
+    return (
+      f"{type(self).__name__}(num_particles={self.num_particles}, "
+      f"unroll_length={self.unroll_length}, horizon={self.horizon})"
+    )
 
   # -- step-unlocking --------------------------------------------------------
 
@@ -173,7 +182,8 @@ class Estimator(abc.ABC):
     """Advances every particle `num_steps` steps: vmap of `_window`."""
     keys = jax.random.split(key, self.num_particles)
     return jax.vmap(self._window, in_axes=(None, 0, 0, None))(
-        theta, state, keys, num_steps)
+      theta, state, keys, num_steps
+    )
 
   @abc.abstractmethod
   def _init_particles(self, theta, counters, key): ...
@@ -198,9 +208,11 @@ class Estimator(abc.ABC):
         `nonfinite` (steps masked out for a non-finite loss).
     """
     state, (grad_sums, loss_sums, valid) = self._run(
-        theta, state, key, self.unroll_length)
-    grad, info = average(grad_sums, loss_sums, valid, self._entries,
-                         self.members * self._entries)
+      theta, state, key, self.unroll_length
+    )
+    grad, info = average(
+      grad_sums, loss_sums, valid, self._entries, self.members * self._entries
+    )
     return grad, state, info
 
   def particle_estimates(self, theta: PyTree, state, key: jax.Array):
@@ -211,13 +223,18 @@ class Estimator(abc.ABC):
     the variance of the estimator across particles.
     """
     state, (grad_sums, loss_sums, valid) = self._run(
-        theta, state, key, self.unroll_length)
-    _, info = summarize(loss_sums, valid, self._entries,
-                        self.members * self._entries)
+      theta, state, key, self.unroll_length
+    )
+    _, info = summarize(
+      loss_sums, valid, self._entries, self.members * self._entries
+    )
     per_step = jnp.maximum(valid, 1)
     grads = jax.tree.map(
-        lambda g: g / per_step.reshape((-1,) + (1,) * (g.ndim - 1)).astype(
-            g.dtype), grad_sums)
+      lambda g: (
+        g / per_step.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype)
+      ),
+      grad_sums,
+    )
     return grads, state, info
 
   @property
@@ -229,7 +246,8 @@ class Estimator(abc.ABC):
 def step_members(system, thetas, inner, counter, key):
   """One step of all members of one particle; returns (inner, losses, ok)."""
   inner, losses = jax.vmap(system.step, in_axes=(0, 0, None, None))(
-      thetas, inner, counter, key)
+    thetas, inner, counter, key
+  )
   return inner, losses, jnp.all(jnp.isfinite(losses))
 
 
@@ -251,9 +269,9 @@ def summarize(loss_sums, valid_counts, num_entries: int, steps: int):
   """The info dict from per-particle loss sums and valid-step counts."""
   count = jnp.sum(valid_counts)
   info = {
-      "loss": jnp.sum(loss_sums) / jnp.maximum(count, 1),
-      "steps": jnp.asarray(steps, jnp.int32),
-      "nonfinite": jnp.asarray(num_entries - count, jnp.int32),
+    "loss": jnp.sum(loss_sums) / jnp.maximum(count, 1),
+    "steps": jnp.asarray(steps, jnp.int32),
+    "nonfinite": jnp.asarray(num_entries - count, jnp.int32),
   }
   return count, info
 
@@ -267,7 +285,8 @@ def average(grad_sums, loss_sums, valid_counts, num_entries: int, steps: int):
   count, info = summarize(loss_sums, valid_counts, num_entries, steps)
   denominator = jnp.maximum(count, 1)
   grad = jax.tree.map(
-      lambda g: jnp.sum(g, axis=0) / denominator.astype(g.dtype), grad_sums)
+    lambda g: jnp.sum(g, axis=0) / denominator.astype(g.dtype), grad_sums
+  )
   info.update(noise_diagnostics(grad, grad_sums, valid_counts))
   return grad, info
 
@@ -287,7 +306,8 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
 
   def spread(g):
     per_particle = g / per_step.reshape((-1,) + (1,) * (g.ndim - 1)).astype(
-        g.dtype)
+      g.dtype
+    )
     return jnp.sum(jnp.var(per_particle, axis=0, ddof=1))
 
   variance = sum(spread(g) for g in jax.tree.leaves(grad_sums)) / n

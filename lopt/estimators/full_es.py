@@ -29,9 +29,14 @@ class FullES(base.Estimator):
 
   def __init__(self, system, *, num_particles: int, sigma: float):
     horizon = base.check_int(
-        "system.horizon", getattr(system, "horizon", None), 1)
-    super().__init__(system, num_particles=num_particles,
-                     unroll_length=horizon, step_unlocked=False)
+      "system.horizon", getattr(system, "horizon", None), 1
+    )
+    super().__init__(
+      system,
+      num_particles=num_particles,
+      unroll_length=horizon,
+      step_unlocked=False,
+    )
     self.sigma = base.check_sigma(sigma)
 
   def init(self, theta, key):
@@ -59,7 +64,12 @@ class FullES(base.Estimator):
 
     steps = jnp.arange(num_steps, dtype=jnp.int32)
     _, (weights, losses, ok) = jax.lax.scan(
-        step, (self._fresh_inner(k_init, 2), jnp.asarray(True)),
-        (steps, jax.random.split(k_steps, num_steps)))
-    return particle, (base.tree_scale(noise, jnp.sum(weights)),
-                      jnp.sum(losses), jnp.sum(ok))
+      step,
+      (self._fresh_inner(k_init, 2), jnp.asarray(True)),
+      (steps, jax.random.split(k_steps, num_steps)),
+    )
+    return particle, (
+      base.tree_scale(noise, jnp.sum(weights)),
+      jnp.sum(losses),
+      jnp.sum(ok),
+    )

@@ -61,22 +61,41 @@ class GPES(base.Estimator):
 
   name = "gpes"
 
-  def __init__(self, system, *, num_particles: int, unroll_length: int,
-               sigma: float, noise_period: int, step_unlocked: bool = True):
-    super().__init__(system, num_particles=num_particles,
-                     unroll_length=unroll_length, step_unlocked=step_unlocked)
+  def __init__(
+    self,
+    system,
+    *,
+    num_particles: int,
+    unroll_length: int,
+    sigma: float,
+    noise_period: int,
+    step_unlocked: bool = True,
+  ):
+    super().__init__(
+      system,
+      num_particles=num_particles,
+      unroll_length=unroll_length,
+      step_unlocked=step_unlocked,
+    )
     self.sigma = base.check_sigma(sigma)
     self.noise_period = base.check_int(
-        "noise_period", noise_period, self.unroll_length)
+      "noise_period", noise_period, self.unroll_length
+    )
 
   def _init_particles(self, theta, counters, key):
     keys = jax.random.split(key, self.num_particles)
     zeros = jax.tree.map(
-        lambda x: jnp.zeros((self.num_particles,) + jnp.shape(x),
-                            jnp.asarray(x).dtype), theta)
+      lambda x: jnp.zeros(
+        (self.num_particles,) + jnp.shape(x), jnp.asarray(x).dtype
+      ),
+      theta,
+    )
     return GPESState(
-        inner=jax.vmap(self._fresh_inner, in_axes=(0, None))(keys, 2),
-        noise=zeros, credit=zeros, counter=counters)
+      inner=jax.vmap(self._fresh_inner, in_axes=(0, None))(keys, 2),
+      noise=zeros,
+      credit=zeros,
+      counter=counters,
+    )
 
   def _window(self, theta, particle: GPESState, key, num_steps):
     system, sigma, period = self.system, self.sigma, self.noise_period
@@ -87,7 +106,8 @@ class GPES(base.Estimator):
     # most num_steps // K + num_steps // T + 2 block starts.
     num_noises = num_steps // period + num_steps // self.horizon + 2
     noises = jax.vmap(lambda k: base.sample_noise(k, theta, sigma))(
-        jax.random.split(k_noise, num_noises))
+      jax.random.split(k_noise, num_noises)
+    )
     fresh = self._fresh_inner(k_init, 2)
 
     def step(carry, step_key):
@@ -95,31 +115,43 @@ class GPES(base.Estimator):
       # A new block starts: take the next noise and add it to the credit.
       new_block = particle.counter % period == 0
       next_noise = jax.tree.map(
-          lambda n: n[jnp.minimum(drawn, num_noises - 1)], noises)
+        lambda n: n[jnp.minimum(drawn, num_noises - 1)], noises
+      )
       drawn = drawn + new_block.astype(jnp.int32)
       noise = base.tree_where(new_block, next_noise, particle.noise)
       credit = base.tree_where(
-          new_block, jax.tree.map(jnp.add, particle.credit, next_noise),
-          particle.credit)
+        new_block,
+        jax.tree.map(jnp.add, particle.credit, next_noise),
+        particle.credit,
+      )
       inner, losses, ok = base.step_members(
-          system, base.member_thetas(theta, noise), particle.inner,
-          particle.counter, step_key)
+        system,
+        base.member_thetas(theta, noise),
+        particle.inner,
+        particle.counter,
+        step_key,
+      )
       weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
       grad_sum = jax.tree.map(
-          lambda g, c: g + c * weight.astype(c.dtype), grad_sum, credit)
+        lambda g, c: g + c * weight.astype(c.dtype), grad_sum, credit
+      )
       inner, counter, done = base.end_of_step(
-          system, inner, particle.counter, ok, fresh)
+        system, inner, particle.counter, ok, fresh
+      )
       # A finished episode's credit must not leak into the next one.
       credit = base.tree_where(
-          done, jax.tree.map(jnp.zeros_like, credit), credit)
+        done, jax.tree.map(jnp.zeros_like, credit), credit
+      )
       particle = GPESState(inner, noise, credit, counter)
       loss = jnp.where(ok, jnp.mean(losses), 0.0)
       return (particle, grad_sum, drawn), (loss, ok)
 
     grad_zero = jax.tree.map(jnp.zeros_like, theta)
     (particle, grad_sum, _), (losses, ok) = jax.lax.scan(
-        step, (particle, grad_zero, jnp.zeros((), jnp.int32)),
-        jax.random.split(k_steps, num_steps))
+      step,
+      (particle, grad_zero, jnp.zeros((), jnp.int32)),
+      jax.random.split(k_steps, num_steps),
+    )
     return particle, (grad_sum, jnp.sum(losses), jnp.sum(ok))
 
 
@@ -132,11 +164,23 @@ class PES(GPES):
 
   name = "pes"
 
-  def __init__(self, system, *, num_particles: int, unroll_length: int,
-               sigma: float, step_unlocked: bool = True):
-    super().__init__(system, num_particles=num_particles,
-                     unroll_length=unroll_length, sigma=sigma,
-                     noise_period=unroll_length, step_unlocked=step_unlocked)
+  def __init__(
+    self,
+    system,
+    *,
+    num_particles: int,
+    unroll_length: int,
+    sigma: float,
+    step_unlocked: bool = True,
+  ):
+    super().__init__(
+      system,
+      num_particles=num_particles,
+      unroll_length=unroll_length,
+      sigma=sigma,
+      noise_period=unroll_length,
+      step_unlocked=step_unlocked,
+    )
 
 
 class NRES(GPES):
@@ -149,10 +193,23 @@ class NRES(GPES):
 
   name = "nres"
 
-  def __init__(self, system, *, num_particles: int, unroll_length: int,
-               sigma: float, step_unlocked: bool = True):
+  def __init__(
+    self,
+    system,
+    *,
+    num_particles: int,
+    unroll_length: int,
+    sigma: float,
+    step_unlocked: bool = True,
+  ):
     horizon = base.check_int(
-        "system.horizon", getattr(system, "horizon", None), 1)
-    super().__init__(system, num_particles=num_particles,
-                     unroll_length=unroll_length, sigma=sigma,
-                     noise_period=horizon, step_unlocked=step_unlocked)
+      "system.horizon", getattr(system, "horizon", None), 1
+    )
+    super().__init__(
+      system,
+      num_particles=num_particles,
+      unroll_length=unroll_length,
+      sigma=sigma,
+      noise_period=horizon,
+      step_unlocked=step_unlocked,
+    )

@@ -56,10 +56,21 @@ class TruncatedES(_Truncated):
   name = "tes"
   members = 3
 
-  def __init__(self, system, *, num_particles: int, unroll_length: int,
-               sigma: float, step_unlocked: bool = True):
-    super().__init__(system, num_particles=num_particles,
-                     unroll_length=unroll_length, step_unlocked=step_unlocked)
+  def __init__(
+    self,
+    system,
+    *,
+    num_particles: int,
+    unroll_length: int,
+    sigma: float,
+    step_unlocked: bool = True,
+  ):
+    super().__init__(
+      system,
+      num_particles=num_particles,
+      unroll_length=unroll_length,
+      step_unlocked=step_unlocked,
+    )
     self.sigma = base.check_sigma(sigma)
 
   def _window(self, theta, particle: TruncatedState, key, num_steps):
@@ -72,7 +83,8 @@ class TruncatedES(_Truncated):
     def step(carry, step_key):
       inner, counter = carry
       inner, losses, ok = base.step_members(
-          system, thetas, inner, counter, step_key)
+        system, thetas, inner, counter, step_key
+      )
       weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
       inner, counter, _ = base.end_of_step(system, inner, counter, ok, fresh)
       loss = jnp.where(ok, jnp.mean(losses[:2]), 0.0)
@@ -80,7 +92,8 @@ class TruncatedES(_Truncated):
 
     carry = (base.stack_members(particle.inner, 3), particle.counter)
     (inner, counter), (weights, losses, ok) = jax.lax.scan(
-        step, carry, jax.random.split(k_steps, num_steps))
+      step, carry, jax.random.split(k_steps, num_steps)
+    )
     # The noise is constant over the window: sum the scalar weights first.
     grad_sum = base.tree_scale(noise, jnp.sum(weights))
     particle = TruncatedState(jax.tree.map(lambda x: x[2], inner), counter)
@@ -119,36 +132,41 @@ class TBPTT(_Truncated):
       counter = counter + 1
       done = (counter >= system.horizon) | ~ok
       inner = base.tree_where(done, fresh, inner)
-      return (inner, jnp.where(done, 0, counter)), (jnp.where(ok, loss, 0.0),
-                                                     ok)
+      return (inner, jnp.where(done, 0, counter)), (
+        jnp.where(ok, loss, 0.0),
+        ok,
+      )
 
     (inner, counter), (losses, ok) = jax.lax.scan(
-        step, (particle.inner, particle.counter),
-        jax.random.split(k_steps, num_steps))
+      step,
+      (particle.inner, particle.counter),
+      jax.random.split(k_steps, num_steps),
+    )
     return TruncatedState(inner, counter), (jnp.sum(losses), jnp.sum(ok))
 
   def estimate(self, theta, state: TruncatedState, key):
     def window_loss(theta):
       new_state, (loss_sums, valid) = self._run(
-          theta, state, key, self.unroll_length)
+        theta, state, key, self.unroll_length
+      )
       total = jnp.sum(loss_sums) / jnp.maximum(jnp.sum(valid), 1)
       return total, (new_state, loss_sums, valid)
 
-    grad, (state, loss_sums, valid) = jax.grad(window_loss, has_aux=True)(
-        theta)
+    grad, (state, loss_sums, valid) = jax.grad(window_loss, has_aux=True)(theta)
     _, info = base.summarize(loss_sums, valid, self._entries, self._entries)
     return _finite_or_zero(grad), state, info
 
   def particle_estimates(self, theta, state: TruncatedState, key):
     def window_loss(theta, particle, particle_key):
       particle, (loss_sum, valid) = self._window(
-          theta, particle, particle_key, self.unroll_length)
+        theta, particle, particle_key, self.unroll_length
+      )
       return loss_sum / jnp.maximum(valid, 1), (particle, loss_sum, valid)
 
     keys = jax.random.split(key, self.num_particles)
     grads, (state, loss_sums, valid) = jax.vmap(
-        jax.grad(window_loss, has_aux=True), in_axes=(None, 0, 0))(
-            theta, state, keys)
+      jax.grad(window_loss, has_aux=True), in_axes=(None, 0, 0)
+    )(theta, state, keys)
     _, info = base.summarize(loss_sums, valid, self._entries, self._entries)
     return jax.vmap(_finite_or_zero)(grads), state, info
 
@@ -159,5 +177,6 @@ def _finite_or_zero(grad):
   Its losses are masked, but backprop multiplies a zero cotangent by a NaN
   Jacobian; such a gradient must not reach theta.
   """
-  return base.tree_where(base.tree_all_finite(grad), grad,
-                         jax.tree.map(jnp.zeros_like, grad))
+  return base.tree_where(
+    base.tree_all_finite(grad), grad, jax.tree.map(jnp.zeros_like, grad)
+  )

@@ -8,10 +8,10 @@ from lopt.systems.lorenz import Lorenz
 from lopt.systems.toy_regression import ToyRegression
 
 __all__ = [
-    "InfluenceBalancing",
-    "LinearQuadratic",
-    "Lorenz",
-    "State",
-    "ToyRegression",
-    "UnrolledSystem",
+  "InfluenceBalancing",
+  "LinearQuadratic",
+  "Lorenz",
+  "State",
+  "ToyRegression",
+  "UnrolledSystem",
 ]

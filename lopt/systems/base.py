@@ -32,7 +32,7 @@ class UnrolledSystem(Protocol):
     ...
 
   def step(
-      self, theta: Any, state: State, t: jax.Array, key: jax.Array
+    self, theta: Any, state: State, t: jax.Array, key: jax.Array
   ) -> tuple[State, jax.Array]:
     """Advances one step under `theta` from episode step `t` in [0, T).
 

@@ -48,8 +48,9 @@ class LinearQuadratic:
     m = (1.0 - self.a**steps) / (1.0 - self.a)
     residual = u * m - self.y
     lag = steps[:, None] - steps[None, :]
-    return np.where(lag >= 0, residual[:, None] * self.a ** np.maximum(lag, 0),
-                    0.0)
+    return np.where(
+      lag >= 0, residual[:, None] * self.a ** np.maximum(lag, 0), 0.0
+    )
 
   def true_gradient(self, theta) -> np.ndarray:
     """The exact gradient of the mean per-step loss (1/T) sum_t L_t."""
@@ -65,7 +66,7 @@ class LinearQuadratic:
     if self.horizon % unroll_length:
       raise ValueError("unroll_length must divide the horizon")
     partials = self._partials(theta)
-    window = (np.arange(self.horizon) // unroll_length)
+    window = np.arange(self.horizon) // unroll_length
     same_window = window[:, None] == window[None, :]
     g = (partials * same_window).sum() / self.horizon
     return g * np.asarray(self.c, np.float64)

@@ -47,11 +47,13 @@ class Lorenz:
 
   def _euler(self, xyz, a, r):
     x, y, z = xyz[0], xyz[1], xyz[2]
-    return jnp.stack([
+    return jnp.stack(
+      [
         x + a * (y - x) * self.dt,
         y + ((r - z) * x - y) * self.dt,
         z + (x * y - self.b * z) * self.dt,
-    ])
+      ]
+    )
 
   def step(self, theta, state, t, key):
     del t, key

@@ -22,9 +22,12 @@ import jax.numpy as jnp
 
 
 def _f(x: jax.Array) -> jax.Array:
-  return (jnp.sqrt(x[0] ** 2 + 5.0) - jnp.sqrt(5.0)
-          + jnp.sin(x[1]) ** 2 * jnp.exp(-5.0 * x[0] ** 2)
-          + 0.25 * jnp.abs(x[1] - 100.0))
+  return (
+    jnp.sqrt(x[0] ** 2 + 5.0)
+    - jnp.sqrt(5.0)
+    + jnp.sin(x[1]) ** 2 * jnp.exp(-5.0 * x[0] ** 2)
+    + 0.25 * jnp.abs(x[1] - 100.0)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
