@@ -368,6 +368,85 @@ def test_bad_arguments_name_the_field_and_range(kwargs, field):
     estimators.make("nres2", lq(), num_particles=4, unroll_length=10, sigma=0.1)
 
 
+GOOD_SETTINGS = dict(num_particles=4, unroll_length=10)
+
+
+@pytest.mark.parametrize(
+  "name,settings,expected",
+  [
+    ("nres", {"sigma": 0.1}, {"sigma": 0.1, "step_unlocked": True}),
+    ("pes", {"sigma": 1, "step_unlocked": False}, {"sigma": 1.0}),
+    ("gpes", {"sigma": 0.1, "noise_period": 10}, {"noise_period": 10}),
+    ("tes", {"sigma": 0.1, "noise_period": 0}, {"sigma": 0.1}),
+    ("tbptt", {"sigma": None, "noise_period": None}, {"unroll_length": 10}),
+    ("tbptt", {"sigma": 0.5, "noise_period": 3}, {"num_particles": 4}),
+    ("full_es", {"sigma": 0.1, "unroll_length": None}, {"num_particles": 4}),
+    ("full_es", {"sigma": 0.1, "unroll_length": 100}, {"sigma": 0.1}),
+  ],
+)
+def test_check_settings_accepts_good_settings(name, settings, expected):
+  settings = {**GOOD_SETTINGS, **settings}
+  kwargs = estimators.check_settings(name, horizon=100, **settings)
+  assert kwargs.items() >= expected.items()
+  # Exactly what the constructor takes: make builds the same estimator.
+  est = estimators.REGISTRY[name](lq(), **kwargs)
+  made = estimators.make(name, lq(), **settings)
+  assert repr(made) == repr(est)
+  ignored = {"tbptt": "sigma", "full_es": "unroll_length"}.get(name)
+  assert ignored not in kwargs and "horizon" not in kwargs
+
+
+@pytest.mark.parametrize(
+  "name,settings,message",
+  [
+    ("nres2", {}, r"estimator.name must be one of \['full_es', 'gpes'"),
+    ("nres", {"num_particles": 0}, r"estimator.num_particles .*>= 1, got 0"),
+    ("nres", {"num_particles": 2.0}, r"num_particles .* integer"),
+    ("nres", {"num_particles": True}, "num_particles"),
+    ("nres", {"unroll_length": 0}, r"unroll_length .*\[1, 100\].*, got 0"),
+    ("nres", {"unroll_length": 101}, r"unroll_length .*\[1, 100\].*101"),
+    ("full_es", {"unroll_length": 101}, r"estimator.unroll_length"),
+    ("tes", {"unroll_length": None}, "estimator.unroll_length is required"),
+    ("nres", {"sigma": None}, "estimator.sigma is required for nres"),
+    ("nres", {"sigma": 0.0}, r"estimator.sigma must be .* > 0, got 0.0"),
+    ("pes", {"sigma": -1.0}, "estimator.sigma"),
+    ("tes", {"sigma": float("nan")}, "estimator.sigma .* finite"),
+    ("full_es", {"sigma": float("inf")}, "estimator.sigma .* finite"),
+    ("tbptt", {"sigma": 0.0}, "estimator.sigma"),  # ignored, still checked
+    ("tbptt", {"sigma": "0.1"}, "estimator.sigma"),
+    ("gpes", {"noise_period": None}, "estimator.noise_period is required"),
+    ("gpes", {"noise_period": 0}, "estimator.noise_period is required"),
+    ("gpes", {"noise_period": 5}, r"noise_period .*>= 10.*got 5"),
+    ("nres", {"noise_period": -3}, r"estimator.noise_period .*>= 1, got -3"),
+    ("tbptt", {"noise_period": 2.5}, "estimator.noise_period"),
+    ("nres", {"step_unlocked": "no"}, "estimator.step_unlocked .*True or"),
+    ("nres", {"horizon": 0}, r"horizon must be an integer >= 1, got 0"),
+  ],
+)
+def test_check_settings_rejects_bad_settings(name, settings, message):
+  settings = {**GOOD_SETTINGS, "sigma": 0.1, "noise_period": 20, **settings}
+  horizon = settings.pop("horizon", 100)
+  with pytest.raises(ValueError, match=message):
+    estimators.check_settings(name, horizon=horizon, **settings)
+  if horizon == lq().horizon:  # make runs the same checks
+    with pytest.raises(ValueError, match=message):
+      estimators.make(name, lq(), **settings)
+
+
+def test_steps_per_estimate_and_burn_in_steps_count_every_member():
+  system, theta = lq(), jnp.asarray(THETA)
+  for name, members in [("nres", 2), ("tes", 3), ("tbptt", 1), ("full_es", 2)]:
+    for unlocked in (True, False):
+      est = build(name, system, 4, unroll_length=5, step_unlocked=unlocked)
+      w = system.horizon if name == "full_es" else 5
+      assert est.steps_per_estimate == members * 4 * w
+      burn_in = unlocked and name != "full_es"
+      assert est.burn_in_steps == (members * 4 * system.horizon) * burn_in
+      state = est.init(theta, jax.random.key(0))
+      info = est.estimate(theta, state, jax.random.key(1))[2]
+      assert int(info["steps"]) == est.steps_per_estimate
+
+
 @dataclasses.dataclass(frozen=True)
 class Fragile:
   """A loss that is NaN whenever theta + eps < 0 (a 'diverging' run)."""

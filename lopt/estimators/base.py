@@ -19,10 +19,12 @@ Conventions (algorithms.md §2.0, §2.8, §3):
 
 import abc
 import math
+import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lopt.systems import UnrolledSystem
@@ -30,27 +32,85 @@ from lopt.systems import UnrolledSystem
 PyTree = Any
 
 
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-  """Returns `value` if it is an int in [low, high], else raises ValueError."""
-  bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
-  if value < low or (high is not None and value > high):
-    raise ValueError(f"{name} must be an integer {bounds}, got {value}")
-  return value
+def check_int(
+  field: str, value: Any, low: int, high: int | None = None, why: str = ""
+) -> int:
+  """Returns `value` as an int if it is an integer in [low, high], else raises.
+
+  Args:
+    field: the name the message gives the value, e.g. `estimator.num_particles`.
+    value: the value to check; any integer (`operator.index`) but a bool.
+    low: the smallest allowed value.
+    high: the largest allowed value; None for no upper bound.
+    why: appended to the allowed range in the message, e.g. "(the horizon)".
+  """
+  bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+  allowed = f"an integer {bounds}" + (f" {why}" if why else "")
+  try:
+    if isinstance(value, (bool, np.bool_)):
+      raise TypeError
+    number = operator.index(value)
+  except TypeError:
+    raise ValueError(f"{field} must be {allowed}, got {value!r}") from None
+  if number < low or (high is not None and number > high):
+    raise ValueError(f"{field} must be {allowed}, got {number}")
+  return number
+
+
+def check_horizon(value: Any, field: str = "system.horizon") -> int:
+  """The horizon T: an integer >= 1."""
+  return check_int(field, value, 1)
+
+
+def check_num_particles(value: Any) -> int:
+  """N, the number of particles: an integer >= 1."""
+  return check_int("estimator.num_particles", value, 1)
+
+
+def check_unroll_length(value: Any, horizon: int) -> int:
+  """W, the steps per `estimate`: an integer in [1, T]."""
+  return check_int(
+    "estimator.unroll_length", value, 1, horizon, "(at most the horizon T)"
+  )
+
+
+def check_noise_period(value: Any, unroll_length: int = 1) -> int:
+  """K, the steps between noise draws: an integer >= W (GPES), or >= 1.
+
+  Args:
+    value: the noise period.
+    unroll_length: W when the estimator uses K (GPES needs K >= W, so that
+      a window sees at most one block start besides episode starts); 1 to
+      check only that a given K is a valid period at all.
+  """
+  why = f"(at least estimator.unroll_length = {unroll_length})"
+  return check_int(
+    "estimator.noise_period",
+    value,
+    unroll_length,
+    why=why if unroll_length > 1 else "",
+  )
 
 
 def check_sigma(sigma: Any) -> float:
-  """Returns `sigma` if it is a finite positive number, else raises."""
+  """Returns `sigma` as a float if it is a finite number > 0, else raises."""
+  message = f"estimator.sigma must be a finite number > 0, got {sigma!r}"
   try:
+    if isinstance(sigma, (bool, np.bool_, str, bytes)):
+      raise TypeError
     value = float(sigma)
   except (TypeError, ValueError):
-    raise ValueError(
-      f"sigma must be a finite number > 0, got {sigma!r}"
-    ) from None
+    raise ValueError(message) from None
   if not (value > 0 and math.isfinite(value)):
-    raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    raise ValueError(message)
   return value
+
+
+def check_flag(field: str, value: Any) -> bool:
+  """Returns `value` if it is a bool (Python or NumPy), else raises."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{field} must be True or False, got {value!r}")
+  return bool(value)
 
 
 def sample_noise(key: jax.Array, like: PyTree, sigma: float) -> PyTree:
@@ -125,18 +185,38 @@ class Estimator(abc.ABC):
     unroll_length: int,
     step_unlocked: bool = True,
   ):
-    horizon = check_int("system.horizon", getattr(system, "horizon", None), 1)
     self.system = system
-    self.horizon = horizon
-    self.num_particles = check_int("num_particles", num_particles, 1)
-    self.unroll_length = check_int("unroll_length", unroll_length, 1, horizon)
-    self.step_unlocked = bool(step_unlocked)
+    self.horizon = check_horizon(getattr(system, "horizon", None))
+    self.num_particles = check_num_particles(num_particles)
+    self.unroll_length = check_unroll_length(unroll_length, self.horizon)
+    self.step_unlocked = check_flag("estimator.step_unlocked", step_unlocked)
 
   def __repr__(self) -> str:
     return (
       f"{type(self).__name__}(num_particles={self.num_particles}, "
       f"unroll_length={self.unroll_length}, horizon={self.horizon})"
     )
+
+  @property
+  def steps_per_estimate(self) -> int:
+    """Inner steps one `estimate` call takes, every member counted.
+
+    `members * num_particles * unroll_length`, what `info["steps"]`
+    reports; the one formula for the inner-step cost of an outer update.
+    """
+    return self.members * self.num_particles * self.unroll_length
+
+  @property
+  def burn_in_steps(self) -> int:
+    """Inner steps of `init`'s burn-in, every member counted.
+
+    T steps of every member of every particle for step-unlocked particles;
+    0 for lockstep particles and for estimators without persistent state
+    (FullES), whose `init` runs nothing.
+    """
+    if not self.step_unlocked:
+      return 0
+    return self.members * self.num_particles * self.horizon
 
   # -- step-unlocking --------------------------------------------------------
 
@@ -211,7 +291,7 @@ class Estimator(abc.ABC):
       theta, state, key, self.unroll_length
     )
     grad, info = average(
-      grad_sums, loss_sums, valid, self._entries, self.members * self._entries
+      grad_sums, loss_sums, valid, self._entries, self.steps_per_estimate
     )
     return grad, state, info
 
@@ -226,7 +306,7 @@ class Estimator(abc.ABC):
       theta, state, key, self.unroll_length
     )
     _, info = summarize(
-      loss_sums, valid, self._entries, self.members * self._entries
+      loss_sums, valid, self._entries, self.steps_per_estimate
     )
     per_step = jnp.maximum(valid, 1)
     grads = jax.tree.map(

@@ -28,9 +28,7 @@ class FullES(base.Estimator):
   name = "full_es"
 
   def __init__(self, system, *, num_particles: int, sigma: float):
-    horizon = base.check_int(
-      "system.horizon", getattr(system, "horizon", None), 1
-    )
+    horizon = base.check_horizon(getattr(system, "horizon", None))
     super().__init__(
       system,
       num_particles=num_particles,

@@ -78,8 +78,8 @@ class GPES(base.Estimator):
       step_unlocked=step_unlocked,
     )
     self.sigma = base.check_sigma(sigma)
-    self.noise_period = base.check_int(
-      "noise_period", noise_period, self.unroll_length
+    self.noise_period = base.check_noise_period(
+      noise_period, self.unroll_length
     )
 
   def _init_particles(self, theta, counters, key):
@@ -202,9 +202,7 @@ class NRES(GPES):
     sigma: float,
     step_unlocked: bool = True,
   ):
-    horizon = base.check_int(
-      "system.horizon", getattr(system, "horizon", None), 1
-    )
+    horizon = base.check_horizon(getattr(system, "horizon", None))
     super().__init__(
       system,
       num_particles=num_particles,
