@@ -7,13 +7,18 @@ with 10 pairs, W = 100, sigma = 0.01, Adam 3e-4, 20,000 outer steps. Needs
 the prepared tfds `cifar10`.
 """
 
+import os
+
 import ml_collections
 
-from configs import default
+from lopt.experiment import load_config
+
+#: The config this one derives from, loaded by path like any config file.
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
+  config = load_config(_BASE, arg)
   config.task.dataset = "cifar10"
   config.task.image_size = 0
   config.task.model = "cnn"

@@ -13,13 +13,18 @@ resized with antialiasing. Needs the prepared tfds dataset:
       tfds.builder('fashion_mnist').download_and_prepare()"
 """
 
+import os
+
 import ml_collections
 
-from configs import default
+from lopt.experiment import load_config
+
+#: The config this one derives from, loaded by path like any config file.
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
+  config = load_config(_BASE, arg)
   config.task.dataset = "fashion_mnist"
   config.task.image_size = 8
   config.task.meta_loss = "validation"

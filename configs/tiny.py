@@ -1,12 +1,17 @@
 """A seconds-long config for tests and smoke runs: tiny MLP, short horizon."""
 
+import os
+
 import ml_collections
 
-from configs import default
+from lopt.experiment import load_config
+
+#: The config this one derives from, loaded by path like any config file.
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
+  config = load_config(_BASE, arg)
   config.task.hidden = (8,)
   config.task.batch_size = 16
   config.inner.horizon = 20

@@ -35,9 +35,16 @@ gs://BUCKET/tensorflow_datasets), which every host reads:
       ).download_and_prepare()"
 """
 
+import os
+
 import ml_collections
 
-from configs import fashion_mnist8_nres
+from lopt.experiment import load_config
+
+#: The config this one derives from, loaded by path like any config file.
+_BASE = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "fashion_mnist8_nres.py"
+)
 
 DEFAULTS = {"devices": 16, "per_device": 8}
 
@@ -72,7 +79,7 @@ def parse_arg(arg: str | None) -> dict[str, int]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is 'devices=N,per_device=P' (see above)."""
   scale = parse_arg(arg)
-  config = fashion_mnist8_nres.get_config()
+  config = load_config(_BASE)
   config.estimator.num_particles = scale["devices"] * scale["per_device"]
   # 100 outer steps per dispatch: one host round trip per 100 updates keeps
   # the TPU busy; checkpoints, logs and evals fall between dispatches.

@@ -23,7 +23,6 @@ Carlo against the exact values):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -32,10 +31,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.flatten_util import ravel_pytree
 
-from lopt import estimators, systems
+from lopt import console, estimators, jsonio, plots, systems
 
 PyTree = Any
 
@@ -308,71 +307,8 @@ def variance_vs_unroll_length(
   return result
 
 
-def plot_variance_vs_unroll_length(result: dict[str, Any], path: str) -> str:
-  """Writes the variance-vs-W figure (two panels); returns its path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  w = np.asarray(result["unroll_lengths"])
-  exact, mc = result["exact"], result["monte_carlo"]
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.2))
-  for name, color in (("pes", "C1"), ("nres", "C0")):
-    ax1.plot(w, exact[name], color=color, label=f"{name.upper()} exact")
-    ax1.errorbar(
-      w,
-      mc[name],
-      yerr=2 * np.asarray(mc[f"{name}_se"]),
-      fmt="o",
-      color=color,
-      ms=4,
-      capsize=2,
-      label=f"{name.upper()} Monte Carlo (±2 SE)",
-    )
-  ax1.set(
-    xscale="log",
-    xlabel="truncation length W",
-    ylabel="trace variance of one estimate",
-    title=f"per-estimate variance, T = {result['horizon']}",
-  )
-  ax1.legend(fontsize="small")
-  ax2.plot(w, exact["ratio"], color="k", label="exact (lopt.analysis)")
-  ax2.errorbar(
-    w,
-    mc["ratio"],
-    yerr=2 * np.asarray(mc["ratio_se"]),
-    fmt="o",
-    color="C3",
-    ms=4,
-    capsize=2,
-    label="Monte Carlo (±2 SE)",
-  )
-  known = [(x, r) for x, r in zip(w, result["oracle_ratio"]) if r]
-  if known:
-    ax2.plot(*zip(*known), "x", color="k", ms=7, label="algorithms.md O2 table")
-  ax2.axhline(1.0, color="gray", lw=0.8, ls=":")
-  ax2.set(
-    xscale="log",
-    xlabel="truncation length W",
-    ylabel="Var(PES) / Var(NRES)",
-    title="PES / NRES variance ratio",
-  )
-  ax2.legend(fontsize="small")
-  for ax in (ax1, ax2):
-    ax.grid(alpha=0.3)
-  fig.suptitle(
-    f"Linear-quadratic system (algorithms.md O2), "
-    f"{result['num_samples']:,} samples per point"
-  )
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def define_flags() -> dict[str, Any]:
-  """Defines the command-line flags; only when run as a program."""
+def define_flags() -> dict[str, flags.FlagHolder]:
+  """The command-line flags (see `lopt.console.run_program`)."""
   return {
     "output_dir": flags.DEFINE_string(
       "output_dir", ".", "Where variance_vs_w.{json,png} go."
@@ -384,18 +320,16 @@ def define_flags() -> dict[str, Any]:
   }
 
 
-def main(argv, flag_values: dict[str, Any]):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  output_dir = flag_values["output_dir"].value
+def main(f: dict[str, Any]) -> None:
+  output_dir = f["output_dir"]
   result = variance_vs_unroll_length(
-    num_samples=flag_values["num_samples"].value, seed=flag_values["seed"].value
+    num_samples=f["num_samples"], seed=f["seed"]
   )
   os.makedirs(output_dir, exist_ok=True)
-  json_path = os.path.join(output_dir, "variance_vs_w.json")
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=1)
-  png = plot_variance_vs_unroll_length(
+  json_path = jsonio.dump(
+    result, os.path.join(output_dir, "variance_vs_w.json")
+  )
+  png = plots.variance_vs_unroll_length(
     result, os.path.join(output_dir, "variance_vs_w.png")
   )
   print(format_table(result))
@@ -421,5 +355,4 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-  _FLAGS = define_flags()
-  app.run(lambda argv: main(argv, _FLAGS))
+  console.run_program(main, define_flags)

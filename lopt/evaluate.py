@@ -12,7 +12,6 @@ final loss and test accuracy are reported beside it. Writes `eval.json` and
 `eval.png` (loss curves of the learned optimizer and the best Adams).
 """
 
-import json
 import math
 import os
 
@@ -20,18 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags, logging
 
-from lopt import export, optimizers, train
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8, "Models per optimizer.")
-_NUM_STEPS = flags.DEFINE_integer(
-  "num_steps", 0, "Training steps per model; 0 = the meta-training horizon."
-)
-_OUTPUT = flags.DEFINE_string(
-  "output", "", "Directory for eval.json and eval.png; default: workdir."
-)
+from lopt import console, experiment, export, jsonio, optimizers, plots
 
 #: Adam learning rates of the sweep: 1e-4 .. 1e-1, three per decade.
 LEARNING_RATES = tuple(
@@ -43,16 +33,6 @@ SCHEDULES = ("constant", "linear")
 def _rank(score: dict) -> tuple[bool, float]:
   """Sort key: finite losses first (a diverged run is never the best)."""
   return (not math.isfinite(score["mean_train_loss"]), score["mean_train_loss"])
-
-
-def _scores(result) -> dict[str, float]:
-  losses = np.asarray(result["losses"])
-  return {
-    "mean_train_loss": float(losses.mean()),
-    "final_train_loss": float(losses[:, -10:].mean()),
-    "test_accuracy": float(np.mean(result["test_accuracy"])),
-    "test_loss": float(np.mean(result["test_loss"])),
-  }
 
 
 def evaluate(
@@ -71,33 +51,35 @@ def evaluate(
   config.eval.num_seeds = num_seeds
   num_steps = num_steps or config.inner.horizon
   config.inner.horizon = num_steps
-  data, dataset = train.load_data(config)
-  exp = train.build(config, dataset)
-  keys = train.eval_keys(config)
+  data, dataset = experiment.load_data(config)
+  exp = experiment.build(config, dataset)
+  keys = experiment.eval_keys(config)
 
   @jax.jit
   def learned(theta):
     tx = optimizers.learned_optimizer(theta, lopt_cfg, num_steps)
-    return train.evaluate_optimizer(exp, data, tx, keys)
+    return experiment.evaluate_optimizer(exp, data, tx, keys)
 
   result = learned(theta)
   summary = {
     "num_seeds": num_seeds,
     "num_steps": num_steps,
     "dataset": dataset.name,
-    "learned": _scores(result),
+    "learned": experiment.summarize_eval(result),
   }
   curves = {"learned optimizer": np.asarray(result["losses"]).mean(0)}
+  progress = console.Progress(len(SCHEDULES) * len(LEARNING_RATES), "Adam")
   for schedule in SCHEDULES:
     run = jax.jit(
-      lambda lr, s=schedule: train.evaluate_optimizer(
+      lambda lr, s=schedule: experiment.evaluate_optimizer(
         exp, data, optimizers.adam_baseline(lr, num_steps, s), keys
       )
     )
     sweep, curves_of_sweep = [], []
     for lr in LEARNING_RATES:
+      progress.step(f"{schedule} lr {lr:g}")
       out = run(jnp.float32(lr))
-      sweep.append(dict(_scores(out), learning_rate=lr))
+      sweep.append(dict(experiment.summarize_eval(out), learning_rate=lr))
       curves_of_sweep.append(np.asarray(out["losses"]).mean(0))
     best_index = min(range(len(sweep)), key=lambda i: _rank(sweep[i]))
     best, best_curve = sweep[best_index], curves_of_sweep[best_index]
@@ -109,39 +91,13 @@ def evaluate(
 
   output = output or workdir
   os.makedirs(output, exist_ok=True)
-  with open(os.path.join(output, "eval.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  summary["plot"] = plot(
+  jsonio.dump(summary, os.path.join(output, "eval.json"), indent=2)
+  summary["plot"] = plots.loss_curves(
     curves,
     os.path.join(output, "eval.png"),
     title=f"{dataset.name}: {num_seeds} held-out seeds",
   )
   return summary
-
-
-def plot(curves: dict[str, np.ndarray], path: str, title: str) -> str:
-  """Writes the training-loss curves (smoothed) to a PNG; returns its path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for label, curve in curves.items():
-    width = max(1, len(curve) // 50)
-    smooth = np.convolve(curve, np.ones(width) / width, mode="valid")
-    ax.plot(np.arange(len(smooth)) + width // 2, smooth, label=label)
-  ax.set(
-    xlabel="training step",
-    ylabel="training loss (batch)",
-    yscale="log",
-    title=title,
-  )
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
 
 
 def format_table(summary: dict) -> str:
@@ -169,23 +125,38 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def define_flags() -> dict[str, flags.FlagHolder]:
+  """The command-line flags (see `lopt.console.run_program`)."""
+  return {
+    "workdir": flags.DEFINE_string("workdir", None, "A meta-training workdir."),
+    "num_seeds": flags.DEFINE_integer("num_seeds", 8, "Models per optimizer."),
+    "num_steps": flags.DEFINE_integer(
+      "num_steps", 0, "Training steps per model; 0 = the meta-training horizon."
+    ),
+    "output": flags.DEFINE_string(
+      "output", "", "Directory for eval.json and eval.png; default: workdir."
+    ),
+  }
+
+
+def main(f: dict) -> None:
   summary = evaluate(
-    _WORKDIR.value,
-    num_seeds=_NUM_SEEDS.value,
-    num_steps=_NUM_STEPS.value,
-    output=_OUTPUT.value,
+    f["workdir"],
+    num_seeds=f["num_seeds"],
+    num_steps=f["num_steps"],
+    output=f["output"],
   )
   print(
     f"Mean training loss over {summary['num_steps']} steps, "
     f"{summary['num_seeds']} held-out seeds ({summary['dataset']}):"
   )
   print(format_table(summary))
-  print(f"Loss curves: {summary['plot']}")
+  logging.info(
+    "Loss curves: %s; numbers: %s",
+    summary["plot"],
+    os.path.join(f["output"] or f["workdir"], "eval.json"),
+  )
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  console.run_program(main, define_flags, required=["workdir"])

@@ -17,62 +17,55 @@ a checkpoint at the next step boundary and exit with status 0.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from lopt import train
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Path to an ml_collections config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Directory for checkpoints and metrics."
-)
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed",
-  False,
-  "Call jax.distributed.initialize() (TPU pods and multi-process runs).",
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address",
-  None,
-  "host:port of process 0, with --distributed (auto-detected on Cloud "
-  "TPU, Slurm and other known clusters).",
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-  "num_processes", None, "Number of processes, with --distributed."
-)
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "This process's index, with --distributed."
-)
-flags.mark_flags_as_required(["config", "workdir"])
+from lopt import console, train
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _DISTRIBUTED.value:
+def define_flags() -> dict[str, flags.FlagHolder]:
+  """The command-line flags (see `lopt.console.run_program`)."""
+  return {
+    "config": config_flags.DEFINE_config_file(
+      "config", None, "Path to an ml_collections config file.", lock_config=True
+    ),
+    "workdir": flags.DEFINE_string(
+      "workdir", None, "Directory for checkpoints and metrics."
+    ),
+    "distributed": flags.DEFINE_bool(
+      "distributed",
+      False,
+      "Call jax.distributed.initialize() (TPU pods and multi-process runs).",
+    ),
+    "coordinator_address": flags.DEFINE_string(
+      "coordinator_address",
+      None,
+      "host:port of process 0, with --distributed (auto-detected on Cloud "
+      "TPU, Slurm and other known clusters).",
+    ),
+    "num_processes": flags.DEFINE_integer(
+      "num_processes", None, "Number of processes, with --distributed."
+    ),
+    "process_id": flags.DEFINE_integer(
+      "process_id", None, "This process's index, with --distributed."
+    ),
+  }
+
+
+def main(f: dict) -> None:
+  if f["distributed"]:
     # Must come before anything touches the devices. With no arguments it
     # auto-detects Cloud TPU, Slurm, ...; the flags serve other clusters.
     jax.distributed.initialize(
-      coordinator_address=_COORDINATOR.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
+      coordinator_address=f["coordinator_address"],
+      num_processes=f["num_processes"],
+      process_id=f["process_id"],
     )
   if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
     # N copies of every progress line help no one; problems still show.
     logging.set_verbosity(logging.WARNING)
-  logging.info(
-    "JAX process %d/%d, %d local and %d global devices (%s)",
-    jax.process_index(),
-    jax.process_count(),
-    jax.local_device_count(),
-    jax.device_count(),
-    jax.devices()[0].platform,
-  )
-  logging.info("Config:\n%s", _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(f["config"], f["workdir"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_program(main, define_flags, required=["config", "workdir"])

@@ -337,13 +337,13 @@ def init_theta(cfg: LOptConfig, key: jax.Array) -> Theta:
 
 
 @functools.lru_cache(maxsize=32)
-def _theta_shapes(cfg: LOptConfig) -> Theta:
+def theta_shapes(cfg: LOptConfig) -> Theta:
   return jax.eval_shape(lambda k: init_theta(cfg, k), jax.random.key(0))
 
 
 def _check_theta(theta: Theta, cfg: LOptConfig) -> None:
   """Raises a ValueError if theta's structure or shapes do not fit cfg."""
-  expected = _theta_shapes(cfg)
+  expected = theta_shapes(cfg)
   exp_def = jax.tree.structure(expected)
   try:
     leaves = exp_def.flatten_up_to(theta)

@@ -44,6 +44,7 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 _DEFAULT_ACTIVATION = {"mlp": "gelu", "cnn": "relu"}
 MODELS = tuple(_DEFAULT_ACTIVATION)
+ACTIVATIONS = tuple(_ACTIVATIONS)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:

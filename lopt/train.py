@@ -26,10 +26,7 @@ flag instead, checked between dispatches: the run then saves the step it has
 reached, waits for the save to commit and returns normally (exit code 0).
 """
 
-import dataclasses
 import functools
-import json
-import math
 import os
 import signal
 import threading
@@ -40,258 +37,35 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from lopt import (
   checkpoint,
-  estimators,
-  inner,
+  console,
+  experiment,
   metrics,
   optimizers,
   outer,
   sharding,
-  tasks,
 )
-from lopt import data as data_lib
-
-#: Version of the checkpoint's JSON item; bump when its layout changes.
-FORMAT_VERSION = 1
-OUTER_OPTIMIZERS = ("adam", "sgd")
-MODELS = ("mlp", "cnn")
+from lopt.experiment import Experiment
 
 
-def check_config(
-  config: ml_collections.ConfigDict, num_devices: int | None = None
-) -> None:
-  """Fails fast, naming the field, on names and values that cannot work.
-
-  Args:
-    config: the experiment config.
-    num_devices: the number of devices the particles are sharded over;
-      `jax.device_count()` (all processes) by default.
-
-  Raises:
-    ValueError: naming the field and why.
-  """
-
-  def need(ok, message):
-    if not ok:
-      raise ValueError(message)
-
-  data_lib.check_dataset_name(config.task.dataset)
-  need(
-    config.task.model in MODELS,
-    f"task.model must be one of {list(MODELS)}, got {config.task.model!r}",
-  )
-  need(
-    config.task.meta_loss in inner.META_LOSSES,
-    f"task.meta_loss must be one of {list(inner.META_LOSSES)}, got "
-    f"{config.task.meta_loss!r}",
-  )
-  need(
-    config.estimator.name in estimators.REGISTRY,
-    f"estimator.name must be one of {sorted(estimators.REGISTRY)}, got "
-    f"{config.estimator.name!r}",
-  )
-  need(
-    config.outer.optimizer in OUTER_OPTIMIZERS,
-    f"outer.optimizer must be one of {list(OUTER_OPTIMIZERS)}, got "
-    f"{config.outer.optimizer!r}",
-  )
-  for field in (
-    "inner.horizon",
-    "task.batch_size",
-    "outer.num_steps",
-    "outer.steps_per_dispatch",
-    "checkpoint.every_steps",
-    "checkpoint.keep",
-    "eval.num_seeds",
-    "log.every_steps",
-  ):
-    section, name = field.split(".")
-    value = config[section][name]
-    need(
-      isinstance(value, int) and value >= 1,
-      f"{field} must be an integer >= 1, got {value!r}",
-    )
-  value = config.eval.every_steps
-  need(
-    isinstance(value, int) and value >= 0,
-    f"eval.every_steps must be an integer >= 0 (0 = no meta-evaluation "
-    f"during training), got {value!r}",
-  )
-  need(
-    config.task.image_size >= 0,
-    f"task.image_size must be >= 0 (0 = native), got {config.task.image_size}",
-  )
-  need(
-    config.outer.learning_rate > 0,
-    f"outer.learning_rate must be > 0, got {config.outer.learning_rate}",
-  )
-  need(
-    config.outer.clip >= 0,
-    f"outer.clip must be >= 0 (0 = no clipping), got {config.outer.clip}",
-  )
-  need(
-    config.checkpoint.every_steps % config.outer.steps_per_dispatch == 0,
-    f"checkpoint.every_steps ({config.checkpoint.every_steps}) must be a "
-    f"multiple of outer.steps_per_dispatch "
-    f"({config.outer.steps_per_dispatch}): checkpoints are taken between "
-    f"dispatches",
-  )
-  need(
-    config.outer.num_steps % config.outer.steps_per_dispatch == 0,
-    f"outer.num_steps ({config.outer.num_steps}) must be a multiple of "
-    f"outer.steps_per_dispatch ({config.outer.steps_per_dispatch})",
-  )
-  # The estimator validates W <= T, sigma > 0, N >= 1, K >= W itself.
-  make_estimator(config, _NoSystem(config.inner.horizon))
-  optimizers.LOptConfig(kind=config.lopt.kind, hidden=tuple(config.lopt.hidden))
-  sharding.check_divisible(
-    config.estimator.num_particles,
-    jax.device_count() if num_devices is None else num_devices,
-  )
+def _initial_keys(config) -> jax.Array:
+  """(theta, particles, run rng): the keys of step 0, from the seed alone."""
+  key = jax.random.key(config.seed)
+  return jax.random.split(jax.random.fold_in(key, 0), 3)
 
 
-@dataclasses.dataclass(frozen=True)
-class _NoSystem:
-  """A stand-in with only a horizon, to validate estimator arguments."""
-
-  horizon: int
-
-
-def make_estimator(config, system) -> estimators.Estimator:
-  est = config.estimator
-  return estimators.make(
-    est.name,
-    system,
-    num_particles=est.num_particles,
-    unroll_length=est.unroll_length,
-    sigma=est.sigma,
-    noise_period=est.noise_period or None,
-    step_unlocked=est.step_unlocked,
-  )
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """Everything static about a run, built once from the config."""
-
-  config: ml_collections.ConfigDict
-  task: tasks.Task
-  lopt: optimizers.LOptConfig
-  outer_tx: optax.GradientTransformation
-  #: The particle mesh (`lopt.sharding.make_mesh`); None runs the particles
-  #: with a plain vmap, on whatever devices the inputs are on.
-  mesh: jax.sharding.Mesh | None = None
-
-  def system(self, data) -> inner.InnerTraining:
-    cap = (
-      1.5 * math.log(self.task.num_classes)
-      if self.config.task.clip_meta_loss
-      else None
-    )
-    return inner.InnerTraining(
-      task=self.task,
-      lopt=self.lopt,
-      horizon=self.config.inner.horizon,
-      data=data,
-      meta_loss=self.config.task.meta_loss,
-      max_loss=cap,
-    )
-
-  def estimator(self, data) -> estimators.Estimator:
-    def build_estimator(data):
-      return make_estimator(self.config, self.system(data))
-
-    if self.mesh is None:
-      return build_estimator(data)
-    return sharding.shard_particles(build_estimator, data, self.mesh)
-
-  def saved_config(self) -> dict[str, Any]:
-    """The JSON stored with every checkpoint; `load_optimizer` reads it."""
-    return {
-      "format_version": FORMAT_VERSION,
-      "config": json.loads(self.config.to_json()),
-      "lopt": self.lopt.to_dict(),
-      "horizon": self.config.inner.horizon,
-    }
-
-
-def load_data(
-  config, mesh: jax.sharding.Mesh | None = None
-) -> tuple[dict[str, jax.Array], data_lib.Dataset]:
-  """The dataset, whole, replicated on every device of `mesh`.
-
-  Args:
-    config: the experiment config.
-    mesh: the particle mesh; by default one over all devices.
-
-  Returns:
-    `(arrays, dataset)`: the device arrays by name (`train_x`, ...) and the
-    host-side `Dataset`.
-  """
-  dataset = data_lib.load_dataset(
-    config.task.dataset,
-    data_dir=config.task.data_dir or None,
-    image_size=config.task.image_size,
-  )
-  arrays = {
-    "train_x": dataset.train.images,
-    "train_y": dataset.train.labels,
-    "valid_x": dataset.validation.images,
-    "valid_y": dataset.validation.labels,
-    "test_x": dataset.test.images,
-    "test_y": dataset.test.labels,
-  }
-  # From numpy, every process its own copy: the multi-process-safe way to
-  # build a replicated global array (style.md B.5).
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  return sharding.put_replicated(arrays, mesh), dataset
-
-
-def build(
-  config, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh | None = None
-) -> Experiment:
-  """The static parts of a run.
-
-  Args:
-    config: the experiment config.
-    dataset: the loaded dataset (its shapes and class count size the task).
-    mesh: the particle mesh; by default one over all devices. The number of
-      particles must be divisible by its size once particles are run
-      (`Experiment.estimator`); evaluation alone works on any mesh.
-
-  Returns:
-    The `Experiment`.
-  """
-  task = tasks.make_task(
-    config.task.model,
-    hidden=tuple(config.task.hidden),
-    num_classes=dataset.num_classes,
-    input_shape=dataset.image_shape,
-    activation=config.task.activation,
-    batch_size=config.task.batch_size,
-  )
-  lopt_cfg = optimizers.LOptConfig(
-    kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
-  )
-  base = {"adam": optax.adam, "sgd": optax.sgd}[config.outer.optimizer]
-  outer_tx = base(config.outer.learning_rate)
-  if config.outer.clip:
-    outer_tx = optax.chain(
-      optax.clip_by_global_norm(config.outer.clip), outer_tx
-    )
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  return Experiment(config, task, lopt_cfg, outer_tx, mesh)
+def initial_theta(exp: Experiment):
+  """The theta that a fresh run of `exp.config` starts from."""
+  return optimizers.init_theta(exp.lopt, _initial_keys(exp.config)[0])
 
 
 def init_run_state(exp: Experiment, data) -> dict[str, Any]:
   """The run state at step 0; the particles burn in under the initial theta."""
-  key = jax.random.key(exp.config.seed)
-  k_theta, k_particles, rng = jax.random.split(jax.random.fold_in(key, 0), 3)
-  theta = optimizers.init_theta(exp.lopt, k_theta)
+  _, k_particles, rng = _initial_keys(exp.config)
+  theta = initial_theta(exp)
   return {
     "step": jnp.zeros((), jnp.int32),
     "theta": theta,
@@ -322,29 +96,6 @@ def train_steps(exp: Experiment, data, run_state, num_steps: int):
     ), info
 
   return jax.lax.scan(body, run_state, None, length=num_steps)
-
-
-def eval_keys(config) -> jax.Array:
-  """Held-out seeds: a key stream that training never draws from."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  return jax.random.split(key, config.eval.num_seeds)
-
-
-def evaluate_optimizer(exp: Experiment, data, tx, keys):
-  """Trains one fresh model per key for T steps; vmapped over keys."""
-  run = functools.partial(
-    inner.train_model, exp.task, tx, data, num_steps=exp.config.inner.horizon
-  )
-  return jax.vmap(lambda k: run(key=k))(keys)
-
-
-def _summarize_eval(result, prefix: str) -> dict[str, float]:
-  losses = np.asarray(result["losses"])
-  return {
-    f"{prefix}/mean_train_loss": float(np.mean(losses)),
-    f"{prefix}/final_train_loss": float(np.mean(losses[:, -10:])),
-    f"{prefix}/test_accuracy": float(np.mean(result["test_accuracy"])),
-  }
 
 
 def sharded_functions(exp: Experiment, data):
@@ -443,27 +194,62 @@ def train_and_evaluate(
     return _train_and_evaluate(config, workdir, sigterm)
 
 
+def _describe(exp: Experiment, dataset, mesh) -> None:
+  """Logs what is being meta-trained, on what, in a few lines."""
+  config, est = exp.config, exp.config.estimator
+  theta_size = sum(
+    x.size for x in jax.tree.leaves(optimizers.theta_shapes(exp.lopt))
+  )
+  logging.info(
+    "Task: %s %s (%s) on %s %s, batch %d, T = %d; %s parameters",
+    config.task.model,
+    list(config.task.hidden),
+    config.task.activation,
+    dataset.name,
+    "x".join(map(str, dataset.image_shape)),
+    config.task.batch_size,
+    config.inner.horizon,
+    f"{exp.task.num_params:,}",
+  )
+  logging.info(
+    "Learned optimizer: %s %s, %s parameters; estimator %s, %d particles, "
+    "W = %d, sigma = %g; outer %s lr %g for %d steps",
+    exp.lopt.kind,
+    list(exp.lopt.hidden),
+    f"{theta_size:,}",
+    est.name,
+    est.num_particles,
+    est.unroll_length,
+    est.sigma,
+    config.outer.optimizer,
+    config.outer.learning_rate,
+    config.outer.num_steps,
+  )
+  logging.info(
+    "Devices: %d x %s in %d process(es), %d particles each",
+    mesh.size,
+    jax.devices()[0].platform,
+    jax.process_count(),
+    est.num_particles // mesh.size,
+  )
+
+
+def _resumed_train_seconds(workdir: str, step: int) -> float:
+  """`train_seconds` logged at the newest log point at or before `step`."""
+  seconds = 0.0
+  for row in metrics.read_metrics(workdir):
+    if row["step"] <= step and "train_seconds" in row:
+      seconds = row["train_seconds"]
+  return seconds
+
+
 def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
   """`train_and_evaluate`, with SIGTERM already turned into `sigterm`."""
   mesh = sharding.make_mesh()
-  check_config(config, mesh.size)
-  data, dataset = load_data(config, mesh)
-  exp = build(config, dataset, mesh)
-  logging.info(
-    "Inner task: %s with %d parameters on %s %s; learned optimizer %s",
-    config.task.model,
-    exp.task.num_params,
-    dataset.name,
-    dataset.image_shape,
-    exp.lopt,
-  )
-  logging.info(
-    "%d particles over a mesh of %d devices (%d processes): %d per device",
-    config.estimator.num_particles,
-    mesh.size,
-    jax.process_count(),
-    config.estimator.num_particles // mesh.size,
-  )
+  experiment.check_config(config, mesh.size)
+  data, dataset = experiment.load_data(config, mesh)
+  exp = experiment.build(config, dataset, mesh)
+  _describe(exp, dataset, mesh)
 
   replicated = sharding.replicated(mesh)
   init_fn, step_fn, abstract_state, state_shardings = sharded_functions(
@@ -478,18 +264,23 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
   @functools.partial(jax.jit, out_shardings=replicated)
   def eval_learned(data, theta):
     tx = optimizers.learned_optimizer(theta, exp.lopt, horizon)
-    return evaluate_optimizer(exp, data, tx, eval_keys(config))
+    return experiment.evaluate_optimizer(
+      exp, data, tx, experiment.eval_keys(config)
+    )
 
   adam = optimizers.adam_baseline(config.eval.adam_learning_rate)
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def eval_adam(data):
-    return evaluate_optimizer(exp, data, adam, eval_keys(config))
+    return experiment.evaluate_optimizer(
+      exp, data, adam, experiment.eval_keys(config)
+    )
 
   if "://" not in workdir:
     os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
+    ckpt_dir,
     every_steps=config.checkpoint.every_steps,
     keep=config.checkpoint.keep,
   )
@@ -497,13 +288,28 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
   latest = ckpt.latest_step()
   if latest is None:
     run_state = init_fn(data)
-    logging.info("Starting from scratch (burn-in included).")
+    train_seconds = 0.0
+    writer.write_hparams(config)
+    logging.info("Starting from scratch in %s.", workdir)
   else:
     # The targets carry this run's shardings, whatever the device count of
     # the run that wrote the checkpoint: that is the elastic resume.
     abstract = checkpoint.abstract_like(abstract_state, state_shardings)
     run_state = ckpt.restore(latest, abstract)
-    logging.info("Resumed from the checkpoint at step %d.", latest)
+    train_seconds = _resumed_train_seconds(workdir, latest)
+    logging.info(
+      "Resuming from the checkpoint of step %d in %s.", latest, ckpt_dir
+    )
+  step = int(sharding.to_host(run_state["step"]))
+  num_steps = config.outer.num_steps
+  if step < num_steps:
+    start = time.perf_counter()
+    step_fn = step_fn.lower(data, run_state).compile()
+    logging.info(
+      "Compiled the outer step (%d per dispatch) in %s.",
+      steps_per_dispatch,
+      console.duration(time.perf_counter() - start),
+    )
 
   adam_scores = {}
 
@@ -511,42 +317,40 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
     # Computed on first use: a resumed run that reaches no evaluation step
     # never compiles it.
     if not adam_scores:
-      adam_scores.update(
-        _summarize_eval(sharding.to_host(eval_adam(data)), "eval/adam")
-      )
+      scores = experiment.summarize_eval(sharding.to_host(eval_adam(data)))
+      adam_scores.update({f"eval/adam/{k}": v for k, v in scores.items()})
     return adam_scores
 
   def meta_eval(step, theta):
-    scores = _summarize_eval(
-      sharding.to_host(eval_learned(data, theta)), "eval/learned"
+    scores = experiment.summarize_eval(
+      sharding.to_host(eval_learned(data, theta))
     )
+    scores = {f"eval/learned/{k}": v for k, v in scores.items()}
     writer.write(step, scores)
     logging.info(
-      "step %d: learned optimizer mean train loss %.4f (Adam %.4f)",
+      "Eval at step %d: learned optimizer %.4f, Adam (lr %g) %.4f (mean "
+      "train loss over T = %d, %d held-out seeds)",
       step,
       scores["eval/learned/mean_train_loss"],
+      config.eval.adam_learning_rate,
       adam_baseline()["eval/adam/mean_train_loss"],
+      horizon,
+      config.eval.num_seeds,
     )
 
   # eval.every_steps = 0 turns meta-evaluation off (e.g. on a pod slice,
   # where it would run replicated on every device; lopt.evaluate can score
   # the checkpoints afterwards).
   eval_every = config.eval.every_steps
-  step = int(sharding.to_host(run_state["step"]))
   if step == 0 and eval_every:
     writer.write(0, adam_baseline())
     meta_eval(0, run_state["theta"])
 
-  num_steps = config.outer.num_steps
-  inner_per_outer = make_estimator(config, _NoSystem(config.inner.horizon))
-  inner_steps = (
-    inner_per_outer.members
-    * inner_per_outer.num_particles
-    * inner_per_outer.unroll_length
-  )
+  inner_steps = exp.estimator(data).steps_per_estimate
   saved_config = exp.saved_config()
-  # Throughput is measured between log points, so compilation (in the first
-  # window) shows up once instead of skewing every later figure.
+  # `train_seconds` counts the loop's dispatches and checkpoint saves, not
+  # compilation (done above) or meta-evaluation (the clock restarts after
+  # it), so it is the wall-clock that training itself took.
   last_time, last_step = time.perf_counter(), step
   pending = []  # infos since the last log, still on the device
   while step < num_steps:
@@ -568,12 +372,14 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
       )
       pending = []
       now = time.perf_counter()
+      train_seconds += now - last_time
       rate = (step - last_step) / (now - last_time)
       last_time, last_step = now, step
+      loss = float(np.mean(info["loss"]))
       writer.write(
         step,
         {
-          "meta_loss": float(np.mean(info["loss"])),
+          "meta_loss": loss,
           "grad_norm": float(np.mean(info["grad_norm"])),
           # Signal-to-noise of the ES estimate: far below 1 means sigma or
           # the particle count is off and updates are mostly noise.
@@ -583,15 +389,16 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
           "skipped_updates": float(np.sum(~info["applied"])),
           "inner_steps_per_sec": rate * inner_steps,
           "outer_steps_per_sec": rate,
+          "train_seconds": train_seconds,
         },
       )
       logging.info(
-        "step %d/%d: meta-loss %.4f, %.0f inner steps/s, ETA %.0f s",
+        "step %d/%d: meta-loss %.4f, %s inner steps/s, ETA %s",
         step,
         num_steps,
-        np.mean(info["loss"]),
-        rate * inner_steps,
-        (num_steps - step) / rate,
+        loss,
+        f"{rate * inner_steps:,.0f}",
+        console.duration((num_steps - step) / rate),
       )
     if stop:
       logging.warning(
@@ -604,7 +411,18 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
       break
     if eval_every and step // eval_every > previous // eval_every:
       meta_eval(step, run_state["theta"])
+      last_time = time.perf_counter()
   ckpt.wait_until_finished()
   ckpt.close()
   writer.close()
+  logging.info(
+    "Meta-trained to step %d of %d (%s of training). Checkpoints: %s; "
+    "metrics: %s; TensorBoard: tensorboard --logdir %s",
+    step,
+    num_steps,
+    console.duration(train_seconds),
+    ckpt_dir,
+    os.path.join(workdir, metrics.METRICS_FILE),
+    workdir,
+  )
   return run_state

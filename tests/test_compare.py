@@ -18,12 +18,21 @@ import numpy as np
 import pytest
 
 from configs import influence_balancing, lorenz, tiny
-from lopt import compare, export, metrics, outer
+from lopt import (
+  compare,
+  compare_lopt,
+  compare_toy,
+  experiment,
+  export,
+  metrics,
+  outer,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CURVE_KEYS = {
   "outer_steps",
   "steps",
+  "sequential_steps",
   "seconds",
   "meta_loss",
   "train_loss",
@@ -107,11 +116,11 @@ def test_toy_json_and_png_have_every_curve(tmp_path):
 def test_steps_are_the_estimators_own_count(label, name, unroll_length):
   """Cumulative steps equal the sum of info["steps"] of a plain run."""
   config = small_influence()
-  runner = compare.ToyRunner(config, label)
+  runner = compare_toy.ToyRunner(config, label, compare.settings(config, label))
   assert runner.settings["name"] == name
   assert runner.estimator.unroll_length == unroll_length
   run = runner.run(
-    5, compare.Budget(outer_steps=30), compare.make_evaluator(config)
+    5, compare.Budget(outer_steps=30), compare_toy.make_evaluator(config)
   )
   assert run["outer_steps"][-1] == 30
   _, history = outer.meta_train(
@@ -125,6 +134,10 @@ def test_steps_are_the_estimators_own_count(label, name, unroll_length):
   members = {"nres": 2, "tes": 3, "tbptt": 1}[name]
   assert run["steps_per_update"] == members * 8 * unroll_length
   assert run["burn_in_steps"] == 0  # lockstep particles: no burn-in
+  # Sequential steps: one update advances every particle W steps at once.
+  assert run["sequential_steps"] == [
+    n * unroll_length for n in run["outer_steps"]
+  ]
 
 
 def test_seconds_budget_and_unbiased_estimators_move_theta_right():
@@ -208,16 +221,46 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   assert run["workdir"] == str(tmp_path / "runs" / "nres" / "seed0")
   rows = metrics.read_metrics(run["workdir"])
   assert sum("outer_steps_per_sec" in r for r in rows) == 2
+  # Seconds are the run's own training clock, logged at every checkpoint.
+  logged = {r["step"]: r["train_seconds"] for r in rows if "train_seconds" in r}
+  assert run["seconds"][1:] == [logged[1], logged[2]]
+  assert run["sequential_steps"] == [0, 5, 10]
   _, _, saved_config = export.load_theta(run["workdir"])
   assert saved_config["config"]["estimator"]["name"] == "nres"
   assert saved_config["config"]["outer"]["num_steps"] == 2
-  # The step-0 point is the run's own evaluation; later points re-score
-  # checkpoints with the same function, so an unchanged theta would score
-  # the same.
-  initial = [r for r in rows if "eval/learned/mean_train_loss" in r]
-  assert run["meta_loss"][0] == pytest.approx(
-    initial[0]["eval/learned/mean_train_loss"]
+
+
+def test_learned_optimizer_runs_get_every_outer_setting():
+  """A label's schedule and clipping reach the run (they were once dropped)."""
+  config = tiny.get_config()
+  config.unlock()
+  config.overrides = {"pes_decayed": {"name": "pes", "decay_steps": 4}}
+  config.outer.decay_factor = 0.5
+  s = compare.settings(config, "pes_decayed")
+  cfg = compare_lopt.run_config(config, s, seed=3, num_steps=8, interval=2)
+  assert cfg.estimator.name == "pes" and cfg.seed == 3
+  assert (cfg.outer.decay_steps, cfg.outer.decay_factor) == (4, 0.5)
+  assert cfg.outer.clip == config.outer.clip > 0
+
+
+def test_outer_optimizer_clips_and_decays():
+  tx = experiment.make_outer_optimizer(
+    {
+      "optimizer": "sgd",
+      "learning_rate": 0.1,
+      "clip": 1.0,
+      "decay_steps": 2,
+      "decay_factor": 0.5,
+    }
   )
+  theta = {"w": jnp.ones(4)}
+  state = tx.init(theta)
+  norms = []
+  for _ in range(5):
+    updates, state = tx.update({"w": jnp.full(4, 1e6)}, state, theta)
+    norms.append(float(jnp.linalg.norm(updates["w"])))
+  # Clipped to norm 1, times lr 0.1 halved every 2 steps (staircase).
+  np.testing.assert_allclose(norms, [0.1, 0.1, 0.05, 0.05, 0.025], rtol=1e-5)
 
 
 def toy_config_names():
@@ -243,11 +286,11 @@ def test_every_toy_config_builds_its_estimators():
     for arg in (None, "paper"):
       config = module.get_config(arg)
       assert compare.is_toy(config) and config.kind == "toy"
-      system = compare.make_system(config)
+      system = experiment.make_system(config)
       for label in config.compare.estimators:
         s = compare.settings(config, label)
-        compare.make_estimator(system, s)
-        compare.make_outer_optimizer(s)
+        experiment.make_estimator(s, system)
+        experiment.make_outer_optimizer(s)
       compare.Budget(
         seconds=config.compare.get("budget_seconds", 0.0),
         steps=config.compare.get("budget_steps", 0.0),

@@ -17,7 +17,7 @@ import pytest
 
 import lopt
 from configs import tiny
-from lopt import evaluate, inner, optimizers, train
+from lopt import evaluate, experiment, inner, optimizers, train
 
 _NUM_SEEDS = 2
 _NUM_STEPS = 20
@@ -123,14 +123,14 @@ def test_format_table_shows_every_row(evaluated):
 
 def _train_models(config, tx):
   """Scores tx as a user would: inner.train_model on the held-out keys."""
-  data, dataset = train.load_data(config)
-  task = train.build(config, dataset).task
+  data, dataset = experiment.load_data(config)
+  task = experiment.build(config, dataset).task
 
   @jax.jit
   def run(data):
     return jax.vmap(
       lambda key: inner.train_model(task, tx, data, key, num_steps=_NUM_STEPS)
-    )(train.eval_keys(config))
+    )(experiment.eval_keys(config))
 
   result = jax.tree.map(np.asarray, run(data))
   return {

@@ -22,7 +22,7 @@ from flax import nnx
 import lopt
 from configs import tiny
 from lopt import data as data_lib
-from lopt import export, optimizers, tasks, train
+from lopt import experiment, export, optimizers, tasks, train
 
 # Batches come from numpy: eager jax.random calls of new shapes compile.
 _BATCH = 32
@@ -143,11 +143,11 @@ def test_loaded_optimizer_reproduces_the_logged_meta_evaluation(run):
     and "eval/learned/mean_train_loss" in r
   ]
   assert logged, "the run logged no final evaluation"
-  data, dataset = train.load_data(config)
-  exp = train.build(config, dataset)
+  data, dataset = experiment.load_data(config)
+  exp = experiment.build(config, dataset)
   tx = lopt.load_optimizer(workdir)
-  keys = train.eval_keys(config)
-  result = jax.jit(lambda d: train.evaluate_optimizer(exp, d, tx, keys))(data)
+  keys = experiment.eval_keys(config)
+  result = jax.jit(lambda d: experiment.evaluate_optimizer(exp, d, tx, keys))(data)
   np.testing.assert_allclose(
     np.mean(np.asarray(result["losses"])),
     logged[-1]["eval/learned/mean_train_loss"],

@@ -29,7 +29,7 @@ from test_sharding import (
 from test_train import committed_steps
 
 from configs import tiny
-from lopt import checkpoint, metrics, sharding, train
+from lopt import checkpoint, experiment, metrics, sharding, train
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +197,8 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   config = tiny.get_config()
   config.estimator.num_particles = 8
   config.task.data_dir = data_dir
-  data, dataset = train.load_data(config)
-  exp = train.build(config, dataset)
+  data, dataset = experiment.load_data(config)
+  exp = experiment.build(config, dataset)
   abstract = jax.eval_shape(lambda d: train.init_run_state(exp, d), data)
   with checkpoint.Checkpointer(
     workdir / "checkpoints", every_steps=1, keep=5

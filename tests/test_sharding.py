@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from configs import tiny, tpu_fashion_mnist8_nres
-from lopt import checkpoint, estimators, sharding, train
+from lopt import checkpoint, estimators, experiment, sharding, train
 from lopt import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,8 +338,8 @@ def test_particles_must_divide_the_devices():
   config = tiny.get_config()
   config.estimator.num_particles = 12
   with pytest.raises(ValueError, match=r"num_particles \(12\).*devices \(8\)"):
-    train.check_config(config, num_devices=8)
-  train.check_config(config, num_devices=4)
+    experiment.check_config(config, num_devices=8)
+  experiment.check_config(config, num_devices=4)
   with pytest.raises(ValueError, match=r"\(10\).*\(4\).*8 or 12"):
     sharding.check_divisible(10, 4)
 
@@ -372,8 +372,8 @@ def test_the_config_for_pod_slices_scales_the_particles():
   assert config.estimator.num_particles == 128
   assert (config.task.dataset, config.task.image_size) == ("fashion_mnist", 8)
   assert (config.estimator.name, config.estimator.unroll_length) == ("nres", 1)
-  train.check_config(config, num_devices=32)
-  train.check_config(config, num_devices=16)  # resumed on a smaller slice
+  experiment.check_config(config, num_devices=32)
+  experiment.check_config(config, num_devices=16)  # resumed on a smaller slice
   assert tpu.get_config().estimator.num_particles == 128  # 16 x 8
   with pytest.raises(ValueError, match="devices"):
     tpu.get_config("chips=4")
@@ -481,8 +481,8 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
   result = {"devices": jax.device_count()}
   if mode == "resume":
     mesh = sharding.make_mesh()
-    data, dataset = train.load_data(config, mesh)
-    exp = train.build(config, dataset, mesh)
+    data, dataset = experiment.load_data(config, mesh)
+    exp = experiment.build(config, dataset, mesh)
     _, _, abstract, shardings = train.sharded_functions(exp, data)
     with checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), every_steps=1, keep=10
@@ -503,8 +503,8 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
     # Compiling the step here also proves where XLA put the reduction; the
     # persistent cache hands train_and_evaluate the same executable.
     mesh = sharding.make_mesh()
-    data, dataset = train.load_data(config, mesh)
-    exp = train.build(config, dataset, mesh)
+    data, dataset = experiment.load_data(config, mesh)
+    exp = experiment.build(config, dataset, mesh)
     _, steps_fn, abstract, _ = train.sharded_functions(exp, data)
     hlo = steps_fn.lower(data, abstract).compile().as_text()
     result["all_reduce"] = "all-reduce" in hlo

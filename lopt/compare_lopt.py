@@ -1,0 +1,183 @@
+"""The learned-optimizer runner of `lopt.compare`: one estimator, one seed.
+
+Each (estimator, seed) runs `train.train_and_evaluate` in its own workdir
+with the label's estimator and outer settings, its seed, and a budget in
+outer steps; it checkpoints theta every interval and evaluates nothing in
+the loop. Afterwards every checkpointed theta is scored, outside the timed
+region, with the same function as the run's own evaluation
+(`eval/learned/mean_train_loss`: fresh models trained for T steps on the
+held-out eval seeds, mean training loss). Wall-clock is the run's own
+`train_seconds` (its dispatches and checkpoint saves, not compilation or
+evaluation), which `lopt.train` logs at every log point; the compare config
+logs at every checkpoint. A finished run of the same config already in the
+workdir is reused, not rerun.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lopt import (
+  checkpoint,
+  experiment,
+  export,
+  jsonio,
+  metrics,
+  optimizers,
+  train,
+)
+
+if TYPE_CHECKING:
+  from lopt.compare import Budget
+
+
+def run_config(
+  config: ml_collections.ConfigDict,
+  settings: Mapping[str, Any],
+  seed: int,
+  num_steps: int,
+  interval: int,
+) -> ml_collections.ConfigDict:
+  """The `train_and_evaluate` config of one (estimator, seed) run."""
+  cfg = copy.deepcopy(config)
+  cfg.unlock()
+  for k in experiment.ESTIMATOR_FIELDS:
+    if k in settings:
+      cfg.estimator[k] = settings[k]
+  for k in experiment.OUTER_FIELDS:
+    if k in settings:
+      cfg.outer[k] = settings[k]
+  cfg.seed = int(seed)
+  cfg.outer.num_steps = num_steps
+  cfg.checkpoint.every_steps = interval
+  cfg.checkpoint.keep = num_steps // interval + 2
+  cfg.log.every_steps = interval
+  cfg.eval.every_steps = 0  # every checkpoint is evaluated afterwards
+  for k in ("overrides", "compare"):
+    if k in cfg:
+      del cfg[k]
+  return cfg
+
+
+def _budget_steps(
+  config, per_update: int, budget: Budget, num_points: int
+) -> tuple[int, int]:
+  """(outer steps, checkpoint interval), multiples of steps_per_dispatch."""
+  if budget.seconds:
+    raise ValueError(
+      "--budget_seconds needs a toy-system config; for learned optimizers "
+      "use --budget_outer_steps or --budget_steps."
+    )
+  dispatch = config.outer.steps_per_dispatch
+  outer_steps = budget.outer_steps or math.ceil(budget.steps / per_update)
+  if budget.outer_steps and budget.steps:
+    outer_steps = min(outer_steps, math.ceil(budget.steps / per_update))
+  outer_steps = dispatch * max(1, math.ceil(outer_steps / dispatch))
+  every = int(config.get("compare", {}).get("eval_every_outer_steps", 0))
+  if not every:
+    every = math.ceil(outer_steps / num_points)
+  interval = dispatch * max(1, round(every / dispatch))
+  return outer_steps, min(interval, outer_steps)
+
+
+def _is_finished(ckpt_dir: str, cfg, num_steps: int) -> bool:
+  """Whether `ckpt_dir` holds the finished run of exactly this config."""
+  if not os.path.isdir(ckpt_dir):
+    return False
+  try:
+    meta, saved = checkpoint.load_meta(ckpt_dir)
+  except (FileNotFoundError, ValueError, KeyError):
+    return False
+  return int(np.asarray(meta["step"])) == num_steps and saved.get(
+    "config"
+  ) == json.loads(cfg.to_json())
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  settings: Mapping[str, Any],
+  seed: int,
+  budget: Budget,
+  workdir: str,
+) -> dict[str, Any]:
+  """Meta-trains a learned optimizer with one estimator; returns its curve.
+
+  Args:
+    config: a learned-optimizer config.
+    settings: the label's estimator and outer settings
+      (`lopt.compare.settings`).
+    seed: the run's seed.
+    budget: outer steps or total inner steps (not seconds).
+    workdir: the run's workdir; a finished run of the same config there is
+      reused.
+
+  Returns:
+    The curve: per checkpoint `outer_steps`, `steps` (total inner steps),
+    `sequential_steps`, `seconds` (`train_seconds`), `meta_loss`,
+    `train_loss`, `grad_snr`; and `seed`, `workdir`, `burn_in_steps`,
+    `steps_per_update`.
+  """
+  num_points = int(config.get("compare", {}).get("num_points", 10))
+  # The budget, the data and the scoring do not depend on the run's length.
+  cfg = run_config(config, settings, seed, 1, 1)
+  data, dataset = experiment.load_data(cfg)
+  exp = experiment.build(cfg, dataset)
+  est = exp.estimator(data)
+  per_update = est.steps_per_estimate
+  num_steps, interval = _budget_steps(config, per_update, budget, num_points)
+  cfg = run_config(config, settings, seed, num_steps, interval)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if _is_finished(ckpt_dir, cfg, num_steps):
+    logging.info("Reusing the finished run in %s", workdir)
+  else:
+    shutil.rmtree(workdir, ignore_errors=True)
+    train.train_and_evaluate(cfg, workdir)
+  logged = {}
+  for row in metrics.read_metrics(workdir):
+    if "train_seconds" in row:  # a resumed run repeats steps: keep the last
+      logged[row["step"]] = row
+  logged[0] = {"train_seconds": 0.0}
+
+  # Every checkpointed theta (and the initial one), scored like the run's
+  # own evaluation.
+  keys = experiment.eval_keys(cfg)
+
+  @jax.jit
+  def score(data, theta):
+    tx = optimizers.learned_optimizer(theta, exp.lopt, cfg.inner.horizon)
+    losses = experiment.evaluate_optimizer(exp, data, tx, keys)["losses"]
+    return jnp.mean(losses)
+
+  with checkpoint.Checkpointer(
+    ckpt_dir, every_steps=1, keep=cfg.checkpoint.keep
+  ) as ckpt:
+    steps = [s for s in ckpt.all_steps() if s in logged]
+  points = [(0, float(score(data, train.initial_theta(exp))))]
+  for step in steps:
+    theta, _, _ = export.load_theta(workdir, step)
+    points.append((step, float(score(data, theta))))
+  return {
+    "seed": seed,
+    "workdir": workdir,
+    "outer_steps": [s for s, _ in points],
+    "steps": [s * per_update for s, _ in points],
+    "sequential_steps": [s * est.unroll_length for s, _ in points],
+    "seconds": [float(logged[s]["train_seconds"]) for s, _ in points],
+    "meta_loss": [jsonio.finite_or_none(loss) for _, loss in points],
+    "train_loss": [logged[s].get("meta_loss") for s, _ in points],
+    "grad_snr": [logged[s].get("grad_snr") for s, _ in points],
+    "burn_in_steps": est.burn_in_steps,
+    "steps_per_update": per_update,
+  }
