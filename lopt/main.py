@@ -49,6 +49,12 @@ def define_flags() -> dict[str, flags.FlagHolder]:
     "process_id": flags.DEFINE_integer(
       "process_id", None, "This process's index, with --distributed."
     ),
+    "allow_config_change": flags.DEFINE_bool(
+      "allow_config_change",
+      False,
+      "Resume a workdir under a config that changes what is computed "
+      "(refused otherwise); the change is logged and noted in metrics.jsonl.",
+    ),
   }
 
 
@@ -64,7 +70,9 @@ def main(f: dict) -> None:
   if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
     # N copies of every progress line help no one; problems still show.
     logging.set_verbosity(logging.WARNING)
-  train.train_and_evaluate(f["config"], f["workdir"])
+  train.train_and_evaluate(
+    f["config"], f["workdir"], allow_config_change=f["allow_config_change"]
+  )
 
 
 if __name__ == "__main__":

@@ -169,7 +169,10 @@ class _SigtermFlag:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
 ) -> dict[str, Any]:
   """Meta-trains a learned optimizer; resumes from workdir's checkpoints.
 
@@ -183,15 +186,24 @@ def train_and_evaluate(
     workdir: where checkpoints, metrics.jsonl and TensorBoard events go.
       Running again on the same workdir resumes from the newest complete
       checkpoint, on any number of devices that divides the particle count.
+      The config must then be the checkpoint's, but for the fields of
+      `experiment.RESUMABLE_FIELDS` (`num_steps`, cadences, ...).
+    allow_config_change: resume even under a config that changes what is
+      computed (`experiment.check_resume`); the changes are logged and
+      counted in metrics.jsonl (`config_changes`) at the resumed step.
 
   Returns:
     The final run state (its arrays may span several processes; read them
     with `lopt.sharding.to_host`).
+
+  Raises:
+    experiment.ConfigError: an invalid config, or one that the workdir's
+      checkpoint cannot be resumed under.
   """
   # Installed first, so that a SIGTERM during start-up (data, compilation)
   # also ends in a checkpoint at the first step boundary.
   with _SigtermFlag() as sigterm:
-    return _train_and_evaluate(config, workdir, sigterm)
+    return _train_and_evaluate(config, workdir, sigterm, allow_config_change)
 
 
 def _describe(exp: Experiment, dataset, mesh) -> None:
@@ -243,7 +255,52 @@ def _resumed_train_seconds(workdir: str, step: int) -> float:
   return seconds
 
 
-def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
+def _resume(ckpt, writer, step, config, abstract, allow_config_change):
+  """Restores the checkpoint of `step` if `config` may continue it.
+
+  Raises:
+    experiment.ConfigError: the config changes what is computed (unless
+      `allow_config_change`), or the checkpoint's run state cannot fit it.
+  """
+  # Before anything is read: a changed config would continue this run's
+  # state under other settings.
+  where = f"the checkpoint of step {step} in {ckpt.directory}"
+  changes = experiment.check_resume(
+    ckpt.restore_config(step),
+    config,
+    allow_changes=allow_config_change,
+    where=where,
+  )
+  overridden = [c for c in changes if not c.resumable]
+  for change in changes:
+    if change.resumable:
+      logging.info("Resuming with a changed %s.", change)
+  if overridden:
+    logging.warning(
+      "Resuming %s under a config that changes what is computed "
+      "(--allow_config_change): %s",
+      where,
+      "; ".join(map(str, overridden)),
+    )
+  try:
+    run_state = ckpt.restore(step, abstract)
+  except ValueError as e:
+    if not overridden:
+      raise
+    # The changed fields size the run state (particles, architecture,
+    # estimator): no override can continue the old state under them.
+    raise experiment.ConfigError(
+      f"{e}. The run state of {where} cannot continue under the changed "
+      f"{', '.join(c.field for c in overridden)}: use a new workdir."
+    ) from None
+  if overridden:
+    writer.write(step, {"config_changes": len(overridden)})
+  return run_state
+
+
+def _train_and_evaluate(
+  config, workdir, sigterm: _SigtermFlag, allow_config_change: bool = False
+):
   """`train_and_evaluate`, with SIGTERM already turned into `sigterm`."""
   mesh = sharding.make_mesh()
   experiment.check_config(config, mesh.size)
@@ -295,7 +352,14 @@ def _train_and_evaluate(config, workdir, sigterm: _SigtermFlag):
     # The targets carry this run's shardings, whatever the device count of
     # the run that wrote the checkpoint: that is the elastic resume.
     abstract = checkpoint.abstract_like(abstract_state, state_shardings)
-    run_state = ckpt.restore(latest, abstract)
+    try:
+      run_state = _resume(
+        ckpt, writer, latest, config, abstract, allow_config_change
+      )
+    except experiment.ConfigError:
+      ckpt.close()
+      writer.close()
+      raise
     train_seconds = _resumed_train_seconds(workdir, latest)
     logging.info(
       "Resuming from the checkpoint of step %d in %s.", latest, ckpt_dir
