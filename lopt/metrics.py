@@ -1,15 +1,17 @@
-"""Process-0 metric writer: JSON lines always, TensorBoard when installed.
+"""Process-0 metric writer: JSON lines and TensorBoard events.
 
 `MetricWriter(workdir)` appends one JSON object per logged step to
 `workdir/metrics.jsonl` (the big_vision convention: greppable, and readable
 with nothing but the standard library; see `read_metrics`) and writes the same
-scalars as TensorBoard events under `workdir/tensorboard/`.
+scalars as TensorBoard events under `workdir/tensorboard/` with tensorboardX,
+a maintained event writer that needs neither TensorFlow nor PyTorch.
+(`tensorboard`'s own writer and `flax.metrics.tensorboard` go through
+`tensorboard.compat.tf`, which imports TensorFlow whenever it is installed;
+clu's writers use `flax.metrics.tensorboard`.)
 
-The events are written with the `tensorboard` package's own record writer and
-protos, never with TensorFlow: `tensorboard`'s `EventFileWriter` goes through
-`tensorboard.compat.tf`, which imports TensorFlow whenever it is installed
-(seconds of start-up and a second ML runtime in the process). Without the
-`tensorboard` package only the JSON lines are written.
+metrics.jsonl is flushed at every write, so a killed run loses nothing
+written there. tensorboardX writes events from a background thread and
+flushes them within `TENSORBOARD_FLUSH_SECS` and at `close()`.
 
 Only one process of a multi-host run should write; by default that is
 process 0, and the writer is a no-op everywhere else.
@@ -17,13 +19,12 @@ process 0, and the writer is a no-op everywhere else.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import socket
-import time
 from collections.abc import Mapping
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import jax
 import numpy as np
@@ -31,9 +32,15 @@ from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# How stale the TensorBoard events may get; metrics.jsonl is never stale.
+TENSORBOARD_FLUSH_SECS = 5
+
+# tensorboardX names event files by the second and the host only: the pid and
+# a counter keep two writers of one second (a quick restart, a test) apart.
+_writer_ids = itertools.count()
 
 
-def _open(path: str, mode: str) -> TextIO | BinaryIO:
+def _open(path: str, mode: str) -> TextIO:
   if "://" in path:
     # gs://... workdirs on TPU pods. etils comes with orbax; note that object
     # stores may not support appending to an existing metrics.jsonl.
@@ -77,95 +84,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-class _EventWriter:
-  """Writes TensorBoard event files without TensorFlow."""
-
-  def __init__(self, logdir: str):
-    # Imported here so that lopt works without the `tensorboard` package.
-    # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import (
-      event_pb2,
-      summary_pb2,
-      tensor_pb2,
-      tensor_shape_pb2,
-      types_pb2,
-    )
-    from tensorboard.summary.writer.record_writer import RecordWriter
-    # pylint: enable=g-import-not-at-top
-
-    self._event_pb2 = event_pb2
-    self._summary_pb2 = summary_pb2
-    self._tensor_pb2 = tensor_pb2
-    self._tensor_shape_pb2 = tensor_shape_pb2
-    self._types_pb2 = types_pb2
-    if "://" not in logdir:
-      os.makedirs(logdir, exist_ok=True)
-    # TensorBoard reads every file with 'tfevents' in its name; time, host and
-    # pid keep a restarted run from overwriting the events of the earlier one.
-    name = (
-      f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"
-      f".{os.getpid()}"
-    )
-    self.path = _join(logdir, name)
-    self._file = _open(self.path, "wb")
-    self._records = RecordWriter(self._file)
-    self._write(self._event_pb2.Event(file_version="brain.Event:2"))
-
-  def _write(self, event) -> None:
-    event.wall_time = time.time()
-    self._records.write(event.SerializeToString())
-    self._records.flush()
-
-  def _summary(self, step: int, values: list[Any]) -> None:
-    summary = self._summary_pb2.Summary(value=values)
-    self._write(self._event_pb2.Event(step=step, summary=summary))
-
-  def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    self._summary(
-      step,
-      [
-        self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
-        for tag, value in scalars.items()
-      ],
-    )
-
-  def text(self, step: int, tag: str, text: str) -> None:
-    # The layout of the text plugin: a scalar string tensor with plugin data.
-    metadata = self._summary_pb2.SummaryMetadata(
-      plugin_data=self._summary_pb2.SummaryMetadata.PluginData(
-        plugin_name="text"
-      )
-    )
-    tensor = self._tensor_pb2.TensorProto(
-      dtype=self._types_pb2.DT_STRING,
-      string_val=[text.encode("utf-8")],
-      tensor_shape=self._tensor_shape_pb2.TensorShapeProto(),
-    )
-    self._summary(
-      step,
-      [
-        self._summary_pb2.Summary.Value(
-          tag=tag, metadata=metadata, tensor=tensor
-        )
-      ],
-    )
-
-  def hparams(self, hparams: Mapping[str, Any]) -> None:
-    # pylint: disable-next=g-import-not-at-top
-    from tensorboard.plugins.hparams import summary_v2
-
-    summary = summary_v2.hparams_pb(dict(hparams))
-    self._write(self._event_pb2.Event(step=0, summary=summary))
-
-  def close(self) -> None:
-    self._records.close()
-
-
 class MetricWriter:
   """Writes scalar metrics to `metrics.jsonl` and TensorBoard.
 
-  Use as a context manager, or call `close()`. Every write is flushed, so a
-  preempted run loses nothing that was written.
+  Use as a context manager, or call `close()`.
   """
 
   def __init__(
@@ -182,7 +104,7 @@ class MetricWriter:
     self.workdir = os.fspath(workdir)
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
-    self._events = None
+    self._tensorboard = None
     if not self.enabled:
       return
     if "://" not in self.workdir:
@@ -194,17 +116,18 @@ class MetricWriter:
       # The previous run was killed mid-line; keep our first line separate.
       self._jsonl.write("\n")
     try:
-      self._events = _EventWriter(_join(self.workdir, TENSORBOARD_DIR))
-    except ImportError:
-      logging.warning(
-        "The tensorboard package is not installed: writing %s only.",
-        METRICS_FILE,
-      )
+      # Imported here: processes that do not write never pay for it.
+      import tensorboardX  # pylint: disable=g-import-not-at-top
 
-  @property
-  def event_file(self) -> str | None:
-    """The TensorBoard event file being written, if any."""
-    return self._events.path if self._events else None
+      self._tensorboard = tensorboardX.SummaryWriter(
+        _join(self.workdir, TENSORBOARD_DIR),
+        flush_secs=TENSORBOARD_FLUSH_SECS,
+        filename_suffix=f".{os.getpid()}.{next(_writer_ids)}",
+      )
+    except ImportError as e:
+      # No tensorboardX, or a gs:// workdir without google-cloud-storage
+      # (tensorboardX's GCS writer needs it).
+      logging.warning("No TensorBoard events (%s); writing %s only.", e, path)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes scalar metrics of one step.
@@ -222,29 +145,22 @@ class MetricWriter:
     scalars = {name: _to_float(name, value) for name, value in metrics.items()}
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
-    if self._events:
-      self._events.scalars(int(step), scalars)
-
-  def write_text(self, step: int, tag: str, text: str) -> None:
-    """Writes a (markdown) text note to TensorBoard's text tab.
-
-    Args:
-      step: the outer step.
-      tag: the name of the note, e.g. 'config'.
-      text: the note; markdown is rendered.
-    """
-    if self.enabled and self._events:
-      self._events.text(int(step), tag, text)
+    if self._tensorboard:
+      for name, value in scalars.items():
+        self._tensorboard.add_scalar(name, value, int(step))
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """Writes hyperparameters to TensorBoard's hparams tab.
 
+    Call it once, at the start of a fresh run. The hparams plugin then shows
+    them next to this run's scalars (it finds the metrics by itself).
+
     Args:
-      hparams: e.g. the config as a dict; nested dicts are flattened to
-        'a.b' names and values other than bool, int, float and str are
-        written as their JSON text.
+      hparams: e.g. the config (a ConfigDict or a dict); nested dicts are
+        flattened to 'a.b' names, and values other than bool, int, float and
+        str are written as their JSON text.
     """
-    if not (self.enabled and self._events):
+    if not (self.enabled and self._tensorboard):
       return
     if hasattr(hparams, "to_dict"):  # ml_collections.ConfigDict
       hparams = hparams.to_dict()
@@ -257,19 +173,21 @@ class MetricWriter:
       if not isinstance(value, (bool, int, float, str)):
         value = json.dumps(value, default=str)
       flat[name] = value
-    self._events.hparams(flat)
+    # Only the session-start summary, in this run's own event file:
+    # `SummaryWriter.add_hparams` would write a separate run in a
+    # sub-directory, with the metrics we pass it and a session end (success)
+    # before the run has started.
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
 
-  def flush(self) -> None:
-    """Flushes; every write already does, so this is rarely needed."""
-    if self._jsonl:
-      self._jsonl.flush()
+    _, session_start, _ = summary.hparams(flat, {})
+    self._tensorboard.file_writer.add_summary(session_start, global_step=0)
 
   def close(self) -> None:
-    """Closes the files; later writes raise."""
+    """Flushes and closes the files; later writes raise."""
     if self._jsonl:
       self._jsonl.close()
-    if self._events:
-      self._events.close()
+    if self._tensorboard:
+      self._tensorboard.close()
 
   def __enter__(self) -> MetricWriter:
     return self

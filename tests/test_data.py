@@ -2,9 +2,11 @@
 
 The digits builder is prepared for real into a temporary data_dir. For the
 path real datasets take (prepared elsewhere, read with download=False), the
-tests define two tiny tfds builders, prepare them on disk, and load them by
-the `tfds:` prefix. Everything prepared is shared per module: TensorFlow's
-import alone takes several seconds on a small machine.
+tests define two tiny tfds builders, prepare them on disk in tfds's default
+tfrecord format (read through TensorFlow) and in array_record (read without
+it), and load them by the `tfds:` prefix. Everything prepared is shared per
+module: preparing image datasets starts TensorFlow, several seconds on a
+small machine.
 """
 
 import os
@@ -16,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from lopt import data
@@ -93,20 +96,39 @@ def digits_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-  """A data_dir holding the two prepared test datasets."""
+  """A data_dir holding the two test datasets, prepared as tfrecord."""
   data_dir = str(tmp_path_factory.mktemp("tfds_tiny"))
   for cls in (LoptTestTinyGray, LoptTestTinyRgb):
     cls(data_dir=data_dir).download_and_prepare()
   return data_dir
 
 
+@pytest.fixture(scope="module")
+def tiny_array_record_dir(tmp_path_factory):
+  """A data_dir holding the gray test dataset, prepared as array_record."""
+  data_dir = str(tmp_path_factory.mktemp("tfds_tiny_ar"))
+  LoptTestTinyGray(data_dir=data_dir).download_and_prepare(
+    file_format="array_record"
+  )
+  return data_dir
+
+
 def _raw(name, data_dir, split):
-  """A split read straight through tfds.load, bypassing lopt."""
+  """A tfrecord split read straight through tfds.load, bypassing lopt."""
   return tfds.as_numpy(
     tfds.load(
       name, split=split, data_dir=data_dir, batch_size=-1, download=False
     )
   )
+
+
+def _raw_source(name, data_dir, split):
+  """A random-access split read through tfds.data_source, bypassing lopt."""
+  source = tfds.data_source(
+    name, split=split, data_dir=data_dir, download=False
+  )
+  examples = [source[i] for i in range(len(source))]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def test_digits_rows_match_sklearn(digits_dir):
@@ -127,19 +149,22 @@ def test_digits_rows_match_sklearn(digits_dir):
 
 def test_digits_is_a_plain_tfds_dataset(digits_dir):
   ds = data.load_dataset("digits", data_dir=digits_dir)
-  train = _raw("digits", digits_dir, "train")
+  builder = tfds.builder("digits", data_dir=digits_dir)
+  assert builder.info.file_format.value == "array_record"
+  train = _raw_source("digits", digits_dir, "train")
   assert train["image"].shape == (1500, 8, 8, 1)
   np.testing.assert_array_equal(
     train["image"], np.concatenate([ds.train.images, ds.validation.images])
   )
   # The carve-out is tfds's own percent slicing of train.
-  held_out = _raw("digits", digits_dir, "train[80%:]")
+  held_out = _raw_source("digits", digits_dir, "train[80%:]")
   np.testing.assert_array_equal(held_out["image"], ds.validation.images)
   np.testing.assert_array_equal(held_out["label"], ds.validation.labels)
 
 
 def test_digits_second_load_reuses_prepared_data(digits_dir):
-  info_file = os.path.join(digits_dir, "digits", "1.0.0", "dataset_info.json")
+  version = str(data.Digits.VERSION)
+  info_file = os.path.join(digits_dir, "digits", version, "dataset_info.json")
   mtime = os.path.getmtime(info_file)
   start = time.perf_counter()
   ds = data.load_dataset("digits", data_dir=digits_dir, image_size=4)
@@ -180,6 +205,24 @@ def test_tfds_dataset_resized_and_carved(tiny_dir):
   np.testing.assert_array_equal(native.train.images * 255, raw["image"])
 
 
+def test_array_record_reads_like_tfrecord(tiny_dir, tiny_array_record_dir):
+  # The same examples, stored in the two formats: the TensorFlow-free reader
+  # (as_data_source, PIL decoding) gives exactly what tf.data gives.
+  name = "tfds:lopt_test_tiny_gray"
+  for image_size in (0, 8):
+    via_tf = data.load_dataset(name, data_dir=tiny_dir, image_size=image_size)
+    via_ar = data.load_dataset(
+      name, data_dir=tiny_array_record_dir, image_size=image_size
+    )
+    for a, b in zip(
+      (via_tf.train, via_tf.validation, via_tf.test),
+      (via_ar.train, via_ar.validation, via_ar.test),
+    ):
+      np.testing.assert_array_equal(a.images, b.images)
+      np.testing.assert_array_equal(a.labels, b.labels)
+      assert b.images.dtype == np.float32 and b.labels.dtype == np.int32
+
+
 def test_tfds_dataset_with_its_own_validation_split(tiny_dir):
   ds = data.load_dataset(
     "tfds:lopt_test_tiny_rgb", data_dir=tiny_dir, validation_fraction=0.5
@@ -194,7 +237,11 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
     data.load_dataset("fashion_mnist", data_dir=tmp_path)
   message = str(err.value)
   assert isinstance(err.value, ValueError)
-  for part in ("fashion_mnist", str(tmp_path), "download_and_prepare"):
+  for part in (
+    "fashion_mnist",
+    str(tmp_path),
+    "download_and_prepare(file_format='array_record')",
+  ):
     assert part in message
   assert "--config.task.dataset=digits" in message
 
@@ -215,19 +262,81 @@ def test_bad_arguments(tmp_path):
     data.load_dataset("digits", data_dir=tmp_path, validation_fraction=1.0)
 
 
-@pytest.mark.parametrize("antialias", [True, False])
-@pytest.mark.parametrize(
-  "shape", [(28, 28, 8, 8), (8, 8, 20, 20), (9, 6, 4, 5)]
-)
-def test_resize_matches_jax(shape, antialias):
-  in_h, in_w, out_h, out_w = shape
-  x = np.random.default_rng(0).random((3, in_h, in_w, 2), dtype=np.float32)
-  got = data.resize_images(x, (out_h, out_w), antialias=antialias)
-  want = jax.image.resize(
-    x, (3, out_h, out_w, 2), "linear", antialias=antialias
+def _resize_matrix(in_size, out_size, antialias):
+  """The (out_size, in_size) matrix resize_images applies along one axis."""
+  # Each input pixel's impulse response is one column of the matrix.
+  eye = np.eye(in_size, dtype=np.float32)[:, :, None, None]
+  out = data.resize_images(eye, (out_size, 1), antialias=antialias)
+  return out[:, :, 0, 0].T
+
+
+def test_resize_is_a_normalised_triangle_filter():
+  # Halving 4 pixels, half-pixel centres: output pixel 0 is centred at input
+  # 0.5. Plain bilinear averages its two neighbours; antialiased, the
+  # triangle is twice as wide, weights (1 - d/2) at distances 0.5, 0.5, 1.5
+  # = 3/4, 3/4, 1/4, normalised to sum to one.
+  np.testing.assert_allclose(
+    _resize_matrix(4, 2, antialias=False),
+    [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]],
+    atol=1e-6,
   )
-  assert got.dtype == np.float32
-  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_allclose(
+    _resize_matrix(4, 2, antialias=True),
+    np.array([[3, 3, 1, 0], [0, 1, 3, 3]]) / 7,
+    atol=1e-6,
+  )
+  # Enlarging is interpolation either way: 2 -> 4 puts outputs at input
+  # coordinates -0.25, 0.25, 0.75, 1.25 (clamped at the edges).
+  for antialias in (True, False):
+    np.testing.assert_allclose(
+      _resize_matrix(2, 4, antialias=antialias),
+      [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]],
+      atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+  "shape", [(28, 28, 8, 8), (8, 8, 20, 20), (9, 6, 4, 5), (12, 12, 7, 3)]
+)
+def test_resize_matches_pil_bilinear(shape):
+  # PIL's BILINEAR resize is an independent implementation of the same
+  # filter: a triangle widened by the shrink factor, half-pixel centres.
+  in_h, in_w, out_h, out_w = shape
+  x = np.random.default_rng(0).random((2, in_h, in_w, 1), dtype=np.float32)
+  got = data.resize_images(x, (out_h, out_w))
+  assert got.shape == (2, out_h, out_w, 1) and got.dtype == np.float32
+  for image, resized in zip(x[..., 0], got[..., 0]):
+    want = Image.fromarray(image).resize(
+      (out_w, out_h), Image.Resampling.BILINEAR
+    )
+    np.testing.assert_allclose(resized, np.asarray(want), atol=1e-6)
+
+
+def test_resize_antialias_removes_aliasing():
+  # A one-pixel checkerboard has no frequency an 8x8 image can hold: shrunk
+  # from 28x28 with antialiasing it becomes its mean, flat grey; sampled
+  # without, it aliases into a pattern of 0.375 and 0.625.
+  checker = np.indices((28, 28)).sum(0) % 2
+  x = np.stack([checker, 1 - checker]).astype(np.float32)[..., None]
+  smooth = data.resize_images(x, (8, 8))
+  np.testing.assert_allclose(smooth, 0.5, atol=0.005)
+  aliased = data.resize_images(x, (8, 8), antialias=False)
+  assert aliased.std() > 0.1
+  np.testing.assert_allclose(np.unique(aliased.round(6)), [0.375, 0.625])
+
+
+def test_resize_keeps_constants_range_and_native_size():
+  x = np.full((3, 28, 28, 2), 0.3, np.float32)
+  for size in ((8, 8), (40, 13)):
+    np.testing.assert_allclose(data.resize_images(x, size), 0.3, atol=1e-6)
+  # Outputs are convex combinations, clipped to [0, 1] against rounding.
+  extremes = np.random.default_rng(2).integers(0, 2, (4, 9, 7, 1))
+  out = data.resize_images(extremes.astype(np.float32), (4, 5))
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  native = np.random.default_rng(1).random((2, 5, 5, 1))
+  same = data.resize_images(native, (5, 5))
+  assert same.dtype == np.float32
+  np.testing.assert_array_equal(same, native.astype(np.float32))
 
 
 def test_default_data_dir(monkeypatch):
@@ -240,3 +349,26 @@ def test_default_data_dir(monkeypatch):
 def test_import_does_not_load_tensorflow():
   code = "import sys, lopt.data; assert 'tensorflow' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_digits_and_array_record_load_without_tensorflow(
+  tmp_path, tiny_array_record_dir
+):
+  # In a fresh interpreter (this one has imported TensorFlow for the tfrecord
+  # tests): prepare and load digits, and load an array_record dataset whose
+  # builder that interpreter does not know (tfds reads it from its files).
+  code = f"""
+import sys
+from lopt import data
+digits = data.load_dataset("digits", data_dir={str(tmp_path)!r}, image_size=4)
+assert digits.train.images.shape == (1200, 4, 4, 1)
+tiny = data.load_dataset(
+  "tfds:lopt_test_tiny_gray", data_dir={tiny_array_record_dir!r}
+)
+assert tiny.train.images.shape == (40, 28, 28, 1)
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+"""
+  result = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
