@@ -9,19 +9,22 @@ axis is named `particles`, spans every device of every process:
   dataset are replicated, `P()`.
 
 The outer step is one `jax.jit` with these shardings on its inputs and
-outputs. Inside it, the per-particle work runs under `jax.shard_map`
-(`shard_particles`): every device `vmap`s the estimator's `_window` over its
-local particles, which is exactly what `Estimator._run` does over all of
-them. What the estimator computes from the per-particle results (the
-masked mean of the gradient sums, the loss, the variance diagnostics) is
-left as ordinary jit code on `P('particles')`-sharded arrays, so XLA inserts
-the cross-device reductions (one |theta|-sized all-reduce of the gradient
-sums, plus scalars). We chose this split over a `pmean` inside the
-shard_map because the estimators' means have data-dependent denominators
-(non-finite steps are masked out of numerator and denominator alike) and
-return an info dict; re-deriving each estimator's reduction per device
-would duplicate that logic, while the split reuses it unchanged for every
-estimator, TBPTT's backward pass through the shard_map included.
+outputs. Inside it, the per-particle work runs under `jax.shard_map`: an
+estimator's `particle_map` hook (see `lopt.estimators.base.Estimator`)
+decides how its per-particle window runs over the particles, and
+`shard_particles` builds the estimator with one that runs, on every device,
+the plain `vmap` of the window over that device's particles. What the
+estimator computes from the per-particle results (the masked mean of the
+gradient sums, the loss, the variance diagnostics) is left as ordinary jit
+code on `P('particles')`-sharded arrays, so XLA inserts the cross-device
+reductions (one |theta|-sized all-reduce of the gradient sums, plus
+scalars). We chose this split over a `pmean` inside the shard_map because
+the estimators' means have data-dependent denominators (non-finite steps
+are masked out of numerator and denominator alike) and return an info
+dict; re-deriving each estimator's reduction per device would duplicate
+that logic, while the split reuses it unchanged for every estimator (every
+window returns the same per-particle sums; TBPTT's backward pass runs
+inside its window, so on the device that holds the particle).
 
 Why shard_map for the per-particle part, rather than plain jit with
 shardings: each particle samples its minibatches by indexing the
@@ -52,7 +55,6 @@ dataset, which `put_replicated` places from numpy (`jax.device_put` of a
 host with `to_host`, which works when arrays are not fully addressable.
 """
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -139,21 +141,25 @@ def shard_particles(
 ):
   """Builds an estimator whose particles run under `shard_map` over `mesh`.
 
-  `Estimator._run` is the one place where an estimator maps over its
-  particles (`init`'s burn-in, `estimate`, TBPTT's differentiated window all
-  go through it). The returned estimator's `_run` splits the step key into
-  the same N per-particle keys as the original, then runs `vmap(_window)`
-  over each device's N / D particles inside `jax.shard_map`. Its outputs
-  stay sharded on the particle axis; the estimator's own reductions over
-  them then become cross-device reductions in the surrounding jit.
+  The estimator is `build_estimator(data)` with a `particle_map` (the hook
+  through which `init`'s burn-in, `estimate` and `particle_estimates` run
+  the per-particle window) that runs each device's N / D particles inside
+  `jax.shard_map`. The per-particle keys are the N keys the estimator
+  splits from the call's key before any particle_map, sliced per device, so
+  no draw depends on the number of devices. The outputs stay sharded on the
+  particle axis; the estimator's own reductions over them then become
+  cross-device reductions in the surrounding jit.
 
   Args:
     build_estimator: `data -> Estimator`, e.g. building the system around the
       dataset arrays. It is called once with `data` and, inside the
-      shard_map, once more with each device's view of it: arrays that the
-      system merely closed over would carry the global mesh into the
-      per-device code, where jit rejects them, so they go in as explicit
-      replicated operands instead.
+      shard_map, once more with each device's view of it, whose estimator
+      then maps the device's particles with its own particle_map (the plain
+      vmap by default): arrays that the system merely closed over would
+      carry the global mesh into the per-device code, where jit rejects
+      them, so they go in as explicit replicated operands instead, and the
+      window handed to the particle_map (which closes over the global
+      `data`) is not used.
     data: the pytree of arrays the estimator is built from (replicated).
     mesh: the particle mesh; its size must divide the number of particles.
 
@@ -163,27 +169,22 @@ def shard_particles(
   """
   estimator = build_estimator(data)
   check_divisible(estimator.num_particles, mesh.shape[AXIS])
-  sharded = copy.copy(estimator)
   spec = P(AXIS)
 
-  def run(theta, state, key, num_steps: int):
-    # The same keys as Estimator._run: split globally, then sliced per
-    # device, so no draw depends on the number of devices.
-    keys = jax.random.split(key, estimator.num_particles)
+  def particle_map(window, theta, state, keys, num_steps: int):
+    del window  # closes over the global `data`; rebuilt per device below
 
     def local(theta, state, keys, data):
-      window = build_estimator(data)._window  # pylint: disable=protected-access
-      return jax.vmap(window, in_axes=(None, 0, 0, None))(
-        theta, state, keys, num_steps
-      )
+      return build_estimator(data).map_particles(theta, state, keys, num_steps)
 
     # theta and the data are replicated (P()); every output leads with the
     # particle axis. check_vma=False: the estimators are plain per-particle
     # code that starts scan carries from constants (a zero gradient sum,
     # FullES's fresh episode) which the particles then make device-varying;
     # the check would reject that, and it has nothing to protect here since
-    # no output is claimed replicated. (Differentiating through this, as
-    # TBPTT does, sums theta's cotangent over the devices, as it should.)
+    # no output is claimed replicated. (Should a caller differentiate
+    # through this, theta's cotangent is summed over the devices, as it
+    # should.)
     return jax.shard_map(
       local,
       mesh=mesh,
@@ -192,8 +193,7 @@ def shard_particles(
       check_vma=False,
     )(theta, state, keys, data)
 
-  sharded._run = run  # pylint: disable=protected-access
-  return sharded
+  return estimator.with_particle_map(particle_map)
 
 
 def put_replicated(tree: PyTree, mesh: Mesh) -> PyTree:

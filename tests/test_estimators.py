@@ -121,6 +121,119 @@ def test_tbptt_over_the_whole_episode_is_backprop():
   np.testing.assert_allclose(grad, system.true_gradient(THETA), rtol=1e-10)
 
 
+def test_tbptt_is_the_gradient_of_the_mean_window_loss():
+  """Step-unlocked windows, some across an episode end: backprop of the mean.
+
+  The reference differentiates the mean loss of all particles' windows at
+  once, as one program; TBPTT's windows each differentiate their own loss
+  sum, and the base class averages them.
+  """
+  system, theta, w = lq(), jnp.asarray(THETA), 7  # 7 does not divide 100
+  est = build("tbptt", system, 16, unroll_length=w)
+  state = est.init(theta, jax.random.key(0))
+  assert np.any(np.asarray(state.counter) > system.horizon - w)  # crosses
+
+  def mean_loss(theta):
+    def particle(inner, counter):
+      def step(carry, _):
+        s, c = carry
+        s, loss = system.step(theta, s, c, None)
+        done = c + 1 >= system.horizon
+        s = jnp.where(done, system.init(None), s)
+        return (s, jnp.where(done, 0, c + 1)), loss
+
+      return jax.lax.scan(step, (inner, counter), None, length=w)
+
+    (inner, counter), losses = jax.vmap(particle)(state.inner, state.counter)
+    return jnp.mean(losses), (inner, counter)
+
+  (loss, (inner, counter)), expected = jax.value_and_grad(
+    mean_loss, has_aux=True
+  )(theta)
+  grad, new_state, info = jax.jit(est.estimate)(theta, state, jax.random.key(1))
+  np.testing.assert_allclose(grad, expected, rtol=1e-12)
+  np.testing.assert_allclose(info["loss"], loss, rtol=1e-12)
+  np.testing.assert_allclose(new_state.inner, inner, rtol=1e-12)
+  np.testing.assert_array_equal(new_state.counter, counter)
+  assert int(info["nonfinite"]) == 0 and int(info["steps"]) == 16 * w
+  # The particles' own estimates average to it.
+  grads = est.particle_estimates(theta, state, jax.random.key(1))[0]
+  np.testing.assert_allclose(grads.mean(axis=0), expected, rtol=1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sqrt:
+  """L = sqrt(s) theta + theta^2 with a constant state s: NaN where s < 0."""
+
+  horizon: int = 10
+
+  def init(self, key):
+    del key
+    return jnp.ones(())
+
+  def step(self, theta, state, t, key):
+    del t, key
+    return state, jnp.sqrt(state) * theta + theta**2
+
+
+def test_tbptt_drops_a_diverging_particle_and_counts_its_steps():
+  """A NaN loss makes the particle's backprop NaN: it alone is zeroed."""
+  system, theta, w = Sqrt(), jnp.asarray(0.3), 5
+  est = build("tbptt", system, 3, unroll_length=w, step_unlocked=False)
+  state = estimators.TruncatedState(
+    inner=jnp.asarray([1.0, -1.0, 4.0]), counter=jnp.zeros(3, jnp.int32)
+  )
+  grad, new_state, info = jax.jit(est.estimate)(theta, state, jax.random.key(0))
+  # Particle 1's first loss is NaN: the step is masked and the episode
+  # restarts from s = 1, but backprop multiplied the masked loss's zero
+  # cotangent by sqrt(-1). Its window counts as W non-finite steps.
+  per_step = np.asarray([1.0 + 2 * 0.3, 0.0, 2.0 + 2 * 0.3])
+  np.testing.assert_allclose(grad, per_step[[0, 2]].mean(), rtol=1e-12)
+  assert int(info["nonfinite"]) == w
+  np.testing.assert_allclose(info["loss"], (0.3 + 0.09 + 0.6 + 0.09) / 2)
+  np.testing.assert_array_equal(new_state.inner, [1.0, 1.0, 4.0])
+  np.testing.assert_array_equal(new_state.counter, [w, w - 1, w])
+  grads, _, info = est.particle_estimates(theta, state, jax.random.key(0))
+  np.testing.assert_allclose(grads, per_step, rtol=1e-12)
+  assert int(info["nonfinite"]) == w
+  # The others are what they are without the diverging particle.
+  alone = build("tbptt", system, 2, unroll_length=w, step_unlocked=False)
+  healthy = jax.tree.map(lambda x: x[jnp.asarray([0, 2])], state)
+  grad_alone, _, info_alone = alone.estimate(theta, healthy, jax.random.key(0))
+  np.testing.assert_allclose(grad, grad_alone, rtol=1e-12)
+  np.testing.assert_allclose(info["loss"], info_alone["loss"], rtol=1e-12)
+
+
+def test_particle_map_is_the_one_way_over_the_particles():
+  """A particle_map sees every burn-in and estimate, with the split keys."""
+  system, theta = lq(), jnp.asarray(THETA)
+  calls = []
+
+  def recording(window, theta, state, keys, num_steps):
+    calls.append((num_steps, keys.shape))
+    return estimators.vmap_particles(window, theta, state, keys, num_steps)
+
+  for name in ["nres", "pes", "gpes", "tes", "tbptt", "full_es"]:
+    plain = build(name, system, 4, unroll_length=5)
+    mapped = build(name, system, 4, unroll_length=5, particle_map=recording)
+    calls.clear()
+    results = []
+    for est in (plain, mapped, plain.with_particle_map(recording)):
+      state = est.init(theta, jax.random.key(0))
+      results.append(est.estimate(theta, state, jax.random.key(1)))
+      results.append(est.particle_estimates(theta, state, jax.random.key(1)))
+    burn_in = [] if name == "full_es" else [(system.horizon, (4,))]
+    assert calls == 2 * (burn_in + 2 * [(plain.unroll_length, (4,))]), name
+    assert plain.particle_map is estimators.vmap_particles
+    for other in (results[2:4], results[4:6]):
+      for x, y in zip(*map(jax.tree.leaves, (results[:2], other))):
+        np.testing.assert_array_equal(x, y)
+  with pytest.raises(ValueError, match="particle_map must be a callable"):
+    estimators.NRES(
+      system, num_particles=4, unroll_length=5, sigma=0.1, particle_map=3
+    )
+
+
 def window_samples(est, theta, key):
   """One step-unlocked window estimate per particle (algorithms.md O2)."""
   k_init, k_call = jax.random.split(key)

@@ -386,12 +386,12 @@ def estimators_worker() -> None:
   """Each kind of estimator, sharded over all devices vs a plain vmap.
 
   One of each class (NRES stands for the GPES family; TruncatedES; FullES,
-  which keeps no state; TBPTT, which differentiates through the shard_map),
+  which keeps no state; TBPTT, which differentiates inside the shard_map),
   on a toy system that samples minibatches from a (replicated) dataset with
   per-particle keys, like the inner training: init and one estimate,
   jitted, compared leaf for leaf; and the sharded state must be laid out one
   particle block per device. (Step-unlocked burn-in goes through the same
-  `_run`; the end-to-end runs cover it.)
+  `particle_map`; the end-to-end runs cover it.)
   """
 
   @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import inspect
 from typing import Any
 
 from lopt.estimators import base
-from lopt.estimators.base import Estimator
+from lopt.estimators.base import Estimator, ParticleMap, vmap_particles
 from lopt.estimators.full_es import FullES
 from lopt.estimators.gpes import GPES, NRES, PES, GPESState
 from lopt.estimators.truncated import TBPTT, TruncatedES, TruncatedState
@@ -125,11 +125,20 @@ def make(
   sigma: float | None = None,
   noise_period: int | None = None,
   step_unlocked: bool = True,
+  particle_map: ParticleMap | None = None,
 ) -> Estimator:
   """Builds an estimator from config-style arguments.
 
   The arguments are validated by `check_settings` (against the system's
   horizon); those the estimator does not take are checked, then ignored.
+
+  Args:
+    name: a key of `REGISTRY`.
+    system: the unrolled system.
+    num_particles, unroll_length, sigma, noise_period, step_unlocked: the
+      `estimator.*` settings, as `check_settings` takes them.
+    particle_map: how the window runs over the particles (see
+      `Estimator`); None for the default, `vmap_particles`.
 
   Raises:
     ValueError: as `check_settings`.
@@ -143,6 +152,8 @@ def make(
     noise_period=noise_period,
     step_unlocked=step_unlocked,
   )
+  if particle_map is not None:
+    kwargs["particle_map"] = particle_map
   return REGISTRY[name](system, **kwargs)
 
 
@@ -153,10 +164,12 @@ __all__ = [
   "GPESState",
   "NRES",
   "PES",
+  "ParticleMap",
   "REGISTRY",
   "TBPTT",
   "TruncatedES",
   "TruncatedState",
   "check_settings",
   "make",
+  "vmap_particles",
 ]

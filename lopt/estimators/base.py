@@ -18,8 +18,10 @@ Conventions (algorithms.md §2.0, §2.8, §3):
 """
 
 import abc
+import copy
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,6 +32,12 @@ from jax.flatten_util import ravel_pytree
 from lopt.systems import UnrolledSystem
 
 PyTree = Any
+#: One particle's work over a number of steps (`Estimator._window`):
+#: `window(theta, particle, key, num_steps) -> (particle, sums)`.
+Window = Callable[[PyTree, PyTree, jax.Array, int], tuple[PyTree, Any]]
+#: How an estimator maps its window over the particles:
+#: `particle_map(window, theta, state, keys, num_steps) -> outputs`.
+ParticleMap = Callable[[Window, PyTree, PyTree, jax.Array, int], Any]
 
 
 def check_int(
@@ -113,6 +121,16 @@ def check_flag(field: str, value: Any) -> bool:
   return bool(value)
 
 
+def check_particle_map(particle_map: Any) -> ParticleMap:
+  """Returns `particle_map` if it is callable, else raises ValueError."""
+  if not callable(particle_map):
+    raise ValueError(
+      "particle_map must be a callable (window, theta, state, keys, "
+      f"num_steps) -> outputs, got {particle_map!r}"
+    )
+  return particle_map
+
+
 def sample_noise(key: jax.Array, like: PyTree, sigma: float) -> PyTree:
   """Draws eps ~ N(0, sigma^2 I) with the structure of `like`.
 
@@ -163,14 +181,53 @@ def member_thetas(theta: PyTree, noise: PyTree, unperturbed: bool = False):
   return jax.tree.map(stack, theta, noise)
 
 
+def vmap_particles(
+  window: Window, theta: PyTree, state: PyTree, keys: jax.Array, num_steps: int
+):
+  """The default `particle_map`: `jax.vmap` of `window` over the particles.
+
+  Args:
+    window: one particle's work, `(theta, particle, key, num_steps) ->
+      (particle, sums)`.
+    theta: the meta-parameters, shared by every particle.
+    state: the estimator state; every leaf leads with the particle axis.
+    keys: the particles' keys, [N], split from the call's key.
+    num_steps: the steps each particle takes (static).
+
+  Returns:
+    `window`'s outputs, stacked on a leading particle axis.
+  """
+  return jax.vmap(window, in_axes=(None, 0, 0, None))(
+    theta, state, keys, num_steps
+  )
+
+
 class Estimator(abc.ABC):
   """Base class of lopt's gradient estimators over an `UnrolledSystem`.
 
   Subclasses implement `_init_particles` (the state of every particle at
-  episode step 0 with the given counters), `_window` (one particle's work
-  over a number of steps) and `estimate`. The estimators are pure: every
+  episode step 0 with the given counters) and `_window` (one particle's
+  work over a number of steps, with the contract documented there); the
+  base class maps the window over the particles and reduces its sums in
+  `estimate` and `particle_estimates`. The estimators are pure: every
   method is a function of its arguments, safe under `jax.jit`, and the state
   is a pytree of arrays whose leaves lead with the particle axis.
+
+  Args (shared by every estimator's constructor):
+    system: the unrolled system.
+    num_particles: N, the number of particles.
+    unroll_length: W, the steps each particle advances per `estimate`.
+    step_unlocked: stagger the particles' episodes (default); False starts
+      every particle at step 0, in lockstep.
+    particle_map: how the window runs over the particles, called as
+      `particle_map(window, theta, state, keys, num_steps)` with the bound
+      `_window`, the particles' state, and the N per-particle keys that the
+      estimator splits from the call's key (`jax.random.split(key, N)`, so
+      the randomness does not depend on how the particles are mapped). It
+      must return what `vmap_particles`, the default, returns: `window`'s
+      outputs stacked on a leading particle axis. It may run an equivalent
+      window of its own, e.g. one rebuilt per device from a device-local
+      view of the system's data (`lopt.sharding.shard_particles`).
   """
 
   name: str = "estimator"
@@ -184,12 +241,14 @@ class Estimator(abc.ABC):
     num_particles: int,
     unroll_length: int,
     step_unlocked: bool = True,
+    particle_map: ParticleMap = vmap_particles,
   ):
     self.system = system
     self.horizon = check_horizon(getattr(system, "horizon", None))
     self.num_particles = check_num_particles(num_particles)
     self.unroll_length = check_unroll_length(unroll_length, self.horizon)
     self.step_unlocked = check_flag("estimator.step_unlocked", step_unlocked)
+    self.particle_map = check_particle_map(particle_map)
 
   def __repr__(self) -> str:
     return (
@@ -217,6 +276,16 @@ class Estimator(abc.ABC):
     if not self.step_unlocked:
       return 0
     return self.members * self.num_particles * self.horizon
+
+  def with_particle_map(self, particle_map: ParticleMap) -> "Estimator":
+    """A copy of this estimator that maps its particles with `particle_map`.
+
+    The same settings and system; for a caller that gets a built estimator,
+    e.g. `lopt.sharding.shard_particles`.
+    """
+    mapped = copy.copy(self)
+    mapped.particle_map = check_particle_map(particle_map)
+    return mapped
 
   # -- step-unlocking --------------------------------------------------------
 
@@ -258,18 +327,64 @@ class Estimator(abc.ABC):
   def _fresh_inner(self, key: jax.Array, num_members: int) -> PyTree:
     return stack_members(self.system.init(key), num_members)
 
+  def map_particles(self, theta, state, keys: jax.Array, num_steps: int):
+    """Runs `_window` on every particle with this estimator's particle_map.
+
+    Args:
+      theta: the meta-parameters.
+      state: the estimator state; leaves lead with the particle axis.
+      keys: one key per particle, [N].
+      num_steps: the steps each particle takes.
+
+    Returns:
+      `(state, (grad_sums, loss_sums, valid_counts))`, `_window`'s outputs
+      with a leading particle axis.
+    """
+    return self.particle_map(self._window, theta, state, keys, num_steps)
+
   def _run(self, theta, state, key, num_steps: int):
-    """Advances every particle `num_steps` steps: vmap of `_window`."""
+    """Advances every particle `num_steps` steps under the call's `key`.
+
+    The one place where an estimator maps over its particles (`init`'s
+    burn-in, `estimate`, `particle_estimates`); the per-particle keys are
+    split here, before any particle_map, so they are the same however the
+    particles are mapped.
+    """
     keys = jax.random.split(key, self.num_particles)
-    return jax.vmap(self._window, in_axes=(None, 0, 0, None))(
-      theta, state, keys, num_steps
-    )
+    return self.map_particles(theta, state, keys, num_steps)
 
   @abc.abstractmethod
   def _init_particles(self, theta, counters, key): ...
 
   @abc.abstractmethod
-  def _window(self, theta, particle, key, num_steps: int): ...
+  def _window(self, theta, particle, key, num_steps: int):
+    """One particle's work over `num_steps` steps: the estimator's core.
+
+    Every estimator's window follows this contract, so that the base
+    class's `estimate` and `particle_estimates` (and any `particle_map`)
+    serve them all unchanged.
+
+    Args:
+      theta: the meta-parameters (the same for every particle).
+      particle: this particle's slice of the state (no particle axis).
+      key: this particle's key for the window's noise, data and resets.
+      num_steps: the number of steps, a Python int (static).
+
+    Returns:
+      `(particle, (grad_sum, loss_sum, valid_count))`:
+
+      * `particle`: the particle's state after the window, the structure
+        of the input `particle`;
+      * `grad_sum`: theta-shaped, the sum over the window's valid steps of
+        the particle's per-step gradient estimates (masked steps add 0);
+        the estimate is this over `valid_count`, and `estimate` averages
+        it over the particles' valid steps;
+      * `loss_sum`: a scalar, the sum of the mean member loss over the
+        valid steps;
+      * `valid_count`: an integer scalar, the steps out of `num_steps` that
+        count (a step with a non-finite loss, or one whose gradient could
+        not be formed, does not).
+    """
 
   def estimate(self, theta: PyTree, state, key: jax.Array):
     """Returns (grad, new_state, info) for one truncation of every particle.
@@ -321,6 +436,24 @@ class Estimator(abc.ABC):
   def _entries(self) -> int:
     """The (particle, step) entries of one call."""
     return self.num_particles * self.unroll_length
+
+
+def antithetic_weight(
+  losses: jax.Array, ok: jax.Array, sigma: float
+) -> jax.Array:
+  """A pair's step weight (L+ - L-) / (2 sigma^2), or 0 where not `ok`.
+
+  Args:
+    losses: the members' losses of one step, "+" first and "-" second (a
+      third, unperturbed member is ignored).
+    ok: whether the step counts (its losses are finite).
+    sigma: the perturbation's standard deviation.
+
+  Returns:
+    The scalar that multiplies the step's credit (the noise) in the
+    gradient estimate.
+  """
+  return jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
 
 
 def step_members(system, thetas, inner, counter, key):

@@ -23,17 +23,27 @@ class FullES(base.Estimator):
     system: the unrolled system.
     num_particles: N, the number of antithetic pairs per estimate.
     sigma: the standard deviation of the perturbation per coordinate.
+    particle_map: how the window runs over the particles (see
+      `base.Estimator`); `jax.vmap` by default.
   """
 
   name = "full_es"
 
-  def __init__(self, system, *, num_particles: int, sigma: float):
+  def __init__(
+    self,
+    system,
+    *,
+    num_particles: int,
+    sigma: float,
+    particle_map: base.ParticleMap = base.vmap_particles,
+  ):
     horizon = base.check_horizon(getattr(system, "horizon", None))
     super().__init__(
       system,
       num_particles=num_particles,
       unroll_length=horizon,
       step_unlocked=False,
+      particle_map=particle_map,
     )
     self.sigma = base.check_sigma(sigma)
 
@@ -57,7 +67,7 @@ class FullES(base.Estimator):
       inner, losses, ok = base.step_members(system, thetas, inner, t, step_key)
       # A diverged episode stays masked until its end: no reset mid-episode.
       ok = ok & alive
-      weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
+      weight = base.antithetic_weight(losses, ok, sigma)
       return (inner, ok), (weight, jnp.where(ok, jnp.mean(losses), 0.0), ok)
 
     steps = jnp.arange(num_steps, dtype=jnp.int32)

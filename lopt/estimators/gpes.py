@@ -57,6 +57,8 @@ class GPES(base.Estimator):
     noise_period: K, the steps between noise draws; must be >= W.
     step_unlocked: stagger the particles' episodes (default); False starts
       every particle at step 0, in lockstep.
+    particle_map: how the window runs over the particles (see
+      `base.Estimator`); `jax.vmap` by default.
   """
 
   name = "gpes"
@@ -70,12 +72,14 @@ class GPES(base.Estimator):
     sigma: float,
     noise_period: int,
     step_unlocked: bool = True,
+    particle_map: base.ParticleMap = base.vmap_particles,
   ):
     super().__init__(
       system,
       num_particles=num_particles,
       unroll_length=unroll_length,
       step_unlocked=step_unlocked,
+      particle_map=particle_map,
     )
     self.sigma = base.check_sigma(sigma)
     self.noise_period = base.check_noise_period(
@@ -131,7 +135,7 @@ class GPES(base.Estimator):
         particle.counter,
         step_key,
       )
-      weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
+      weight = base.antithetic_weight(losses, ok, sigma)
       grad_sum = jax.tree.map(
         lambda g, c: g + c * weight.astype(c.dtype), grad_sum, credit
       )
@@ -172,6 +176,7 @@ class PES(GPES):
     unroll_length: int,
     sigma: float,
     step_unlocked: bool = True,
+    particle_map: base.ParticleMap = base.vmap_particles,
   ):
     super().__init__(
       system,
@@ -180,6 +185,7 @@ class PES(GPES):
       sigma=sigma,
       noise_period=unroll_length,
       step_unlocked=step_unlocked,
+      particle_map=particle_map,
     )
 
 
@@ -201,6 +207,7 @@ class NRES(GPES):
     unroll_length: int,
     sigma: float,
     step_unlocked: bool = True,
+    particle_map: base.ParticleMap = base.vmap_particles,
   ):
     horizon = base.check_horizon(getattr(system, "horizon", None))
     super().__init__(
@@ -210,4 +217,5 @@ class NRES(GPES):
       sigma=sigma,
       noise_period=horizon,
       step_unlocked=step_unlocked,
+      particle_map=particle_map,
     )

@@ -51,6 +51,8 @@ class TruncatedES(_Truncated):
     unroll_length: W, the window length.
     sigma: the standard deviation of the perturbation per coordinate.
     step_unlocked: stagger the particles' episodes (default).
+    particle_map: how the window runs over the particles (see
+      `base.Estimator`); `jax.vmap` by default.
   """
 
   name = "tes"
@@ -64,12 +66,14 @@ class TruncatedES(_Truncated):
     unroll_length: int,
     sigma: float,
     step_unlocked: bool = True,
+    particle_map: base.ParticleMap = base.vmap_particles,
   ):
     super().__init__(
       system,
       num_particles=num_particles,
       unroll_length=unroll_length,
       step_unlocked=step_unlocked,
+      particle_map=particle_map,
     )
     self.sigma = base.check_sigma(sigma)
 
@@ -85,7 +89,7 @@ class TruncatedES(_Truncated):
       inner, losses, ok = base.step_members(
         system, thetas, inner, counter, step_key
       )
-      weight = jnp.where(ok, (losses[0] - losses[1]) / (2 * sigma**2), 0.0)
+      weight = base.antithetic_weight(losses, ok, sigma)
       inner, counter, _ = base.end_of_step(system, inner, counter, ok, fresh)
       loss = jnp.where(ok, jnp.mean(losses[:2]), 0.0)
       return (inner, counter), (weight, loss, ok)
@@ -103,24 +107,33 @@ class TruncatedES(_Truncated):
 class TBPTT(_Truncated):
   """Truncated backpropagation through time over W-step windows.
 
-  Reverse-mode through the window's steps only; an episode end inside the
-  window is differentiated like any other step (the fresh state does not
-  depend on theta). Deterministic given the data. A non-finite gradient
-  (a diverging inner run) is replaced by zeros and counted in
-  `info["nonfinite"]`, since backprop through a NaN state cannot be masked
-  per step.
+  Each particle's window differentiates its own loss sum by reverse mode
+  through the window's steps only; an episode end inside the window is
+  differentiated like any other step (the fresh state does not depend on
+  theta). The estimate is the mean over the valid steps of all particles,
+  i.e. the gradient of the mean valid loss of the call. Deterministic given
+  the data.
+
+  A particle whose gradient is not finite (a diverging inner run: backprop
+  multiplies the zero cotangent of a masked NaN loss by a NaN Jacobian, so
+  masking cannot be done per step) contributes nothing: its gradient is
+  zeroed and all of its window's steps count in `info["nonfinite"]`; the
+  other particles' estimates are unaffected.
 
   Args:
     system: the unrolled system.
     num_particles: N, the number of independent trajectories.
     unroll_length: W, the window length.
     step_unlocked: stagger the particles' episodes (default).
+    particle_map: how the window runs over the particles (see
+      `base.Estimator`); `jax.vmap` by default.
   """
 
   name = "tbptt"
   members = 1
 
-  def _window(self, theta, particle: TruncatedState, key, num_steps):
+  def _unroll(self, theta, particle: TruncatedState, key, num_steps):
+    """The window's forward pass: (particle, (loss_sum, valid_count))."""
     system = self.system
     k_init, k_steps = jax.random.split(key)
     fresh = system.init(k_init)  # one draw serves the window's reset
@@ -144,39 +157,20 @@ class TBPTT(_Truncated):
     )
     return TruncatedState(inner, counter), (jnp.sum(losses), jnp.sum(ok))
 
-  def estimate(self, theta, state: TruncatedState, key):
-    def window_loss(theta):
-      new_state, (loss_sums, valid) = self._run(
-        theta, state, key, self.unroll_length
+  def _window(self, theta, particle: TruncatedState, key, num_steps):
+    def loss_sum(theta):
+      particle_out, (total, valid) = self._unroll(
+        theta, particle, key, num_steps
       )
-      total = jnp.sum(loss_sums) / jnp.maximum(jnp.sum(valid), 1)
-      return total, (new_state, loss_sums, valid)
+      return total, (particle_out, total, valid)
 
-    grad, (state, loss_sums, valid) = jax.grad(window_loss, has_aux=True)(theta)
-    _, info = base.summarize(loss_sums, valid, self._entries, self._entries)
-    return _finite_or_zero(grad), state, info
-
-  def particle_estimates(self, theta, state: TruncatedState, key):
-    def window_loss(theta, particle, particle_key):
-      particle, (loss_sum, valid) = self._window(
-        theta, particle, particle_key, self.unroll_length
-      )
-      return loss_sum / jnp.maximum(valid, 1), (particle, loss_sum, valid)
-
-    keys = jax.random.split(key, self.num_particles)
-    grads, (state, loss_sums, valid) = jax.vmap(
-      jax.grad(window_loss, has_aux=True), in_axes=(None, 0, 0)
-    )(theta, state, keys)
-    _, info = base.summarize(loss_sums, valid, self._entries, self._entries)
-    return jax.vmap(_finite_or_zero)(grads), state, info
-
-
-def _finite_or_zero(grad):
-  """Drops a gradient that backprop through a diverged state made NaN.
-
-  Its losses are masked, but backprop multiplies a zero cotangent by a NaN
-  Jacobian; such a gradient must not reach theta.
-  """
-  return base.tree_where(
-    base.tree_all_finite(grad), grad, jax.tree.map(jnp.zeros_like, grad)
-  )
+    grad_sum, (particle, total, valid) = jax.grad(loss_sum, has_aux=True)(theta)
+    finite = base.tree_all_finite(grad_sum)
+    grad_sum = base.tree_where(
+      finite, grad_sum, jax.tree.map(jnp.zeros_like, grad_sum)
+    )
+    return particle, (
+      grad_sum,
+      jnp.where(finite, total, 0.0),
+      jnp.where(finite, valid, 0),
+    )
