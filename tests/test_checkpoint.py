@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+import tensorstore as ts
 
 from lopt import checkpoint
 
@@ -102,14 +104,31 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert ckpt.save(7, state, CONFIG)
     ckpt.wait_until_finished()
     assert ckpt.latest_step() == 7
-    restored = ckpt.restore(7, checkpoint.abstract_like(state))
+    # Live arrays as targets: their shardings are used.
+    restored = ckpt.restore(7, state)
     # A target from jax.eval_shape (no shardings): leaves get replicated.
-    from_shapes = ckpt.restore(
-      None, checkpoint.abstract_like(jax.eval_shape(lambda: state))
-    )
-    saved_config = ckpt.restore_config(7)
+    from_shapes = ckpt.restore(None, jax.eval_shape(lambda: state))
+    # The older helper, until its callers move to jax.eval_shape.
+    legacy = ckpt.restore(7, checkpoint.abstract_like(state))
+  _, saved_config = checkpoint.load_meta(tmp_path / "ckpt", 7)
   assert_identical(restored, state)
   assert_identical(from_shapes, state)
+  assert_identical(legacy, state)
+  # The per-array costs lopt.checkpoint turns off (see there): no sharding
+  # file per array (restores always pass target shardings) and no zstd.
+  step_dir = tmp_path / "ckpt" / "7"
+  assert not list(step_dir.glob("*/_sharding"))
+  noise = ts.open(
+    {
+      "driver": "zarr",
+      "kvstore": {
+        "driver": "ocdbt",
+        "base": f"file://{step_dir / 'inner'}",
+        "path": "noise",
+      },
+    }
+  ).result()
+  assert noise.spec().to_json()["metadata"]["compressor"] is None
   assert isinstance(restored["outer_opt_state"][0], optax.ScaleByAdamState)
   assert isinstance(restored["estimator_state"], EstimatorState)
   assert restored["rng"].dtype == jax.random.key(0).dtype
@@ -145,22 +164,29 @@ def test_latest_step_ignores_incomplete_checkpoints(tmp_path):
   with checkpoint.Checkpointer(directory, every_steps=1, keep=5) as ckpt:
     ckpt.save(2, state, CONFIG)
   # An async save killed half-way, as orbax leaves it on a local disk.
+  commit_file = ocp.path.atomicity.COMMIT_SUCCESS_FILE
   tmp_dir = directory / "5.orbax-checkpoint-tmp-1234567"
   shutil.copytree(directory / "2", tmp_dir)
-  (tmp_dir / "commit_success.txt").unlink()
+  (tmp_dir / commit_file).unlink()
   # A step directory without its commit marker (a partial copy, or the way an
   # interrupted save looks on GCS).
   shutil.copytree(directory / "2", directory / "9")
-  (directory / "9" / "commit_success.txt").unlink()
+  (directory / "9" / commit_file).unlink()
 
   with checkpoint.Checkpointer(directory, every_steps=1, keep=5) as ckpt:
     assert ckpt.latest_step() == 2
     assert ckpt.all_steps() == [2]
-    assert_identical(ckpt.restore(None, checkpoint.abstract_like(state)), state)
+    assert_identical(ckpt.restore(None, state), state)
     with pytest.raises(FileNotFoundError, match="step 9"):
-      ckpt.restore(9, checkpoint.abstract_like(state))
+      ckpt.restore(9, state)
+    # Nor does the save policy count it: step 3 comes after step 2.
+    assert ckpt.save(3, state, CONFIG)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [2, 3]
   meta, _ = checkpoint.load_meta(directory)
-  assert int(meta["step"]) == 7  # the value saved at step 2
+  assert int(meta["step"]) == 7  # the value saved at step 3
+  with pytest.raises(FileNotFoundError, match="step 9"):
+    checkpoint.load_meta(directory, step=9)
 
 
 def test_restore_rejects_changed_shapes(tmp_path):
@@ -170,11 +196,11 @@ def test_restore_rejects_changed_shapes(tmp_path):
     with pytest.raises(
       ValueError, match=r"estimator_state\.inner_params\.w has shape"
     ):
-      ckpt.restore(1, checkpoint.abstract_like(make_run_state(8)))
+      ckpt.restore(1, make_run_state(8))
     bigger_theta = make_run_state(num_particles=4)
     bigger_theta["theta"]["extra"] = jnp.zeros(3)
     with pytest.raises(ValueError, match=r"theta\.extra is not in"):
-      ckpt.restore(1, checkpoint.abstract_like(bigger_theta))
+      ckpt.restore(1, bigger_theta)
 
 
 def test_load_meta_without_shapes(tmp_path):
@@ -250,8 +276,10 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
               'estimator_state': NamedSharding(mesh, P('particles'))}
 
     if mode == 'write':
-      abstract = checkpoint.abstract_like(
-          jax.eval_shape(make_run_state), shardings(devices))
+      # As lopt.train does it: the targets are jax.eval_shape of a jitted
+      # init whose out_shardings carry the current shardings.
+      abstract = jax.eval_shape(
+          jax.jit(make_run_state, out_shardings=shardings(devices)))
       state = jax.device_put(
           make_run_state(), jax.tree.map(lambda s: s.sharding, abstract))
       assert state['estimator_state'].key.sharding.num_devices == devices
@@ -262,8 +290,8 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
       expected = make_run_state()
       with checkpoint.Checkpointer(directory, every_steps=1, keep=1) as ckpt:
         for n in (4, 2, 1):
-          abstract = checkpoint.abstract_like(
-              jax.eval_shape(make_run_state), shardings(n))
+          abstract = jax.eval_shape(
+              jax.jit(make_run_state, out_shardings=shardings(n)))
           restored = ckpt.restore(ckpt.latest_step(), abstract)
           for leaf in jax.tree.leaves(restored['estimator_state']):
             assert leaf.sharding.num_devices == n, leaf.sharding
