@@ -481,6 +481,18 @@ class Checkpointer:
       for k in abstract_run_state
     }
 
+  def restore_config(self, step: int | None = None) -> dict[str, Any]:
+    """Returns the config JSON saved at `step` (None: the newest complete).
+
+    `lopt.train` compares it with the config of a resuming run before it
+    reads any array.
+    """
+    step = self._check_step(step)
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    )
+    return restored[CONFIG]
+
   def reached_preemption(self, step: int) -> bool:
     """Whether all processes agreed to stop at `step` (e.g. after SIGTERM).
 

@@ -153,7 +153,7 @@ class ToyRunner:
       `burn_in_steps`, `steps_per_update`.
     """
     config = self.config
-    k_init, k_run = jax.random.split(jax.random.key(seed))
+    k_init, k_train = jax.random.split(jax.random.key(seed))
     t0 = time.perf_counter()
     state = jax.block_until_ready(self._init(self.theta0, k_init))
     burn_in_seconds = time.perf_counter() - t0
@@ -180,7 +180,7 @@ class ToyRunner:
         num = min(num, math.ceil((budget.steps - done_steps) / per_update))
       t0 = time.perf_counter()
       state, sums = self._chunk(
-        state, k_run, jnp.int32(done_outer), jnp.int32(num)
+        state, k_train, jnp.int32(done_outer), jnp.int32(num)
       )
       jax.block_until_ready(state)
       elapsed = time.perf_counter() - t0

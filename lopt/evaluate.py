@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from lopt import console, experiment, export, jsonio, optimizers, plots
 
@@ -151,11 +151,8 @@ def main(f: dict) -> None:
     f"{summary['num_seeds']} held-out seeds ({summary['dataset']}):"
   )
   print(format_table(summary))
-  logging.info(
-    "Loss curves: %s; numbers: %s",
-    summary["plot"],
-    os.path.join(f["output"] or f["workdir"], "eval.json"),
-  )
+  output = f["output"] or f["workdir"]
+  print(f"Loss curves: {summary['plot']}; numbers: {output}/eval.json")
 
 
 if __name__ == "__main__":

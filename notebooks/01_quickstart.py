@@ -29,7 +29,6 @@
 # %%
 import os
 import pathlib
-import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -40,15 +39,14 @@ import numpy as np
 import optax
 from absl import logging
 
-# The configs live next to the lopt package, in the repository root.
+# The config files live next to the lopt package, in the repository root;
+# they are loaded by path, like `--config=configs/tiny.py` does.
 ROOT = pathlib.Path.cwd().resolve()
 while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
-sys.path.insert(0, str(ROOT))
 
 import lopt
-from configs import tiny
-from lopt import data, inner, metrics, tasks, train
+from lopt import experiment, inner, metrics, tasks, train
 
 logging.set_verbosity(logging.WARNING)  # keep the training log short
 
@@ -60,7 +58,7 @@ logging.set_verbosity(logging.WARNING)  # keep the training log short
 # checkpoints and `metrics.jsonl` into the workdir.
 
 # %%
-config = tiny.get_config()
+config = experiment.load_config(str(ROOT / "configs" / "tiny.py"))
 print(config.estimator)
 workdir = tempfile.mkdtemp(prefix="lopt_quickstart_")
 train.train_and_evaluate(config, workdir)
@@ -112,14 +110,8 @@ plt.show()
 # %%
 num_steps = 200
 tx = lopt.load_optimizer(workdir, num_steps=num_steps)
-digits = data.load_dataset("digits")
-arrays = {
-  "train_x": digits.train.images,
-  "train_y": digits.train.labels,
-  "test_x": digits.test.images,
-  "test_y": digits.test.labels,
-}
-arrays = jax.tree.map(jax.numpy.asarray, arrays)
+# The run's dataset (digits), as every lopt entry point loads it.
+arrays, digits = experiment.load_data(config)
 task = tasks.make_task(
   "mlp",
   hidden=(32, 32),

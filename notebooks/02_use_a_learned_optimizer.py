@@ -28,7 +28,6 @@
 # %%
 import os
 import pathlib
-import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -42,14 +41,14 @@ from absl import logging
 from flax import linen as nn
 from flax import nnx
 
+# The config files live next to the lopt package, in the repository root;
+# they are loaded by path, like `--config=configs/tiny.py` does.
 ROOT = pathlib.Path.cwd().resolve()
 while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
-sys.path.insert(0, str(ROOT))
 
 import lopt
-from configs import tiny
-from lopt import data, train
+from lopt import data, experiment, train
 
 logging.set_verbosity(logging.WARNING)
 
@@ -57,7 +56,9 @@ logging.set_verbosity(logging.WARNING)
 WORKDIR = os.environ.get("LOPT_WORKDIR", "")
 if not WORKDIR:
   WORKDIR = tempfile.mkdtemp(prefix="lopt_checkpoint_")
-  train.train_and_evaluate(tiny.get_config(), WORKDIR)
+  train.train_and_evaluate(
+    experiment.load_config(str(ROOT / "configs" / "tiny.py")), WORKDIR
+  )
 print("checkpoint:", WORKDIR)
 
 # %% [markdown]

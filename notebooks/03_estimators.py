@@ -146,9 +146,9 @@ for w, ratio in zip(ws, exact_pes / exact_nres):
 # A scalar theta drives a chain whose first unit settles at -6 theta, so
 # the loss (s[0] - 1)^2 / 2 is minimised at theta* = -1/6, while theta's
 # immediate effect on s[0] is +1. SGD (lr 1e-4) from theta = 0.5 with 500
-# lockstep particles and W = 1 (`lopt.influence` runs the whole table;
-# `python -m lopt.compare --config=configs/influence_balancing.py` plots
-# it).
+# lockstep particles and W = 1 (`python -m lopt.compare
+# --config=configs/influence_balancing.py` runs the whole table, TBPTT with
+# W = 10 and 100 included, and plots it).
 
 # %%
 ib = systems.InfluenceBalancing()

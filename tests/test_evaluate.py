@@ -17,7 +17,7 @@ import pytest
 
 import lopt
 from configs import tiny
-from lopt import evaluate, experiment, inner, optimizers, train
+from lopt import evaluate, experiment, inner, optimizers
 
 _NUM_SEEDS = 2
 _NUM_STEPS = 20
@@ -27,13 +27,11 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A finished tiny meta-training run: (config, workdir)."""
+def run(tiny_run):
+  """The session's finished tiny meta-training run: (config, workdir)."""
   config = tiny.get_config()
-  config.task.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  workdir = str(tmp_path_factory.mktemp("workdir"))
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
+  config.outer.num_steps = tiny_run.num_steps
+  return config, str(tiny_run.workdir)
 
 
 @pytest.fixture(scope="module")

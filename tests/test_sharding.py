@@ -314,7 +314,7 @@ def test_elastic_resume_from_eight_devices_onto_two_and_one(
     out = finish(process, f"resume on {devices} devices")
     rep = report(out)
     workdir = tmp_path / f"devices{devices}"
-    assert "Resumed from the checkpoint at step 2" in out
+    assert "Resuming from the checkpoint of step 2" in out
     assert rep["devices"] == devices and rep["restored_step"] == 2
     # Restored exactly what the 8-device run held, now 8 / devices
     # particles per device.
