@@ -31,6 +31,9 @@ from test_train import committed_steps
 from configs import tiny
 from lopt import checkpoint, experiment, metrics, sharding, train
 
+# Each test starts several jax.distributed processes: minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):

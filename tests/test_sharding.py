@@ -297,6 +297,7 @@ def test_one_and_eight_devices_give_the_same_outer_steps(reference_runs):
       np.testing.assert_array_equal(final1[name], final8[name])
 
 
+@pytest.mark.slow
 def test_elastic_resume_from_eight_devices_onto_two_and_one(
   reference_runs, dirs, tmp_path
 ):

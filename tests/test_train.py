@@ -98,6 +98,7 @@ def test_main_writes_checkpoints_metrics_and_tensorboard(tiny_run):
   assert "Scheduling" not in tiny_run.stderr  # orbax's INFO lines stay off
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
   """2k steps straight equal k steps, a hard kill, and the rest."""
   total = 60
