@@ -214,17 +214,18 @@ def test_unbiased_in_float32_at_sigma_001_with_common_random_numbers(name):
   z = (mean - expected) / se
   print(f"{name}: mean {mean}, expected {expected}, SE {se}, z {z}")
   assert np.all(np.abs(z) < 4), (name, mean, expected, se)
-  # The standard error resolves the gradient to a few percent, so a wrong
-  # scale (a lost factor of sigma, a float32 cancellation) cannot hide.
-  assert np.all(se < 0.05 * np.abs(expected))
-  # The start and the inputs add variance only through L+ + L-: the same
-  # order as without them. Members that drew their own inputs would add
-  # noise * (xi+ - xi-) / sigma to every difference: ~100x the variance.
+  # The random start and inputs add variance only through L+ + L-, which
+  # they share: the same order as without them (measured 1.2 to 1.4).
+  # Members that drew their own inputs would add noise * (xi+ - xi-) to
+  # every L+ - L- (measured: ratios of 9 to 100).
   ratio = (
     samples["noisy"].var(axis=0).sum() / samples["plain"].var(axis=0).sum()
   )
   print(f"{name}: variance ratio noisy / noise-free {ratio:.2f}")
-  assert ratio < 4, ratio
+  assert ratio < 3, ratio
+  # The standard error resolves the gradient to a few percent, so a wrong
+  # scale (a lost factor of sigma, a float32 cancellation) cannot hide.
+  assert np.all(se < 0.05 * np.abs(expected)), se
 
 
 # -- the masked average, by hand ----------------------------------------------
