@@ -1,7 +1,7 @@
 """Resuming a workdir under a changed config: refused, unless it is harmless.
 
-A real tiny run writes a checkpoint (2 outer steps); each test resumes a copy
-of that workdir with another config. Fields that change what is computed are
+A real tiny run wrote a checkpoint (2 outer steps: the session's `tiny_run`);
+each test resumes a copy of that workdir with another config. Fields that change what is computed are
 refused at start-up with every change listed (old -> new); the fields of
 `experiment.RESUMABLE_FIELDS` continue the run; `allow_config_change`
 continues it anyway and records the change.
@@ -35,11 +35,14 @@ def tiny_config(**fields):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  """A workdir with the checkpoint of step STEPS of the tiny run."""
-  workdir = tmp_path_factory.mktemp("resume") / "run"
-  train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir
+def finished_run(tiny_run):
+  """A workdir with the checkpoint of step STEPS of the tiny run.
+
+  The session's `lopt.main` run (conftest.py); its meta-evaluation cadence
+  differs from `tiny_config()`'s, which a resume allows.
+  """
+  assert tiny_run.num_steps == STEPS
+  return tiny_run.workdir
 
 
 @pytest.fixture
