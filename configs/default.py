@@ -60,5 +60,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.adam_learning_rate = 0.02  # the reference line in the logs
 
   config.log = ml_collections.ConfigDict()
-  config.log.every_steps = 50
+  config.log.every_steps = 100
   return config

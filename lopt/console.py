@@ -84,23 +84,30 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-  """Progress over a sweep of `total` items: `[3/12] label (ETA 1m20s)`."""
+  """Progress over a sweep of `total` items: `[3/12] label (ETA 1m20s)`.
 
-  def __init__(self, total: int, what: str = ""):
+  Logs the first item and then about `max_lines` evenly spaced ones in all
+  (each with the ETA from the items done so far), so a long sweep stays a
+  few lines on the console.
+  """
+
+  def __init__(self, total: int, what: str = "", max_lines: int = 8):
     self.total = total
     self.what = what
     self.done = 0
+    self._every = max(1, -(-total // max_lines))  # ceil
     self._start = time.perf_counter()
 
   def step(self, label: str) -> None:
-    """Logs that item `done + 1` starts, with an ETA from the items so far."""
+    """Notes that item `done + 1` starts; logs it if it is due."""
     eta = ""
     if self.done:
       per_item = (time.perf_counter() - self._start) / self.done
       eta = f" (ETA {duration(per_item * (self.total - self.done))})"
     self.done += 1
-    prefix = f"{self.what} " if self.what else ""
-    logging.info("%s[%d/%d] %s%s", prefix, self.done, self.total, label, eta)
+    if self.done == 1 or self.done % self._every == 0:
+      prefix = f"{self.what} " if self.what else ""
+      logging.info("%s[%d/%d] %s%s", prefix, self.done, self.total, label, eta)
 
 
 def run_program(
