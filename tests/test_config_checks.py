@@ -47,7 +47,7 @@ WRONG_BY_TYPE = {
 #: Wrong values for particular fields, on top of (or instead of) their type's.
 WRONG_BY_FIELD = {
   "seed": [2**32],  # jax.random.key keeps 32 bits: 2**32 would be seed 0
-  "task.data_dir": [3, True, ["x"]],  # any string is a directory, None ""
+  "task.data_dir": [3, True, ["x"]],
   "task.batch_size": [0],
   "inner.horizon": [0],
   "lopt.hidden": [()],
@@ -66,20 +66,15 @@ WRONG_BY_FIELD = {
 }
 #: Fields a config may leave out: the builders default them.
 OPTIONAL = {"estimator.noise_period", "estimator.step_unlocked", "outer.clip"}
-#: Fields whose default's type has values that are right for them.
-NOT_WRONG = {
-  "task.data_dir": [None, "no_such_name"],  # None and any path are valid
-}
+#: Fields some of whose type's wrong values are right for them: only the
+#: values of WRONG_BY_FIELD are tried.
+OWN_VALUES_ONLY = {"task.data_dir"}  # None is the default, any string a path
 
 
 def wrong_values(field, value):
   kind = tuple if isinstance(value, (tuple, list)) else type(value)
-  values = WRONG_BY_FIELD.get(field, [])
-  if field != "task.data_dir":
-    values = WRONG_BY_TYPE[kind] + values
-  return [
-    v for v in values if not any(v is n for n in NOT_WRONG.get(field, []))
-  ]
+  own = WRONG_BY_FIELD.get(field, [])
+  return own if field in OWN_VALUES_ONLY else WRONG_BY_TYPE[kind] + own
 
 
 CASES = [
