@@ -74,6 +74,8 @@ OUTER_FIELDS = (
   "clip",
   "decay_steps",
   "decay_factor",
+  "boundaries",
+  "scales",
 )
 
 
@@ -193,7 +195,13 @@ def _check_widths(field: str, value: Any, *, allow_empty: bool) -> None:
 
 #: Settings that a config may leave out; the builders default them.
 _OPTIONAL_ESTIMATOR = ("sigma", "noise_period", "step_unlocked")
-_OPTIONAL_OUTER = ("clip", "decay_steps", "decay_factor")
+_OPTIONAL_OUTER = (
+  "clip",
+  "decay_steps",
+  "decay_factor",
+  "boundaries",
+  "scales",
+)
 
 
 def _section(config, section: str, fields, optional) -> dict[str, Any]:
@@ -223,6 +231,39 @@ def check_outer(settings: Mapping[str, Any], prefix: str = "outer") -> None:
     strict=True,
     high=1.0,
   )
+  boundaries = settings.get("boundaries", ())
+  scales = settings.get("scales", ())
+  ok = isinstance(boundaries, (tuple, list)) and all(
+    _is_int(b) and 1 <= b <= _INT32_MAX for b in boundaries
+  )
+  if not ok or list(boundaries) != sorted(set(boundaries)):
+    _fail(
+      f"{prefix}.boundaries",
+      boundaries,
+      "a strictly increasing sequence of outer steps >= 1 (() = none)",
+    )
+  ok = isinstance(scales, (tuple, list)) and all(
+    isinstance(v, (int, float, np.integer, np.floating))
+    and not isinstance(v, (bool, np.bool_))
+    and math.isfinite(v)
+    and v > 0
+    for v in scales
+  )
+  if not ok or len(scales) != len(boundaries):
+    _fail(
+      f"{prefix}.scales",
+      scales,
+      f"one finite factor > 0 per entry of {prefix}.boundaries "
+      f"({len(boundaries)})",
+    )
+  if boundaries and settings.get("decay_steps", 0):
+    _fail(
+      f"{prefix}.boundaries",
+      boundaries,
+      f"() when {prefix}.decay_steps is set: give one schedule, "
+      "piecewise constant (boundaries, scales) or exponential "
+      "(decay_steps, decay_factor)",
+    )
 
 
 def check_estimator(settings: Mapping[str, Any], horizon: int) -> None:
@@ -414,6 +455,15 @@ def compare_configs(
     One `ConfigChange` per differing leaf, sorted by field name. Both sides
     are compared in their JSON form (tuples as lists), as saved.
   """
+  if not isinstance(saved, Mapping) or not isinstance(
+    saved.get("config"), Mapping
+  ):
+    keys = sorted(saved) if isinstance(saved, Mapping) else type(saved)
+    raise ConfigError(
+      f"the checkpoint's saved config has no 'config' entry to compare "
+      f"with (found {keys}); resume it with the lopt that wrote it, or "
+      "start a new workdir"
+    )
   old = _flatten(saved["config"])
   new = _flatten(json.loads(config.to_json()))
   changes = []
@@ -497,12 +547,25 @@ def make_outer_optimizer(
   """The outer optimizer of `settings` (`config.outer`).
 
   `optimizer` at `learning_rate`, multiplied by `decay_factor` every
-  `decay_steps` steps when that is set, after clipping the gradient to a
-  global norm of `clip` when that is set (0 = off).
+  `decay_steps` steps when that is set, or piecewise constant when
+  `boundaries` is set: `learning_rate * scales[i]` from outer step
+  `boundaries[i]` on (each scale relative to `learning_rate`, not to the
+  previous piece); after clipping the gradient to a global norm of `clip`
+  when that is set (0 = off).
   """
   check_outer(settings)
   rate = settings["learning_rate"]
-  if settings.get("decay_steps", 0):
+  if settings.get("boundaries", ()):
+    starts = np.asarray(settings["boundaries"], np.int32)
+    pieces = rate * np.asarray((1.0, *settings["scales"]), np.float32)
+
+    def piecewise(step):
+      return jax.numpy.asarray(pieces)[
+        jax.numpy.searchsorted(starts, step, side="right")
+      ]
+
+    rate = piecewise
+  elif settings.get("decay_steps", 0):
     rate = optax.exponential_decay(
       rate,
       transition_steps=settings["decay_steps"],

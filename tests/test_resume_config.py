@@ -235,3 +235,8 @@ def test_a_field_the_checkpoint_lacks_is_a_change():
     experiment.ConfigError, match=r"task.clip_meta_loss: \(not set\) -> true"
   ):
     experiment.check_resume(saved, config)
+
+
+def test_a_checkpoint_without_a_saved_config_is_a_clear_error():
+  with pytest.raises(experiment.ConfigError, match="no 'config' entry"):
+    experiment.check_resume({"format_version": 1}, tiny.get_config())
