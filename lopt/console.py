@@ -29,13 +29,29 @@ from absl import app, flags, logging
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+#: Other libraries' warnings that say nothing is wrong, as (source file
+#: suffix, message prefix): orbax warns whenever a manager opens a directory
+#: read-only, which is how `lopt.export` and `lopt.evaluate` read every
+#: checkpoint.
+_NOTICES = (
+  ("orbax/checkpoint/checkpoint_manager.py", "Given directory is read only"),
+)
+
+
 class _OwnInfoOnly(py_logging.Filter):
   """Passes lopt's records, and other libraries' warnings and errors."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.WARNING:
+    path = os.path.abspath(record.pathname)
+    if path.startswith(_PACKAGE_DIR):
       return True
-    return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+    if record.levelno < py_logging.WARNING:
+      return False
+    message = str(record.msg)
+    return not any(
+      path.endswith(suffix) and message.startswith(prefix)
+      for suffix, prefix in _NOTICES
+    )
 
 
 class _ShortFormatter(py_logging.Formatter):

@@ -20,6 +20,10 @@ def test_other_libraries_info_is_filtered_but_not_their_warnings():
   assert not keep.filter(_record(orbax, py_logging.INFO))
   assert keep.filter(_record(orbax, py_logging.WARNING))
   assert keep.filter(_record(own, py_logging.INFO))
+  # A known notice that says nothing is wrong stays off too.
+  notice = _record(orbax, py_logging.WARNING)
+  notice.msg = "Given directory is read only=%s"
+  assert not keep.filter(notice)
 
 
 @pytest.mark.parametrize(
