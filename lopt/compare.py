@@ -97,12 +97,61 @@ class Budget:
         "config)."
       )
 
+  def scaled(self, factor: float) -> Budget:
+    """Every set budget times `factor` (outer steps rounded, at least 1)."""
+    if not (factor > 0 and np.isfinite(factor)):
+      raise ValueError(f"a budget scale must be a finite number > 0: {factor}")
+    return Budget(
+      seconds=self.seconds * factor,
+      steps=self.steps * factor,
+      outer_steps=max(1, round(self.outer_steps * factor))
+      if self.outer_steps
+      else 0,
+    )
+
   def spent(self, seconds: float, steps: float, outer_steps: int) -> bool:
     return (
       (self.seconds > 0 and seconds >= self.seconds)
       or (self.steps > 0 and steps >= self.steps)
       or (self.outer_steps > 0 and outer_steps >= self.outer_steps)
     )
+
+
+#: Per-label budget fields of `config.overrides.<label>` -> `Budget` fields.
+BUDGET_FIELDS = {
+  "budget_seconds": "seconds",
+  "budget_steps": "steps",
+  "budget_outer_steps": "outer_steps",
+}
+
+#: The x axes that steps-to-target is reported on: curve key -> description.
+AXES = {
+  "outer_steps": "outer steps",
+  "steps": "total inner steps",
+  "sequential_steps": "sequential inner steps",
+  "seconds": "seconds (this machine)",
+  "parallel_seconds": "est. parallel seconds",
+}
+
+#: Confidence level of every interval in the summaries.
+CI_LEVEL = 0.95
+
+
+def label_budget(
+  budget: Budget, label_settings: dict[str, Any], scale: float = 1.0
+) -> Budget:
+  """A label's budget: its own `budget_*` settings if any, else `budget`.
+
+  Either is multiplied by `scale` (`--budget_scale`: a scaled-down run of a
+  preset keeps the ratios between the labels' budgets).
+  """
+  own = {
+    field: label_settings[key]
+    for key, field in BUDGET_FIELDS.items()
+    if label_settings.get(key)
+  }
+  chosen = Budget(**own) if own else budget
+  return chosen if scale == 1.0 else chosen.scaled(scale)
 
 
 def is_toy(config: ml_collections.ConfigDict) -> bool:
@@ -116,12 +165,16 @@ def settings(config: ml_collections.ConfigDict, label: str) -> dict[str, Any]:
   A label is an estimator name (`nres`, `pes`, ...) or any name that
   `config.overrides.<label>.name` maps to one (e.g. `tbptt_w10`). Fields of
   `config.overrides.<label>` replace those of `config.estimator` and
-  `config.outer`.
+  `config.outer`; it may also give the label its own budget
+  (`BUDGET_FIELDS`, e.g. `budget_outer_steps`), which replaces the run-wide
+  one for that label.
 
   Raises:
     ValueError: for a label that names no estimator, or an unknown field.
   """
-  fields = experiment.ESTIMATOR_FIELDS + experiment.OUTER_FIELDS
+  fields = (
+    experiment.ESTIMATOR_FIELDS + experiment.OUTER_FIELDS + tuple(BUDGET_FIELDS)
+  )
   merged = {
     k: config.estimator[k]
     for k in experiment.ESTIMATOR_FIELDS
@@ -157,6 +210,7 @@ def compare(
   seeds: Sequence[int],
   budget: Budget,
   workdir: str | None = None,
+  budget_scale: float = 1.0,
 ) -> dict[str, Any]:
   """Runs every (label, seed) and returns the JSON-able comparison.
 
@@ -164,19 +218,23 @@ def compare(
     config: a toy-system or learned-optimizer config.
     labels: estimator labels, e.g. ["nres", "pes", "tes"].
     seeds: seeds; each label runs once per seed.
-    budget: per-run budget.
+    budget: per-run budget, for labels without their own (`label_budget`).
     workdir: learned-optimizer configs only: where the runs' workdirs go
       (`<workdir>/<label>/seed<k>`); a temporary directory by default.
+    budget_scale: every budget (also the labels' own) times this.
 
   Returns:
-    {"kind", "budget", "meta_loss_definition", "labels", "seeds", "config",
-    "estimators": {label: {"settings", "runs": [curve per seed],
-    "summary"}}}.
+    {"kind", "budget", "budget_scale", "meta_loss_definition", "labels",
+    "seeds", "config", "estimators": {label: {"settings", "budget", "runs":
+    [curve per seed], "summary"}}, "targets": [target loss, ...],
+    "to_target": {label: [per target: {"target", axis: stats}]}} (see
+    `to_target`).
   """
   toy = is_toy(config)
   result = {
     "kind": "toy" if toy else "lopt",
     "budget": dataclasses.asdict(budget),
+    "budget_scale": float(budget_scale),
     "labels": list(labels),
     "seeds": [int(s) for s in seeds],
     "config": json.loads(config.to_json_best_effort()),
@@ -195,23 +253,115 @@ def compare(
   progress = console.Progress(len(labels) * len(seeds), "compare")
   for label in labels:
     s = settings(config, label)
+    own = label_budget(budget, s, budget_scale)
     runs = []
     runner = compare_toy.ToyRunner(config, label, s) if toy else None
     for seed in seeds:
       progress.step(f"{label} ({s['name']}), seed {seed}")
       if toy:
-        runs.append(runner.run(int(seed), budget, evaluate))
+        runs.append(runner.run(int(seed), own, evaluate))
       else:
         run_dir = os.path.join(workdir, label, f"seed{seed}")
-        runs.append(compare_lopt.run(config, s, int(seed), budget, run_dir))
+        runs.append(compare_lopt.run(config, s, int(seed), own, run_dir))
     result["estimators"][label] = {
       "settings": s,
+      "budget": dataclasses.asdict(own),
       "runs": runs,
       "summary": summarize(runs),
     }
   if toy and "theta_true" in config:
     result["theta_true"] = [float(x) for x in np.ravel(config.theta_true)]
+  result["targets"] = targets(config, result)
+  result["to_target"] = {
+    label: [to_target(entry["runs"], t) for t in result["targets"]]
+    for label, entry in result["estimators"].items()
+  }
   return result
+
+
+def targets(config: ml_collections.ConfigDict, result) -> list[float]:
+  """The target meta-losses of `result`: fixed ones, then one near the best.
+
+  `config.compare.targets` lists fixed targets (e.g. Lorenz's 60). With
+  `config.compare.target_near_best = m` (> 0), one more target is
+  (1 + m) x the best (lowest) mean final meta-loss of the labels: a level
+  that the best label reaches at the end and that shows which others do.
+  """
+  defaults = config.get("compare", ml_collections.ConfigDict())
+  chosen = [float(t) for t in defaults.get("targets", ())]
+  margin = float(defaults.get("target_near_best", 0.0))
+  finals = [
+    e["summary"]["final_meta_loss"]["mean"]
+    for e in result["estimators"].values()
+  ]
+  finals = [f for f in finals if f is not None]
+  if margin > 0 and finals:
+    chosen.append(float(f"{(1 + margin) * min(finals):.3g}"))
+  return chosen
+
+
+def first_below(xs, losses, target: float) -> float | None:
+  """Where a curve first gets below `target`: linear between its points.
+
+  The crossing is interpolated between the last point at or above the
+  target and the first below it (the first point, if that is already
+  below). None if it never gets below. A missing (non-finite) loss counts
+  as above.
+  """
+  prev = None
+  for x, loss in zip(xs, losses):
+    if loss is not None and np.isfinite(loss) and loss < target:
+      if prev is None:
+        return float(x)
+      (x0, l0) = prev
+      frac = (l0 - target) / (l0 - loss) if np.isfinite(l0) else 1.0
+      return float(x0 + frac * (x - x0))
+    prev = (x, np.inf if loss is None or not np.isfinite(loss) else loss)
+  return None
+
+
+def interval(values, level: float = CI_LEVEL) -> dict[str, Any]:
+  """Mean and Student-t interval of the mean of the finite values.
+
+  Returns {"mean", "low", "high", "n"}; low/high are None for fewer than
+  two values, and everything but n is None for none.
+  """
+  from scipy import stats  # scikit-learn's dependency; imported on use
+
+  x = np.asarray(
+    [v for v in values if v is not None and np.isfinite(v)], np.float64
+  )
+  out = {"mean": None, "low": None, "high": None, "n": int(x.size)}
+  if x.size:
+    out["mean"] = float(x.mean())
+  if x.size >= 2:
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1)
+    half /= np.sqrt(x.size)
+    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+  return out
+
+
+def to_target(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
+  """Steps- and time-to-target of every seed, with their interval per axis.
+
+  Returns {"target", "reached": seeds that got below it, "num_runs",
+  axis: {"values": per seed (None if not reached), "mean", "low", "high",
+  "n"}} for every axis of `AXES` the runs have; the mean and interval are
+  over the seeds that reached the target.
+  """
+  out = {
+    "target": float(target),
+    "num_runs": len(runs),
+    "reached": sum(
+      first_below(r["steps"], r["meta_loss"], target) is not None for r in runs
+    ),
+  }
+  for axis in AXES:
+    if not all(axis in r for r in runs):
+      continue
+    values = [first_below(r[axis], r["meta_loss"], target) for r in runs]
+    out[axis] = {"values": values, **interval(values)}
+  return out
 
 
 def _stats(values) -> dict[str, Any]:
@@ -240,11 +390,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
   summary = {
     "final_meta_loss": _stats([r["meta_loss"][-1] for r in runs]),
+    "final_meta_loss_ci": interval([r["meta_loss"][-1] for r in runs]),
     "best_meta_loss": _stats([best(r["meta_loss"]) for r in runs]),
     "total_steps": _stats([r["steps"][-1] for r in runs]),
     "total_seconds": _stats([r["seconds"][-1] for r in runs]),
     "total_outer_steps": _stats([r["outer_steps"][-1] for r in runs]),
   }
+  if all("sequential_steps" in r for r in runs):
+    summary["total_sequential_steps"] = _stats(
+      [r["sequential_steps"][-1] for r in runs]
+    )
+  if all("parallel_seconds" in r for r in runs):
+    summary["total_parallel_seconds"] = _stats(
+      [r["parallel_seconds"][-1] for r in runs]
+    )
+    summary["step_seconds"] = _stats([r["step_seconds"] for r in runs])
   if "theta" in runs[0]:
     thetas = np.asarray([r["theta"][-1] for r in runs], np.float64)
     summary["final_theta_mean"] = jsonio.plain(thetas.mean(axis=0))
@@ -278,8 +438,25 @@ def write(
   return json_path, png_path
 
 
+def fmt_interval(d: dict[str, Any] | None, digits: int = 3) -> str:
+  """`mean [low, high]` with `digits` significant digits; `n/a` if unset."""
+  if not d or d["mean"] is None:
+    return "n/a"
+  if d["low"] is None:
+    return f"{d['mean']:.{digits}g}"
+  return (
+    f"{d['mean']:.{digits}g} [{d['low']:.{digits}g}, {d['high']:.{digits}g}]"
+  )
+
+
 def format_table(result: dict[str, Any]) -> str:
-  """The final numbers per estimator as a Markdown table."""
+  """The final numbers per estimator as a Markdown table.
+
+  Then, for every target of `result["targets"]`, a table of how far each
+  label got before its meta-loss fell below it, on every axis of `AXES`:
+  the mean over the seeds that got there and its 95 % interval, with how
+  many seeds did.
+  """
 
   def fmt(d: dict[str, Any], spread: bool = True) -> str:
     if d["mean"] is None:
@@ -289,9 +466,9 @@ def format_table(result: dict[str, Any]) -> str:
     return f"{d['mean']:.4g}"
 
   lines = [
-    "| estimator | final meta-loss (mean ± std) | best meta-loss | "
-    "outer steps | inner steps | seconds | final theta |",
-    "|---|---|---|---|---|---|---|",
+    "| estimator | final meta-loss (mean ± std) | 95 % interval | "
+    "best meta-loss | outer steps | inner steps | seconds | final theta |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for label, entry in result["estimators"].items():
     s = entry["summary"]
@@ -303,13 +480,37 @@ def format_table(result: dict[str, Any]) -> str:
       + ", ".join("nan" if t is None else f"{t:.4g}" for t in theta)
       + ")"
     )
+    ci = s.get("final_meta_loss_ci")
+    ci = (
+      "n/a"
+      if not ci or ci["low"] is None
+      else f"[{ci['low']:.4g}, {ci['high']:.4g}]"
+    )
     lines.append(
-      f"| {label} | {fmt(s['final_meta_loss'])} | "
+      f"| {label} | {fmt(s['final_meta_loss'])} | {ci} | "
       f"{fmt(s['best_meta_loss'], False)} | "
       f"{fmt(s['total_outer_steps'], False)} | "
       f"{fmt(s['total_steps'], False)} | "
       f"{fmt(s['total_seconds'], False)} | {theta} |"
     )
+  for i, target in enumerate(result.get("targets", ())):
+    rows = {label: r[i] for label, r in result["to_target"].items()}
+    axes = [a for a in AXES if all(a in r for r in rows.values())]
+    lines += [
+      "",
+      f"Meta-loss below {target:.4g}: mean over the seeds that got there "
+      f"[{CI_LEVEL:.0%} interval]",
+      "",
+      "| estimator | seeds | " + " | ".join(AXES[a] for a in axes) + " |",
+      "|---|---|" + "---|" * len(axes),
+    ]
+    for label, r in rows.items():
+      cells = [fmt_interval(r[a]) for a in axes]
+      lines.append(
+        f"| {label} | {r['reached']}/{r['num_runs']} | "
+        + " | ".join(cells)
+        + " |"
+      )
   return "\n".join(lines)
 
 
@@ -342,6 +543,15 @@ def define_flags() -> dict[str, flags.FlagHolder]:
     ),
     "budget_outer_steps": flags.DEFINE_integer(
       "budget_outer_steps", 0, "Per-run budget of outer steps."
+    ),
+    "budget_scale": flags.DEFINE_float(
+      "budget_scale",
+      1.0,
+      "Multiplies every budget, also the labels' own "
+      "(config.overrides.<label>.budget_*): a scaled-down run of a preset.",
+    ),
+    "table": flags.DEFINE_string(
+      "table", None, "Also write the Markdown tables to this file."
     ),
     "output_dir": flags.DEFINE_string(
       "output_dir", ".", "Where <name>.json and <name>.png go."
@@ -398,9 +608,20 @@ def main(f: dict[str, Any]) -> None:
       os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
     )[0]
   )
-  result = compare(config, labels, seeds, budget, workdir=f["workdir"])
+  result = compare(
+    config,
+    labels,
+    seeds,
+    budget,
+    workdir=f["workdir"],
+    budget_scale=f["budget_scale"],
+  )
   json_path, png_path = write(result, f["output_dir"], name)
-  print(format_table(result))
+  table = format_table(result)
+  print(table)
+  if f["table"]:
+    with open(f["table"], "w") as fh:
+      fh.write(table + "\n")
   logging.info("Wrote %s and %s", json_path, png_path)
 
 

@@ -31,6 +31,7 @@ from absl import logging
 
 from lopt import (
   checkpoint,
+  compare_toy,
   experiment,
   export,
   jsonio,
@@ -125,9 +126,11 @@ def run(
 
   Returns:
     The curve: per checkpoint `outer_steps`, `steps` (total inner steps),
-    `sequential_steps`, `seconds` (`train_seconds`), `meta_loss`,
-    `train_loss`, `grad_snr`; and `seed`, `workdir`, `burn_in_steps`,
-    `steps_per_update`.
+    `sequential_steps`, `seconds` (`train_seconds`), `parallel_seconds`
+    (an estimate for a machine that runs every particle at once:
+    sequential steps x `step_seconds`), `meta_loss`, `train_loss`,
+    `grad_snr`; and `seed`, `workdir`, `burn_in_steps`, `steps_per_update`,
+    `step_seconds` (`one_particle_step_seconds`).
   """
   num_points = int(config.get("compare", {}).get("num_points", 10))
   # The budget, the data and the scoring do not depend on the run's length.
@@ -168,12 +171,18 @@ def run(
   for step in steps:
     theta, _, _ = export.load_theta(workdir, step)
     points.append((step, float(score(data, theta))))
+  sequential = [s * est.unroll_length for s, _ in points]
+  step_seconds = one_particle_step_seconds(
+    config, settings, seed, data, dataset
+  )
   return {
     "seed": seed,
     "workdir": workdir,
     "outer_steps": [s for s, _ in points],
     "steps": [s * per_update for s, _ in points],
-    "sequential_steps": [s * est.unroll_length for s, _ in points],
+    "sequential_steps": sequential,
+    "parallel_seconds": [n * step_seconds for n in sequential],
+    "step_seconds": step_seconds,
     "seconds": [float(logged[s]["train_seconds"]) for s, _ in points],
     "meta_loss": [jsonio.finite_or_none(loss) for _, loss in points],
     "train_loss": [logged[s].get("meta_loss") for s, _ in points],
@@ -181,3 +190,23 @@ def run(
     "burn_in_steps": est.burn_in_steps,
     "steps_per_update": per_update,
   }
+
+
+def one_particle_step_seconds(
+  config: ml_collections.ConfigDict,
+  settings: Mapping[str, Any],
+  seed: int,
+  data,
+  dataset,
+) -> float:
+  """Measured seconds of one inner step of one particle of this run.
+
+  The label's estimator with a single particle, unsharded, timed by
+  `compare_toy.one_particle_step_seconds`.
+  """
+  cfg = run_config(config, dict(settings, num_particles=1), seed, 1, 1)
+  exp = experiment.build(cfg, dataset)
+  est = experiment.make_estimator(cfg.estimator, exp.system(data))
+  return compare_toy.one_particle_step_seconds(
+    est, train.initial_theta(exp), jax.random.key(seed)
+  )

@@ -69,6 +69,54 @@ def make_evaluator(config: ml_collections.ConfigDict):
   )
 
 
+def one_particle_step_seconds(
+  estimator, theta, key: jax.Array, min_seconds: float = 0.2, repeats: int = 3
+) -> float:
+  """Measured seconds of one sequential inner step of one particle.
+
+  Times `estimator.estimate` (compiled, burn-in excluded) on an estimator
+  with a single particle (one antithetic pair for ES: both members, as one
+  worker of a parallel machine would run them), in a jitted loop of enough
+  estimates to last `min_seconds`; the fastest of `repeats` timings, divided
+  by the estimates' sequential steps (`unroll_length` each). This is the
+  per-step cost a machine that runs every particle at once would pay; it
+  leaves out the cross-particle reduction and the outer update.
+  """
+  if estimator.num_particles != 1:
+    raise ValueError(
+      f"needs a one-particle estimator, got {estimator.num_particles}"
+    )
+
+  def loop(state, key, num):
+    def body(i, carry):
+      state, total = carry
+      grad, state, _ = estimator.estimate(
+        theta, state, jax.random.fold_in(key, i)
+      )
+      leaves = jax.tree_util.tree_leaves(grad)
+      return state, total + sum(jnp.sum(g) for g in leaves)
+
+    return jax.lax.fori_loop(0, num, body, (state, jnp.zeros(())))
+
+  k_init, k_run = jax.random.split(key)
+  state = jax.block_until_ready(jax.jit(estimator.init)(theta, k_init))
+  run = jax.jit(loop).lower(state, k_run, jnp.int32(1)).compile()
+  jax.block_until_ready(run(state, k_run, jnp.int32(1)))
+  num, elapsed = 1, 0.0
+  while True:
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(state, k_run, jnp.int32(num)))
+    elapsed = time.perf_counter() - t0
+    if elapsed >= min_seconds or num >= 2**20:
+      break
+    num *= max(2, min(16, math.ceil(min_seconds / max(elapsed, 1e-6))))
+  for _ in range(repeats - 1):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(state, k_run, jnp.int32(num)))
+    elapsed = min(elapsed, time.perf_counter() - t0)
+  return elapsed / (num * estimator.unroll_length)
+
+
 def _flat(theta) -> list[float]:
   return [float(x) for x in np.ravel(np.asarray(ravel_pytree(theta)[0]))]
 
@@ -132,6 +180,19 @@ class ToyRunner:
       jax.jit(chunk).lower(state, key, jnp.int32(0), jnp.int32(1)).compile()
     )
     self.compile_seconds = time.perf_counter() - t0
+    self._step_seconds = None
+
+  @property
+  def step_seconds(self) -> float:
+    """`one_particle_step_seconds` of this label's estimator (measured once)."""
+    if self._step_seconds is None:
+      one = experiment.make_estimator(
+        dict(self.settings, num_particles=1), self.estimator.system
+      )
+      self._step_seconds = one_particle_step_seconds(
+        one, self.theta0, jax.random.key(0)
+      )
+    return self._step_seconds
 
   def run(self, seed: int, budget: Budget, evaluate) -> dict[str, Any]:
     """Meta-trains from `config.theta_init` with one seed.
@@ -148,9 +209,12 @@ class ToyRunner:
       `sequential_steps` (inner steps one particle ran one after another),
       `seconds` (timed region only), `meta_loss` (unperturbed, evaluated
       untimed), `train_loss` (mean `info["loss"]` of the chunk: the
-      perturbed particles' loss), `theta`, `nonfinite`, `skipped_updates`;
+      perturbed particles' loss), `theta`, `nonfinite`, `skipped_updates`,
+      `parallel_seconds` (an estimate of the wall-clock on a machine that
+      runs every particle at once: `sequential_steps` x `step_seconds`);
       and scalars `seed`, `compile_seconds`, `burn_in_seconds`,
-      `burn_in_steps`, `steps_per_update`.
+      `burn_in_steps`, `steps_per_update`, `step_seconds` (measured:
+      `one_particle_step_seconds`).
     """
     config = self.config
     k_init, k_train = jax.random.split(jax.random.key(seed))
@@ -218,8 +282,13 @@ class ToyRunner:
       seconds,
       curve["meta_loss"][-1],
     )
+    step_seconds = self.step_seconds
+    curve["parallel_seconds"] = [
+      n * step_seconds for n in curve["sequential_steps"]
+    ]
     curve.update(
       seed=seed,
+      step_seconds=step_seconds,
       compile_seconds=self.compile_seconds,
       burn_in_seconds=burn_in_seconds,
       burn_in_steps=self.estimator.burn_in_steps,

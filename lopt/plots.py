@@ -68,10 +68,14 @@ def comparison(
 
   Panels: meta-loss against total inner steps, against sequential inner
   steps (the steps one particle runs one after another: W per update for
-  the online estimators, T for FullES) and against wall-clock seconds (mean
-  over seeds, min-max band); with a known `theta_true`, a third panel
-  against `theta_x` ('steps' or 'outer_steps'): theta itself (scalar theta,
-  the truth dashed) or the distance |theta - theta*|.
+  the online estimators, T for FullES), against wall-clock seconds of this
+  machine and, where the runs have it, against the estimated wall-clock of
+  a machine that runs every particle at once (`parallel_seconds`:
+  sequential steps x the measured time of one step of one particle); mean
+  over seeds, min-max band, `result["targets"]` as dotted lines. With a
+  known `theta_true`, one more panel against `theta_x` ('steps' or
+  'outer_steps'): theta itself (scalar theta, the truth dashed) or the
+  distance |theta - theta*|. At most three panels a row.
   """
   plt = pyplot()
   truth = (
@@ -85,8 +89,24 @@ def comparison(
   if all("sequential_steps" in r for r in runs):
     panels.append(("sequential_steps", "sequential inner steps per particle"))
   panels.append(("seconds", "wall-clock seconds (timed region)"))
+  if all("parallel_seconds" in r for r in runs):
+    panels.append(
+      (
+        "parallel_seconds",
+        "estimated seconds, all particles in parallel\n"
+        "(sequential steps x one particle's step time)",
+      )
+    )
   num_panels = len(panels) + (truth is not None)
-  fig, axes = plt.subplots(1, num_panels, figsize=(5.2 * num_panels, 4.2))
+  cols = min(3, num_panels)
+  rows = -(-num_panels // cols)
+  fig, grid = plt.subplots(
+    rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False
+  )
+  axes = list(grid.ravel())
+  for ax in axes[num_panels:]:
+    ax.remove()
+  axes = axes[:num_panels]
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   log_x = xscale == "log"
 
@@ -134,6 +154,8 @@ def comparison(
   )
   for ax, (_, xlabel) in zip(axes, panels):
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale=yscale, xscale=xscale)
+    for target in result.get("targets", ()):
+      ax.axhline(target, color="gray", ls=":", lw=1)
   if truth is not None:
     ax = axes[-1]
     if theta_x == "steps":

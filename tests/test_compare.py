@@ -103,7 +103,16 @@ def test_toy_json_and_png_have_every_curve(tmp_path):
   assert entries["full_es"]["runs"][0]["steps_per_update"] == 2 * 2 * 40
   assert entries["tbptt"]["settings"]["learning_rate"] == 3e-4
   assert compare.settings(config, "tes")["learning_rate"] == 3e-4
-  assert compare.settings(config, "pes")["decay_steps"] == 1000
+  pes = compare.settings(config, "pes")
+  assert (pes["boundaries"], pes["scales"]) == ((1000,), (0.1,))
+  # The parallel estimate: sequential steps x one particle's step time.
+  for entry in entries.values():
+    for run in entry["runs"]:
+      assert run["step_seconds"] > 0
+      np.testing.assert_allclose(
+        run["parallel_seconds"],
+        np.asarray(run["sequential_steps"]) * run["step_seconds"],
+      )
   summary = entries["nres"]["summary"]
   assert summary["final_meta_loss"]["num_finite"] == 2
   assert len(summary["final_theta_mean"]) == 2
@@ -225,6 +234,10 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   logged = {r["step"]: r["train_seconds"] for r in rows if "train_seconds" in r}
   assert run["seconds"][1:] == [logged[1], logged[2]]
   assert run["sequential_steps"] == [0, 5, 10]
+  assert run["step_seconds"] > 0
+  assert run["parallel_seconds"] == [
+    n * run["step_seconds"] for n in (0, 5, 10)
+  ]
   _, _, saved_config = export.load_theta(run["workdir"])
   assert saved_config["config"]["estimator"]["name"] == "nres"
   assert saved_config["config"]["outer"]["num_steps"] == 2
@@ -261,6 +274,161 @@ def test_outer_optimizer_clips_and_decays():
     norms.append(float(jnp.linalg.norm(updates["w"])))
   # Clipped to norm 1, times lr 0.1 halved every 2 steps (staircase).
   np.testing.assert_allclose(norms, [0.1, 0.1, 0.05, 0.05, 0.025], rtol=1e-5)
+
+
+def test_piecewise_constant_schedule():
+  """PES on Lorenz: 1e-5, then 1e-6 from outer step 1000 on (once)."""
+  s = compare.settings(lorenz.get_config(), "pes")
+  rate = experiment.make_outer_optimizer(s)
+  theta = {"w": jnp.zeros(())}
+  state = rate.init(theta)
+  steps = []
+  for step in range(1003):
+    updates, state = rate.update({"w": jnp.ones(())}, state, theta)
+    if step in (0, 998, 999, 1000, 1002):
+      steps.append(-float(updates["w"]))
+  np.testing.assert_allclose(steps, [1e-5, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
+  # Scales are relative to learning_rate, not to the previous piece.
+  tx = experiment.make_outer_optimizer(
+    {
+      "optimizer": "sgd",
+      "learning_rate": 1.0,
+      "boundaries": (1, 3),
+      "scales": (0.5, 0.25),
+    }
+  )
+  state = tx.init(theta)
+  got = []
+  for _ in range(4):
+    updates, state = tx.update({"w": jnp.ones(())}, state, theta)
+    got.append(-float(updates["w"]))
+  assert got == [1.0, 0.5, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+  "changes,field",
+  [
+    ({"boundaries": (1000, 10), "scales": (0.1, 0.1)}, "outer.boundaries"),
+    ({"boundaries": (0,), "scales": (0.1,)}, "outer.boundaries"),
+    ({"boundaries": 1000, "scales": (0.1,)}, "outer.boundaries"),
+    ({"boundaries": (1000,), "scales": ()}, "outer.scales"),
+    ({"boundaries": (1000,), "scales": (-0.1,)}, "outer.scales"),
+    ({"boundaries": (), "scales": (0.1,)}, "outer.scales"),
+    (
+      {"boundaries": (1000,), "scales": (0.1,), "decay_steps": 10},
+      "outer.boundaries",
+    ),
+  ],
+)
+def test_piecewise_constant_schedule_is_checked(changes, field):
+  settings = {"optimizer": "sgd", "learning_rate": 1e-5, **changes}
+  with pytest.raises(experiment.ConfigError, match=field):
+    experiment.make_outer_optimizer(settings)
+
+
+def test_labels_have_their_own_budgets_and_a_scale():
+  config = small_lorenz()
+  config.overrides.nres.budget_outer_steps = 6
+  config.overrides.full_es.budget_outer_steps = 3
+  result = compare.compare(
+    config, ["nres", "full_es", "tes"], [0], compare.Budget(outer_steps=4)
+  )
+  last = {
+    label: e["runs"][0]["outer_steps"][-1]
+    for label, e in result["estimators"].items()
+  }
+  # Labels without their own budget (tes) get the run-wide one.
+  assert last == {"nres": 6, "full_es": 3, "tes": 4}
+  assert result["estimators"]["nres"]["budget"]["outer_steps"] == 6
+  scaled = compare.compare(
+    config,
+    ["nres", "full_es", "tes"],
+    [0],
+    compare.Budget(outer_steps=4),
+    budget_scale=0.5,
+  )
+  last = {
+    label: e["runs"][0]["outer_steps"][-1]
+    for label, e in scaled["estimators"].items()
+  }
+  assert last == {"nres": 3, "full_es": 2, "tes": 2}
+  assert scaled["budget_scale"] == 0.5
+  with pytest.raises(ValueError, match="scale"):
+    compare.Budget(steps=1).scaled(0.0)
+
+
+def test_first_below_interval_and_to_target():
+  # Linear between the last point above and the first below.
+  assert compare.first_below([0, 10, 20], [100, 80, 40], 60) == 15.0
+  assert compare.first_below([0, 10], [50, 40], 60) == 0.0
+  assert compare.first_below([0, 10], [100, 70], 60) is None
+  # A non-finite point before the crossing counts as above: the first
+  # finite point below is the crossing.
+  assert compare.first_below([0, 10, 20], [100, None, 40], 60) == 20.0
+  ci = compare.interval([1.0, 2.0, 3.0, None])
+  # t(0.975, 2) = 4.302653; sd = 1; n = 3.
+  half = 4.30265273 / np.sqrt(3)
+  assert ci["n"] == 3 and ci["mean"] == 2.0
+  np.testing.assert_allclose(
+    [ci["low"], ci["high"]], [2 - half, 2 + half], rtol=1e-8
+  )
+  assert compare.interval([5.0]) == {
+    "mean": 5.0,
+    "low": None,
+    "high": None,
+    "n": 1,
+  }
+  runs = [
+    {
+      "steps": [0, 10, 20],
+      "seconds": [0.0, 1.0, 2.0],
+      "meta_loss": [100.0, 80.0, 40.0],
+    },
+    {
+      "steps": [0, 10, 20],
+      "seconds": [0.0, 2.0, 4.0],
+      "meta_loss": [100, 50, 40],
+    },
+    {
+      "steps": [0, 10, 20],
+      "seconds": [0.0, 1.0, 2.0],
+      "meta_loss": [100, 90, 70],
+    },
+  ]
+  got = compare.to_target(runs, 60.0)
+  assert (got["reached"], got["num_runs"]) == (2, 3)
+  assert got["steps"]["values"] == pytest.approx([15.0, 8.0, None])
+  assert got["seconds"]["values"] == pytest.approx([1.5, 1.6, None])
+  assert got["steps"]["mean"] == pytest.approx(11.5)
+  assert got["steps"]["n"] == 2
+  assert "sequential_steps" not in got  # the runs have no such curve
+
+
+def test_targets_and_their_tables():
+  config = small_lorenz()
+  config.compare.targets = (1e9, 1e-9)
+  config.compare.target_near_best = 0.1
+  result = compare.compare(
+    config, ["nres", "full_es"], [0, 1], compare.Budget(outer_steps=4)
+  )
+  best = min(
+    e["summary"]["final_meta_loss"]["mean"]
+    for e in result["estimators"].values()
+  )
+  assert result["targets"][:2] == [1e9, 1e-9]
+  np.testing.assert_allclose(result["targets"][2], 1.1 * best, rtol=1e-2)
+  for rows in result["to_target"].values():
+    high, low, _ = rows
+    assert high["reached"] == 2 and low["reached"] == 0
+    # Every seed starts below 1e9: zero steps, seconds, ... to get there.
+    assert high["steps"]["mean"] == 0 and high["steps"]["low"] == 0
+    assert set(compare.AXES) <= set(high)
+  table = compare.format_table(result)
+  assert (
+    "Meta-loss below 1e+09" in table and "| nres | 2/2 | 0 [0, 0] |" in table
+  )
+  assert "| nres | 0/2 | n/a |" in table
+  assert "est. parallel seconds" in table
 
 
 def toy_config_names():
@@ -314,3 +482,25 @@ def test_every_toy_config_builds_its_estimators():
     "full_es": 3e-5,
     "tbptt": 3e-4,
   }
+  # The paper's iteration budgets, seeds and targets.
+  budgets = {
+    k: compare.label_budget(compare.Budget(steps=1), compare.settings(paper, k))
+    for k in paper.compare.estimators
+  }
+  assert {k: b.outer_steps for k, b in budgets.items()} == {
+    "nres": 5000,
+    "tes": 5000,
+    "pes": 10_000,
+    "tbptt": 10_000,
+    "full_es": 2000,
+  }
+  assert len(paper.compare.seeds) >= 5 and paper.compare.targets == (60.0,)
+  grid = lorenz.get_config("grid")
+  for label in grid.compare.estimators:
+    s = compare.settings(grid, label)
+    assert label == f"{s['name']}_lr{s['learning_rate']:.0e}"
+    assert s["budget_outer_steps"] == budgets[s["name"]].outer_steps
+    assert s["learning_rate"] in lorenz.GRID_RATES[s["name"]]
+  assert {
+    compare.settings(grid, k)["name"] for k in grid.compare.estimators
+  } == set(paper.compare.estimators)
