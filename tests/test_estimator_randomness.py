@@ -410,6 +410,7 @@ def test_train_counts_skipped_updates(tmp_path, monkeypatch):
   config.outer.num_steps = 2
   config.eval.every_steps = 0
   config.log.every_steps = 1
+  config.estimator.step_unlocked = False  # no burn-in to compile
   run_state = train.train_and_evaluate(config, str(tmp_path))
   rows = [r for r in metrics.read_metrics(tmp_path) if "skipped_updates" in r]
   assert [(r["step"], r["skipped_updates"]) for r in rows] == [(1, 1), (2, 1)]
