@@ -1,4 +1,4 @@
-"""Config -> run: validation and every builder, in one place.
+"""Config -> run: every builder, and the validation they rely on, in one place.
 
 Every entry point turns an `ml_collections` config into the same parts here
 (`lopt.train` for `lopt.main`, `lopt.evaluate`, `lopt.compare`, `lopt.bench`
@@ -10,10 +10,11 @@ and the notebooks), so a setting means the same thing wherever it is read:
     exp = experiment.build(config, dataset)  # task, learned optimizer, outer
     est = exp.estimator(data)                # sharded over exp.mesh
 
-The valid names of every choice are module constants (`MODELS`,
-`ACTIVATIONS`, `ESTIMATORS`, `OUTER_OPTIMIZERS`, ...); `check_config`
-reports a bad value as one `ConfigError` naming the field, the value and
-what is allowed, before any data is loaded or anything is compiled.
+Validation lives in `lopt.validation` and is re-exported here: the valid
+names of every choice (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
+`OUTER_OPTIMIZERS`, ...), `check_config`, which reports a bad value as one
+`ConfigError` naming the field, the value and what is allowed, before any
+data is loaded or anything is compiled, and `check_resume`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import importlib.util
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -34,21 +35,29 @@ import optax
 
 from lopt import data as data_lib
 from lopt import estimators, inner, optimizers, sharding, systems, tasks
+from lopt.validation import (  # noqa: F401  (re-exported: see above)
+  ACTIVATIONS,
+  ESTIMATOR_FIELDS,
+  ESTIMATORS,
+  LOPT_KINDS,
+  META_LOSSES,
+  MODELS,
+  NOT_SET,
+  OUTER_FIELDS,
+  OUTER_OPTIMIZERS,
+  RESUMABLE_FIELDS,
+  ConfigChange,
+  ConfigError,
+  check_choice,
+  check_config,
+  check_estimator,
+  check_outer,
+  check_resume,
+  compare_configs,
+)
 
 #: Version of the checkpoint's JSON item; bump when its layout changes.
 FORMAT_VERSION = 1
-
-#: Valid names, per choice.
-MODELS = tasks.MODELS
-ACTIVATIONS = tasks.ACTIVATIONS
-META_LOSSES = inner.META_LOSSES
-LOPT_KINDS = optimizers.KINDS
-ESTIMATORS = tuple(sorted(estimators.REGISTRY))
-OUTER_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-  "adam": optax.adam,
-  "sgd": optax.sgd,
-}
-
 #: Toy systems a config may name in `system.name` (`lopt.compare`).
 SYSTEMS = {
   "lorenz": systems.Lorenz,
@@ -57,33 +66,7 @@ SYSTEMS = {
   "toy_regression": systems.ToyRegression,
 }
 
-#: The fields of an estimator's settings (`config.estimator`, or a compare
-#: label's merged settings).
-ESTIMATOR_FIELDS = (
-  "name",
-  "num_particles",
-  "unroll_length",
-  "sigma",
-  "noise_period",
-  "step_unlocked",
-)
-#: The fields of the outer optimizer's settings (`config.outer`).
-OUTER_FIELDS = (
-  "optimizer",
-  "learning_rate",
-  "clip",
-  "decay_steps",
-  "decay_factor",
-  "boundaries",
-  "scales",
-)
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names field and value."""
-
-
-# -- loading and validation ---------------------------------------------------
+# -- loading ---------------------------------------------------------------
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -107,413 +90,6 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
-
-
-#: Integers that reach the device as int32 (step counters, horizons, sizes).
-_INT32_MAX = 2**31 - 1
-#: `jax.random.key` keeps only the low 32 bits of a seed: 2**32 is seed 0.
-_SEED_MAX = 2**32 - 1
-_MISSING = object()  # `_get`: the field is required
-_ABSENT = object()  # `_get`: an optional field that is not there
-
-
-def _fail(field: str, value: Any, allowed: str) -> None:
-  raise ConfigError(f"{field} = {value!r} is invalid: it must be {allowed}")
-
-
-def _get(config, field: str, default: Any = _MISSING) -> Any:
-  """`config`'s value at the dotted `field`; a ConfigError if it is missing.
-
-  `default`, if given, stands in for a missing field (the optional fields
-  that the builders read with `.get`).
-  """
-  node = config
-  for part in field.split("."):
-    try:
-      node = node[part]
-    except (KeyError, TypeError, AttributeError):
-      if default is not _MISSING:
-        return default
-      raise ConfigError(
-        f"{field} is missing from the config (configs/default.py has every "
-        "field, with what it means)"
-      ) from None
-  return node
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(
-    value, (bool, np.bool_)
-  )
-
-
-def _check_int(
-  field: str, value: Any, low: int, high: int = _INT32_MAX, why: str = ""
-) -> None:
-  if not (_is_int(value) and low <= value <= high):
-    _fail(field, value, f"an integer in [{low}, {high}]{why}")
-
-
-def _check_real(
-  field: str, value: Any, *, low: float, strict: bool, high: float | None = None
-) -> None:
-  ok = (
-    isinstance(value, (int, float, np.integer, np.floating))
-    and not isinstance(value, (bool, np.bool_))
-    and math.isfinite(value)
-    and (value > low if strict else value >= low)
-    and (high is None or value <= high)
-  )
-  if not ok:
-    bound = f"> {low}" if strict else f">= {low}"
-    if high is not None:
-      bound += f" and <= {high}"
-    _fail(field, value, f"a finite number {bound}")
-
-
-def _check_choice(field: str, value: Any, choices) -> None:
-  # Names only: `in` on a dict of choices would raise for an unhashable value,
-  # and a number could equal a key by accident.
-  if not (isinstance(value, str) and value in choices):
-    _fail(field, value, f"one of {sorted(choices)}")
-
-
-def _check_flag(field: str, value: Any) -> None:
-  # Not `value in (False, True)`: 0, 1 and 1.0 compare equal to a bool.
-  if not isinstance(value, (bool, np.bool_)):
-    _fail(field, value, "True or False")
-
-
-def _check_widths(field: str, value: Any, *, allow_empty: bool) -> None:
-  ok = isinstance(value, (tuple, list)) and all(
-    _is_int(w) and 1 <= w <= _INT32_MAX for w in value
-  )
-  if not ok or (not value and not allow_empty):
-    what = "a sequence of integers >= 1"
-    _fail(field, value, what if allow_empty else f"a non-empty {what}")
-
-
-#: Settings that a config may leave out; the builders default them.
-_OPTIONAL_ESTIMATOR = ("sigma", "noise_period", "step_unlocked")
-_OPTIONAL_OUTER = (
-  "clip",
-  "decay_steps",
-  "decay_factor",
-  "boundaries",
-  "scales",
-)
-
-
-def _section(config, section: str, fields, optional) -> dict[str, Any]:
-  """The settings `fields` of `config[section]`; `optional` ones if set."""
-  settings = {}
-  for name in fields:
-    field = f"{section}.{name}"
-    if name not in optional:
-      settings[name] = _get(config, field)
-    elif (value := _get(config, field, _ABSENT)) is not _ABSENT:
-      settings[name] = value
-  return settings
-
-
-def check_outer(settings: Mapping[str, Any], prefix: str = "outer") -> None:
-  """Validates outer-optimizer settings (`OUTER_FIELDS`); see `check_config`."""
-  _check_choice(f"{prefix}.optimizer", settings["optimizer"], OUTER_OPTIMIZERS)
-  _check_real(
-    f"{prefix}.learning_rate", settings["learning_rate"], low=0, strict=True
-  )
-  _check_real(f"{prefix}.clip", settings.get("clip", 0.0), low=0, strict=False)
-  _check_int(f"{prefix}.decay_steps", settings.get("decay_steps", 0), 0)
-  _check_real(
-    f"{prefix}.decay_factor",
-    settings.get("decay_factor", 1.0),
-    low=0,
-    strict=True,
-    high=1.0,
-  )
-  boundaries = settings.get("boundaries", ())
-  scales = settings.get("scales", ())
-  ok = isinstance(boundaries, (tuple, list)) and all(
-    _is_int(b) and 1 <= b <= _INT32_MAX for b in boundaries
-  )
-  if not ok or list(boundaries) != sorted(set(boundaries)):
-    _fail(
-      f"{prefix}.boundaries",
-      boundaries,
-      "a strictly increasing sequence of outer steps >= 1 (() = none)",
-    )
-  ok = isinstance(scales, (tuple, list)) and all(
-    isinstance(v, (int, float, np.integer, np.floating))
-    and not isinstance(v, (bool, np.bool_))
-    and math.isfinite(v)
-    and v > 0
-    for v in scales
-  )
-  if not ok or len(scales) != len(boundaries):
-    _fail(
-      f"{prefix}.scales",
-      scales,
-      f"one finite factor > 0 per entry of {prefix}.boundaries "
-      f"({len(boundaries)})",
-    )
-  if boundaries and settings.get("decay_steps", 0):
-    _fail(
-      f"{prefix}.boundaries",
-      boundaries,
-      f"() when {prefix}.decay_steps is set: give one schedule, "
-      "piecewise constant (boundaries, scales) or exponential "
-      "(decay_steps, decay_factor)",
-    )
-
-
-def check_estimator(settings: Mapping[str, Any], horizon: int) -> None:
-  """Validates estimator settings (`ESTIMATOR_FIELDS`) against a horizon T.
-
-  Every field is checked, also those the chosen estimator ignores.
-  """
-  # Before `estimators.check_settings`, whose own checks these complete: a
-  # name that is not even a string; the configs' "0 = unset" convention
-  # (0.0 or False must not pass as 0); and counts that must fit the int32
-  # arrays they size.
-  _check_choice("estimator.name", settings["name"], ESTIMATORS)
-  noise_period = settings.get("noise_period", 0)
-  _check_int("estimator.noise_period", noise_period, 0, why=" (0 = unset)")
-  num_particles = settings["num_particles"]
-  if _is_int(num_particles) and num_particles > _INT32_MAX:
-    _check_int("estimator.num_particles", num_particles, 1)
-  try:
-    estimators.check_settings(
-      settings["name"],
-      horizon=horizon,
-      num_particles=num_particles,
-      unroll_length=settings["unroll_length"],
-      sigma=settings.get("sigma"),
-      noise_period=noise_period or None,
-      step_unlocked=settings.get("step_unlocked", True),
-    )
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
-def check_config(
-  config: ml_collections.ConfigDict, num_devices: int | None = None
-) -> None:
-  """Fails fast, naming the field, on names and values that cannot work.
-
-  Every field of configs/default.py is checked (type, range, finiteness,
-  choices), also estimator settings that the chosen estimator ignores, and
-  a missing field is named too. Nothing is loaded or compiled.
-
-  Args:
-    config: a learned-optimizer config (see configs/default.py).
-    num_devices: the number of devices the particles are sharded over;
-      `jax.device_count()` (all processes) by default.
-
-  Raises:
-    ConfigError: naming the field, its value and what is allowed.
-  """
-
-  def get(field, default=_MISSING):
-    return _get(config, field, default)
-
-  _check_int("seed", get("seed"), 0, _SEED_MAX)
-  dataset = get("task.dataset")
-  if not isinstance(dataset, str):
-    _fail("task.dataset", dataset, "a dataset name (a string)")
-  try:
-    data_lib.check_dataset_name(dataset)
-  except ValueError as e:
-    raise ConfigError(f"task.dataset: {e}") from None
-  data_dir = get("task.data_dir")
-  if data_dir is not None and not isinstance(data_dir, str):
-    _fail("task.data_dir", data_dir, 'a directory (a string; "" = default)')
-  _check_int("task.image_size", get("task.image_size"), 0)
-  _check_choice("task.model", get("task.model"), MODELS)
-  _check_widths("task.hidden", get("task.hidden"), allow_empty=True)
-  _check_choice("task.activation", get("task.activation"), ACTIVATIONS)
-  _check_int("task.batch_size", get("task.batch_size"), 1)
-  _check_choice("task.meta_loss", get("task.meta_loss"), META_LOSSES)
-  _check_flag("task.clip_meta_loss", get("task.clip_meta_loss"))
-  horizon = get("inner.horizon")
-  _check_int("inner.horizon", horizon, 1)
-  _check_choice("lopt.kind", get("lopt.kind"), LOPT_KINDS)
-  _check_widths("lopt.hidden", get("lopt.hidden"), allow_empty=False)
-  # The optional settings (read with `.get` by the builders) are passed on
-  # only when present, so that the checks default them as the builders do.
-  est = _section(config, "estimator", ESTIMATOR_FIELDS, _OPTIONAL_ESTIMATOR)
-  check_estimator(est, horizon)
-  check_outer(_section(config, "outer", OUTER_FIELDS, _OPTIONAL_OUTER))
-  for field in (
-    "outer.num_steps",
-    "outer.steps_per_dispatch",
-    "checkpoint.every_steps",
-    "checkpoint.keep",
-    "eval.num_seeds",
-    "log.every_steps",
-  ):
-    _check_int(field, get(field), 1)
-  _check_int(
-    "eval.every_steps", get("eval.every_steps"), 0, why=" (0 = no evaluation)"
-  )
-  _check_real(
-    "eval.adam_learning_rate",
-    get("eval.adam_learning_rate"),
-    low=0,
-    strict=True,
-  )
-  dispatch = get("outer.steps_per_dispatch")
-  for field in ("checkpoint.every_steps", "outer.num_steps"):
-    value = get(field)
-    if value % dispatch:
-      _fail(
-        field,
-        value,
-        f"a multiple of outer.steps_per_dispatch ({dispatch}): "
-        "checkpoints and the end fall between dispatches",
-      )
-  try:
-    sharding.check_divisible(
-      est["num_particles"],
-      jax.device_count() if num_devices is None else num_devices,
-    )
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
-# -- resuming -----------------------------------------------------------------
-
-#: Fields that a resumed run may change: each leaves the trajectory of the run
-#: state (theta, the outer optimizer state, the particles, the rng) and every
-#: metric it computes bit for bit what they would have been. All other fields
-#: change what is computed (`check_resume` refuses them), including
-#: `outer.steps_per_dispatch`: the checkpoint's step need not be a multiple
-#: of a new one, and XLA may fuse a longer scan differently.
-RESUMABLE_FIELDS: dict[str, str] = {
-  "outer.num_steps": "where the run stops, not what a step computes",
-  "log.every_steps": "how often metrics are read out, not their values",
-  "eval.every_steps": (
-    "when meta-evaluation runs; it reads theta and draws from a key stream "
-    "that training never uses (`eval_keys`)"
-  ),
-  "checkpoint.every_steps": (
-    "when the run state is saved; a resume from any step follows the same "
-    "trajectory"
-  ),
-  "checkpoint.keep": "how many saved steps stay on disk",
-  "task.data_dir": "where the dataset is read from, not which dataset",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigChange:
-  """One field whose value differs between a checkpoint and a config."""
-
-  field: str
-  #: The checkpoint's value (JSON form), or `NOT_SET` if it had none.
-  old: Any
-  #: The config's value (JSON form), or `NOT_SET` if it has none.
-  new: Any
-
-  @property
-  def resumable(self) -> bool:
-    """Whether a run may resume under the change (`RESUMABLE_FIELDS`)."""
-    return self.field in RESUMABLE_FIELDS
-
-  def __str__(self) -> str:
-    return f"{self.field}: {_show(self.old)} -> {_show(self.new)}"
-
-
-#: Stands for a field that one of the two compared configs does not have.
-NOT_SET = object()
-
-
-def _show(value: Any) -> str:
-  return "(not set)" if value is NOT_SET else json.dumps(value)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def compare_configs(
-  saved: Mapping[str, Any], config: ml_collections.ConfigDict
-) -> list[ConfigChange]:
-  """The fields whose values differ between a checkpoint and `config`.
-
-  Args:
-    saved: the checkpoint's JSON item, as `Experiment.saved_config` wrote it
-      (`checkpoint.load_meta` and `Checkpointer.restore_config` read it).
-    config: the config of the run that would resume it.
-
-  Returns:
-    One `ConfigChange` per differing leaf, sorted by field name. Both sides
-    are compared in their JSON form (tuples as lists), as saved.
-  """
-  if not isinstance(saved, Mapping) or not isinstance(
-    saved.get("config"), Mapping
-  ):
-    keys = sorted(saved) if isinstance(saved, Mapping) else type(saved)
-    raise ConfigError(
-      f"the checkpoint's saved config has no 'config' entry to compare "
-      f"with (found {keys}); resume it with the lopt that wrote it, or "
-      "start a new workdir"
-    )
-  old = _flatten(saved["config"])
-  new = _flatten(json.loads(config.to_json()))
-  changes = []
-  for field in sorted(set(old) | set(new)):
-    a, b = old.get(field, NOT_SET), new.get(field, NOT_SET)
-    if a is NOT_SET or b is NOT_SET or a != b:
-      changes.append(ConfigChange(field, a, b))
-  return changes
-
-
-def check_resume(
-  saved: Mapping[str, Any],
-  config: ml_collections.ConfigDict,
-  *,
-  allow_changes: bool = False,
-  where: str = "the checkpoint",
-) -> list[ConfigChange]:
-  """Refuses to resume a checkpoint under a config that computes otherwise.
-
-  Args:
-    saved: the checkpoint's JSON item (see `compare_configs`).
-    config: the config of the resuming run.
-    allow_changes: resume even if fields outside `RESUMABLE_FIELDS` changed
-      (the caller records them).
-    where: the checkpoint, as the message names it.
-
-  Returns:
-    Every change, resumable or (with `allow_changes`) not.
-
-  Raises:
-    ConfigError: listing every changed field outside `RESUMABLE_FIELDS`
-      (old -> new) and what to do, unless `allow_changes`.
-  """
-  changes = compare_configs(saved, config)
-  refused = [c for c in changes if not c.resumable]
-  if refused and not allow_changes:
-    listing = "\n".join(f"  {c}" for c in refused)
-    raise ConfigError(
-      f"the config differs from the one that wrote {where} in "
-      f"{len(refused)} field(s) that change what is computed (old -> "
-      f"new):\n{listing}\n"
-      "Resuming would continue that run's state under other settings, a "
-      "mixture of two runs. Start the new run in a new workdir, or give "
-      "the old values to continue the old one. To continue it under the "
-      "new config on purpose, pass --allow_config_change to lopt.main "
-      "(allow_config_change=True to lopt.train.train_and_evaluate); the "
-      "change is then recorded in the log and in metrics.jsonl. Fields "
-      f"that may change on resume: {', '.join(RESUMABLE_FIELDS)}."
-    )
-  return changes
 
 
 # -- builders -----------------------------------------------------------------
@@ -582,7 +158,7 @@ def make_system(config: ml_collections.ConfigDict, **changes):
   """The toy system of `config.system`, with `changes` applied."""
   fields = dict(config.system)
   name = fields.pop("name")
-  _check_choice("system.name", name, SYSTEMS)
+  check_choice("system.name", name, SYSTEMS)
   fields.update(changes)
   fields = {
     k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()

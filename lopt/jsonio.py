@@ -22,6 +22,17 @@ def finite_or_none(x: Any) -> float | None:
   return x if math.isfinite(x) else None
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested mappings as one dict with dotted names: {"a.b": 1, "c": 2}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
 def plain(obj: Any) -> Any:
   """`obj` with numpy/jax values as Python ones and non-finite floats None.
 

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from lopt import jsonio
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # How stale the TensorBoard events may get; metrics.jsonl is never stale.
@@ -72,16 +74,6 @@ def _ends_mid_line(path: str) -> bool:
       return False
     f.seek(-1, os.SEEK_END)
     return f.read(1) != b"\n"
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 class MetricWriter:
@@ -165,7 +157,7 @@ class MetricWriter:
     if hasattr(hparams, "to_dict"):  # ml_collections.ConfigDict
       hparams = hparams.to_dict()
     flat = {}
-    for name, value in _flatten(hparams).items():
+    for name, value in jsonio.flatten(hparams).items():
       if isinstance(value, (np.generic, jax.Array)):
         value = np.asarray(value).item()
       if isinstance(value, float) and not math.isfinite(value):
