@@ -109,12 +109,14 @@ def sharded_functions(exp: Experiment, data):
     `(init_fn, steps_fn, abstract_state, state_shardings)`: `init_fn(data)`
     builds the run state; `steps_fn(data, run_state)` advances it
     `outer.steps_per_dispatch` steps and returns `(run_state, infos)`, with
-    `run_state` donated; `abstract_state` is the run state's
-    `jax.eval_shape`, and `state_shardings` its shardings, leaf for leaf.
+    `run_state` donated; `abstract_state` is `jax.eval_shape(init_fn,
+    data)`: the run state's shapes with its shardings, the restore target
+    of a checkpoint; `state_shardings` are those shardings, leaf for leaf.
   """
   replicated = sharding.replicated(exp.mesh)
-  abstract_state = jax.eval_shape(functools.partial(init_run_state, exp), data)
-  state_shardings = sharding.run_state_shardings(abstract_state, exp.mesh)
+  state_shardings = sharding.run_state_shardings(
+    jax.eval_shape(functools.partial(init_run_state, exp), data), exp.mesh
+  )
   # Explicit shardings in and out: the particle state is created sharded,
   # inside jit, from the seed (no host-local per-particle arrays exist), and
   # every dispatch hands it back with the same layout, so XLA never
@@ -133,7 +135,7 @@ def sharded_functions(exp: Experiment, data):
     out_shardings=(state_shardings, replicated),
     donate_argnums=(1,),
   )
-  return init_fn, steps_fn, abstract_state, state_shardings
+  return init_fn, steps_fn, jax.eval_shape(init_fn, data), state_shardings
 
 
 class _SigtermFlag:
@@ -349,12 +351,12 @@ def _train_and_evaluate(
     writer.write_hparams(config)
     logging.info("Starting from scratch in %s.", workdir)
   else:
-    # The targets carry this run's shardings, whatever the device count of
-    # the run that wrote the checkpoint: that is the elastic resume.
-    abstract = checkpoint.abstract_like(abstract_state, state_shardings)
+    # The targets (`abstract_state`) carry this run's shardings, from
+    # init_fn's out_shardings, whatever the device count of the run that
+    # wrote the checkpoint: that is the elastic resume.
     try:
       run_state = _resume(
-        ckpt, writer, latest, config, abstract, allow_config_change
+        ckpt, writer, latest, config, abstract_state, allow_config_change
       )
     except experiment.ConfigError:
       ckpt.close()

@@ -484,14 +484,12 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
     mesh = sharding.make_mesh()
     data, dataset = experiment.load_data(config, mesh)
     exp = experiment.build(config, dataset, mesh)
-    _, _, abstract, shardings = train.sharded_functions(exp, data)
+    _, _, abstract, _ = train.sharded_functions(exp, data)
     with checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), every_steps=1, keep=10
     ) as ckpt:
       step = ckpt.latest_step()
-      restored = ckpt.restore(
-        step, checkpoint.abstract_like(abstract, shardings)
-      )
+      restored = ckpt.restore(step, abstract)
     counter = restored["estimator_state"].counter
     result.update(
       restored_step=step,

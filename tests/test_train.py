@@ -61,9 +61,7 @@ def restore_final(workdir, config):
   """The newest checkpoint of a workdir as a host-side run state."""
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  abstract = checkpoint.abstract_like(
-    jax.eval_shape(lambda d: train.init_run_state(exp, d), data)
-  )
+  abstract = train.sharded_functions(exp, data)[2]
   with checkpoint.Checkpointer(
     os.path.join(workdir, "checkpoints"), every_steps=1, keep=1
   ) as ckpt:
