@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_estimators import episode_averages
 
 from configs import tiny
 from lopt import estimators, experiment, metrics, outer, systems, train
@@ -169,29 +170,6 @@ class NoisyLinearQuadratic(systems.LinearQuadratic):
     return s, 0.5 * (s - self.y) ** 2
 
 
-def episode_averages(est, theta, key):
-  """Each pair's mean estimate over one episode from step 0 (lockstep).
-
-  Pairs that start at step 0 and run one episode are independent samples,
-  so their spread gives an honest standard error (algorithms.md O6).
-  """
-  k_init, k_calls = jax.random.split(key)
-  calls = est.horizon // est.unroll_length
-
-  @jax.jit
-  def run(theta):
-    state = est.init(theta, k_init)
-
-    def body(state, call_key):
-      grads, state, _ = est.particle_estimates(theta, state, call_key)
-      return state, grads
-
-    _, grads = jax.lax.scan(body, state, jax.random.split(k_calls, calls))
-    return grads.mean(axis=0)
-
-  return np.asarray(run(theta), np.float64)
-
-
 @pytest.mark.parametrize(
   "name",
   # NRES, the default, in the default suite; the others in the slow one.
@@ -208,7 +186,9 @@ def test_unbiased_in_float32_at_sigma_001_with_common_random_numbers(name):
   samples = {}
   for label, system in (("noisy", noisy), ("plain", plain)):
     est = make(name, system, pairs, w, sigma, step_unlocked=False)
-    samples[label] = episode_averages(est, theta, jax.random.key(7))
+    samples[label] = np.asarray(
+      episode_averages(est, theta, jax.random.key(7)), np.float64
+    )
   mean = samples["noisy"].mean(axis=0)
   se = samples["noisy"].std(axis=0, ddof=1) / np.sqrt(pairs)
   z = (mean - expected) / se
