@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -225,11 +226,12 @@ def compare(
 
   Returns:
     {"kind", "budget", "budget_scale", "meta_loss_definition", "labels",
-    "seeds", "config", "estimators": {label: {"settings", "budget", "runs":
-    [curve per seed], "summary"}}, "targets": [target loss, ...],
-    "to_target": {label: [per target: {"target", axis: stats}]}} (see
-    `to_target`).
+    "seeds", "config", "wall_seconds" (the whole comparison), "estimators":
+    {label: {"settings", "budget", "runs": [curve per seed], "summary"}},
+    "targets": [target loss, ...], "to_target": {label: [per target:
+    {"target", axis: stats}]}} (see `to_target`).
   """
+  start = time.perf_counter()
   toy = is_toy(config)
   result = {
     "kind": "toy" if toy else "lopt",
@@ -276,6 +278,9 @@ def compare(
     label: [to_target(entry["runs"], t) for t in result["targets"]]
     for label, entry in result["estimators"].items()
   }
+  # Everything: compiling, burn-in, training, evaluation (the study's cost).
+  result["wall_seconds"] = time.perf_counter() - start
+  result["ci_level"] = CI_LEVEL
   return result
 
 

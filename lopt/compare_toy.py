@@ -70,7 +70,7 @@ def make_evaluator(config: ml_collections.ConfigDict):
 
 
 def one_particle_step_seconds(
-  estimator, theta, key: jax.Array, min_seconds: float = 0.2, repeats: int = 3
+  estimator, theta, key: jax.Array, min_seconds: float = 0.2, repeats: int = 5
 ) -> float:
   """Measured seconds of one sequential inner step of one particle.
 
