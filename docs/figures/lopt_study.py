@@ -1,0 +1,331 @@
+"""The learned-optimizer estimator study: NRES, PES, TES, FullES and GPES-K.
+
+    .venv/bin/python docs/figures/lopt_study.py                 # ~1 h, 2 cores
+    .venv/bin/python docs/figures/lopt_study.py --run_seconds=300 \\
+        --sweep_seconds=100 --seeds=0,1,2,3,4          # a bigger machine
+
+Meta-trains the papers' MLPLOpt on digits (configs/digits_mlp_study.py)
+from scratch, in four phases, each through `lopt.compare` (so every curve
+has total steps, sequential steps, seconds and the estimated parallel
+seconds):
+
+The `study` section of the config (configs/digits_mlp_study.py) names the
+methods, the sweep's learning rates and the GPES periods.
+
+1. pilot: each label runs `--pilot_steps` outer steps to measure its CPU
+   seconds per outer step here (`train_seconds`, compilation excluded).
+2. sweep: each method at every rate of `study.sweep_rates`, one seed,
+   `--sweep_seconds` of CPU each; the rate with the lowest final
+   meta-loss is the method's tuned rate.
+3. main: each method at its tuned rate, `--seeds`, `--run_seconds` of CPU
+   each (budgets in outer steps from the pilot's rates: equal CPU, not
+   equal steps); then tuned Adam on the same held-out seeds (the
+   `lopt.evaluate` sweep, constant schedule), the reference a learned
+   optimizer has to beat.
+4. gpes: GPES-K (W = 1, K in `study.gpes_periods`) at NRES's tuned rate,
+   `--gpes_seeds`, `--run_seconds` each (equal outer steps: K does not
+   change the cost of a step).
+
+Writes `lopt_study_sweep.json`, `lopt_study.json` / `.png` (with an `adam`
+entry), `lopt_study_gpes.json` / `.png` and the Markdown tables
+`lopt_study.md` into `--output_dir`. The runs' workdirs go to `--workdir`;
+finished runs there are reused, so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags, logging
+
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+sys.path.insert(0, REPO)
+
+from lopt import (  # noqa: E402
+  compare,
+  compare_lopt,
+  evaluate,
+  experiment,
+  jsonio,
+  optimizers,
+)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+  "config",
+  os.path.join(REPO, "configs", "digits_mlp_study.py"),
+  "The study's config (its `study` section names methods, rates, periods).",
+)
+flags.DEFINE_float("run_seconds", 150.0, "CPU seconds of each main run.")
+flags.DEFINE_float("sweep_seconds", 50.0, "CPU seconds of each sweep run.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main runs.")
+flags.DEFINE_list("gpes_seeds", ["0", "1"], "Seeds of the GPES-K runs.")
+flags.DEFINE_integer("pilot_steps", 20, "Outer steps of each pilot run.")
+flags.DEFINE_list(
+  "phases", ["pilot", "sweep", "main", "gpes"], "Phases to run, in order."
+)
+flags.DEFINE_string(
+  "output_dir", os.path.join(REPO, "docs", "figures"), "Where results go."
+)
+flags.DEFINE_string("workdir", "/tmp/lopt_study", "The runs' workdirs.")
+
+
+def _outer_steps(seconds: float, rate: float, dispatch: int) -> int:
+  """Outer steps (a multiple of `dispatch`) that take `seconds` at `rate`."""
+  return dispatch * max(1, round(seconds / rate / dispatch))
+
+
+def _with_labels(config, labels: dict[str, dict]) -> ml_collections.ConfigDict:
+  """`config` with `labels` ({label: override fields}) added to overrides."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for label, fields in labels.items():
+    config.overrides[label] = fields
+  return config
+
+
+def _run(config, labels, seeds, workdir, name=None, title=""):
+  result = compare.compare(
+    config, list(labels), seeds, compare.Budget(outer_steps=1), workdir=workdir
+  )
+  if name:
+    compare.write(result, FLAGS.output_dir, name, title=title)
+  return result
+
+
+def pilot(config) -> dict[str, float]:
+  """Seconds per outer step of every label (methods and GPES), measured."""
+  labels = (*config.study.methods, "gpes_k1")
+  fields = {
+    label: dict(config.overrides[label], budget_outer_steps=FLAGS.pilot_steps)
+    for label in labels
+  }
+  result = _run(
+    _with_labels(config, fields),
+    fields,
+    [0],
+    os.path.join(FLAGS.workdir, "pilot"),
+  )
+  rates = {}
+  for label, entry in result["estimators"].items():
+    run = entry["runs"][0]
+    rates[label] = run["seconds"][-1] / run["outer_steps"][-1]
+  # Every GPES-K has GPES-1's cost per step.
+  for k in config.study.gpes_periods:
+    rates[f"gpes_k{k}"] = rates["gpes_k1"]
+  return rates
+
+
+def adam_reference(config, seeds) -> dict:
+  """Tuned Adam (constant rate, `lopt.evaluate`'s sweep) per seed."""
+  per_seed = []
+  for seed in seeds:
+    settings = compare.settings(config, "nres")
+    cfg = compare_lopt.run_config(config, settings, seed, 1, 1)
+    data, dataset = experiment.load_data(cfg)
+    exp = experiment.build(cfg, dataset)
+    keys = experiment.eval_keys(cfg)
+
+    @jax.jit
+    def score(lr, data=data, exp=exp, keys=keys):
+      tx = optimizers.adam_baseline(lr)
+      losses = experiment.evaluate_optimizer(exp, data, tx, keys)["losses"]
+      return jnp.mean(losses)
+
+    sweep = [
+      jsonio.finite_or_none(float(score(jnp.float32(lr))))
+      for lr in evaluate.LEARNING_RATES
+    ]
+    finite = [(v, lr) for v, lr in zip(sweep, evaluate.LEARNING_RATES) if v]
+    best, best_lr = min(finite)
+    per_seed.append(
+      {
+        "seed": seed,
+        "sweep": sweep,
+        "best_learning_rate": best_lr,
+        "mean_train_loss": best,
+      }
+    )
+  return {
+    "learning_rates": list(evaluate.LEARNING_RATES),
+    "schedule": "constant",
+    "per_seed": per_seed,
+    "mean_train_loss": compare.interval(
+      [p["mean_train_loss"] for p in per_seed]
+    ),
+  }
+
+
+def ratios_to_adam(result) -> dict:
+  """Per label: final meta-loss / tuned Adam's, seed by seed, with interval."""
+  adam = {p["seed"]: p["mean_train_loss"] for p in result["adam"]["per_seed"]}
+  out = {}
+  for label, entry in result["estimators"].items():
+    values = [
+      r["meta_loss"][-1] / adam[r["seed"]]
+      if r["meta_loss"][-1] is not None
+      else None
+      for r in entry["runs"]
+    ]
+    out[label] = {"values": values, **compare.interval(values)}
+  return out
+
+
+def adam_table(result) -> str:
+  lines = [
+    "| estimator | final meta-loss / tuned Adam's (95 % interval) | "
+    "learning rate | outer steps | CPU seconds |",
+    "|---|---|---|---|---|",
+  ]
+  for label, entry in result["estimators"].items():
+    s = entry["summary"]
+    lines.append(
+      f"| {label} | {compare.fmt_interval(result['ratio_to_adam'][label])} | "
+      f"{entry['settings']['learning_rate']:g} | "
+      f"{s['total_outer_steps']['mean']:.4g} | "
+      f"{s['total_seconds']['mean']:.3g} |"
+    )
+  adam = result["adam"]
+  lines.append("")
+  lines.append(
+    "Tuned Adam: mean train loss "
+    f"{compare.fmt_interval(adam['mean_train_loss'])}, learning rates "
+    + ", ".join(f"{p['best_learning_rate']:g}" for p in adam["per_seed"])
+  )
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  start = time.time()
+  config = experiment.load_config(FLAGS.config)
+  methods = tuple(config.study.methods)
+  sweep_rates = tuple(config.study.sweep_rates)
+  periods = tuple(config.study.gpes_periods)
+  dispatch = config.outer.steps_per_dispatch
+  seeds = [int(s) for s in FLAGS.seeds]
+  state_path = os.path.join(FLAGS.workdir, "study_state.json")
+  state = {}
+  if os.path.exists(state_path):
+    with open(state_path) as f:
+      state = json.load(f)
+
+  def save():
+    jsonio.dump(state, state_path)
+
+  if "pilot" in FLAGS.phases:
+    state["seconds_per_outer_step"] = pilot(config)
+    save()
+  rates = state["seconds_per_outer_step"]
+
+  if "sweep" in FLAGS.phases:
+    fields = {}
+    for method in methods:
+      steps = _outer_steps(FLAGS.sweep_seconds, rates[method], dispatch)
+      for lr in sweep_rates:
+        fields[f"{method}_lr{lr:.0e}"] = dict(
+          config.overrides[method], learning_rate=lr, budget_outer_steps=steps
+        )
+    sweep = _run(
+      _with_labels(config, fields),
+      fields,
+      [seeds[0]],
+      os.path.join(FLAGS.workdir, "sweep"),
+      name="lopt_study_sweep",
+      title="Learned optimizer (MLPLOpt, digits): outer learning-rate sweep",
+    )
+    tuned = {}
+    for method in methods:
+      finals = {
+        lr: sweep["estimators"][f"{method}_lr{lr:.0e}"]["summary"][
+          "final_meta_loss"
+        ]["mean"]
+        for lr in sweep_rates
+      }
+      finals = {lr: v for lr, v in finals.items() if v is not None}
+      tuned[method] = min(finals, key=finals.get)
+    state["tuned_learning_rate"] = tuned
+    save()
+  tuned = state["tuned_learning_rate"]
+
+  tables = []
+  if "main" in FLAGS.phases:
+    fields = {
+      method: dict(
+        config.overrides[method],
+        learning_rate=tuned[method],
+        budget_outer_steps=_outer_steps(
+          FLAGS.run_seconds, rates[method], dispatch
+        ),
+      )
+      for method in methods
+    }
+    study = _with_labels(config, fields)
+    result = compare.compare(
+      study,
+      list(methods),
+      seeds,
+      compare.Budget(outer_steps=1),
+      workdir=os.path.join(FLAGS.workdir, "main"),
+    )
+    result["adam"] = adam_reference(study, seeds)
+    result["ratio_to_adam"] = ratios_to_adam(result)
+    result["tuned_learning_rate"] = tuned
+    result["seconds_per_outer_step"] = rates
+    result["run_seconds"] = FLAGS.run_seconds
+    compare.write(
+      result,
+      FLAGS.output_dir,
+      "lopt_study",
+      title="Learned optimizer (MLPLOpt) on digits, equal CPU per run",
+    )
+    tables += [
+      "## Main: tuned rates, equal CPU",
+      "",
+      compare.format_table(result),
+      "",
+      adam_table(result),
+    ]
+
+  if "gpes" in FLAGS.phases:
+    steps = _outer_steps(FLAGS.run_seconds, rates["gpes_k1"], dispatch)
+    fields = {
+      f"gpes_k{k}": dict(
+        config.overrides[f"gpes_k{k}"],
+        learning_rate=tuned["nres"],
+        budget_outer_steps=steps,
+      )
+      for k in periods
+    }
+    result = compare.compare(
+      _with_labels(config, fields),
+      list(fields),
+      [int(s) for s in FLAGS.gpes_seeds],
+      compare.Budget(outer_steps=1),
+      workdir=os.path.join(FLAGS.workdir, "gpes"),
+    )
+    compare.write(
+      result,
+      FLAGS.output_dir,
+      "lopt_study_gpes",
+      title="GPES-K (W = 1) on digits, NRES's settings",
+    )
+    tables += ["", "## GPES-K, W = 1", "", compare.format_table(result)]
+
+  if tables:
+    with open(os.path.join(FLAGS.output_dir, "lopt_study.md"), "w") as f:
+      f.write("\n".join(tables) + "\n")
+  logging.info("Study done in %.0f s", time.time() - start)
+
+
+if __name__ == "__main__":
+  app.run(main)
