@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates every figure in docs/figures/ (PNG + the JSON behind it).
 #
-#   bash docs/figures/make_figures.sh            # all four, ~20 min on 2 cores
-#   bash docs/figures/make_figures.sh lorenz     # or: lopt, influence, variance
+#   bash docs/figures/make_figures.sh            # all, ~45 min on 2 cores
+#   bash docs/figures/make_figures.sh lorenz     # or: lorenz_paper,
+#                                   # lorenz_grid, lopt, influence, variance
 #
 # Wall-clock curves depend on the machine and on whatever else runs on it:
 # run this on an otherwise idle machine. Run from anywhere; it cds to the
@@ -29,7 +30,8 @@ fi
 # PES's rate dropped once to 1e-6 at step 1,000, 5 seeds, 10,000 test
 # starts; steps- and time-to-target tables (loss 60 and 1.1 x the best
 # final loss) with 95 % intervals in lorenz_paper.md. SCALE < 1 runs a
-# scaled-down version (every budget times SCALE). About 20 min at SCALE=1.
+# scaled-down version (every budget times SCALE). About 8 min at SCALE=1
+# (wall_seconds in the JSON).
 if [[ $what == all || $what == lorenz_paper ]]; then
   "$PY" -m lopt.compare --config=configs/lorenz.py:paper \
     --budget_scale="${SCALE:-1}" --output_dir=$OUT --name=lorenz_paper \
@@ -38,7 +40,7 @@ fi
 
 # (a3) Lorenz learning-rate grid (configs/lorenz.py:grid): each method at
 # 4 half-decade rates around the paper's, the paper's budgets, 3 seeds,
-# 1,000 test starts. About 40 min at SCALE=1.
+# 1,000 test starts. About 15 min at SCALE=1.
 if [[ $what == all || $what == lorenz_grid ]]; then
   "$PY" -m lopt.compare --config=configs/lorenz.py:grid \
     --budget_scale="${SCALE:-1}" --output_dir=$OUT --name=lorenz_grid \
@@ -67,4 +69,13 @@ fi
 # exact. About 1 min.
 if [[ $what == all || $what == variance ]]; then
   "$PY" -m lopt.analysis --num_samples=50000 --output_dir=$OUT
+fi
+
+# (e) The learned-optimizer study (docs/figures/lopt_study.py: MLPLOpt on
+# digits, NRES/PES/TES/FullES at tuned outer rates with equal CPU per run,
+# against tuned Adam, and GPES-K). About an hour on 2 cores, so not part of
+# `all`: run it by name. Extra flags go to the script, e.g.
+#   bash docs/figures/make_figures.sh lopt_study --run_seconds=300
+if [[ $what == lopt_study ]]; then
+  "$PY" docs/figures/lopt_study.py --output_dir=$OUT "${@:2}"
 fi
