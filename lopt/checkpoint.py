@@ -14,6 +14,8 @@ A checkpoint step holds three items (`ocp.args.Composite`):
   `particles` mesh axis, so every process writes its own shards.
 - `config`: the resolved config as JSON, so that a checkpoint can be loaded
   without the config file that produced it.
+- `digest`: a 32-bit digest of every array and a SHA-256 of the config,
+  checked on every restore (see "Corrupted checkpoints" below).
 
 Typical use in a training loop::
 
@@ -31,20 +33,30 @@ Typical use in a training loop::
 
 Every process of a multi-host run must make the same calls with the same
 arguments; orbax itself decides which process writes the shared metadata.
+
+Corrupted checkpoints: a complete step whose files were truncated or garbled
+afterwards (a bad disk, a partial copy, a hand edit) raises
+`CorruptCheckpointError`, never a restore of wrong values.
+`Checkpointer.restore_newest_intact` falls back from such steps to the newest
+intact one, with a warning, and moves the damaged steps aside; `load_meta`
+names the damaged step and the intact ones.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.experimental.v1 import options as ocp_v1_options
 
 PyTree = Any
@@ -53,6 +65,23 @@ ESTIMATOR_STATE = "estimator_state"
 META = "meta"
 INNER = "inner"
 CONFIG = "config"
+DIGEST = "digest"
+#: Suffix of a corrupted step's directory once it is set aside: not a step
+#: name to orbax (which reads `<int>` and `<prefix>_<int>` only).
+CORRUPTED_SUFFIX = ".corrupted"
+
+_T = TypeVar("_T")
+
+
+class CorruptCheckpointError(OSError):
+  """A complete checkpoint step that cannot be read back as it was saved.
+
+  Its files were truncated or garbled after the save committed: orbax or
+  TensorStore fails to read them, or what they read differs from the digests
+  recorded at save time. Not raised for a checkpoint that is merely missing
+  (`FileNotFoundError`) or that does not fit the run state (`ValueError`).
+  """
+
 
 # What "complete" means: orbax finalizes a step by writing its commit file as
 # the very last act of a save, on every file system (on a local disk it also
@@ -68,6 +97,167 @@ _FINALIZED = ocp.options.AtomicityOptions(
 
 def _is_finalized(step_dir: epath.Path) -> bool:
   return ocp.path.step.is_path_finalized(step_dir, atomicity_options=_FINALIZED)
+
+
+# -- Content digests ----------------------------------------------------------
+#
+# orbax and TensorStore notice a truncated file and damage to their JSON
+# metadata and OCDBT index (whose nodes carry checksums), but not damage to
+# array bytes: chunks are stored raw (no compression, see below), so a
+# garbled byte of the particles' data file restores as a different number,
+# without an error (measured on configs/tiny.py). Every save therefore records
+# a digest of every array, and every restore recomputes it.
+#
+# The digest of an array is the sum, modulo 2**32, of a hash of each 32-bit
+# word of its data together with the word's global position. A sum does not
+# depend on how the array is split into shards, so every process hashes only
+# the shards it holds (on the host: nothing to compile), and a checkpoint
+# written on 8 devices verifies on 1. One changed word always changes the
+# digest (for a fixed position the hash is a bijection of the word); other
+# damage goes unnoticed with probability 2**-32.
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+  """MurmurHash3's finalizer: a bijection of uint32 with good avalanche."""
+  h = h ^ (h >> np.uint32(16))
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> np.uint32(13))
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> np.uint32(16))
+
+
+def _words(data: np.ndarray) -> np.ndarray:
+  """The bits of `data` as uint32 words, shape (elements, words per element)."""
+  flat = np.ascontiguousarray(data).reshape(-1)
+  if flat.dtype == np.bool_:
+    flat = flat.view(np.uint8)
+  size = flat.dtype.itemsize
+  if size < 4:  # (b)float16, int8, ...: one zero-extended word per element
+    return flat.view(f"u{size}").astype(np.uint32)[:, None]
+  return flat.view(np.uint32).reshape(flat.size, size // 4)
+
+
+def _block_digest(data: np.ndarray, index: tuple, shape: tuple) -> int:
+  """Digest of the block `data` = `global_array[index]` (`shape` is global)."""
+  words = _words(data)
+  position = np.zeros((), np.uint64)  # global row-major element positions
+  for where, n in zip(index, shape, strict=True):
+    position = position[..., None] * np.uint64(n) + np.arange(
+      *where.indices(n), dtype=np.uint64
+    )
+  per_element = np.uint64(words.shape[1])
+  position = position.reshape(-1, 1) * per_element + np.arange(
+    words.shape[1], dtype=np.uint64
+  )
+  position = (position & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+  hashed = _fmix32(words ^ _fmix32(position + np.uint32(0x9E3779B9)))
+  return int(hashed.sum(dtype=np.uint64)) & 0xFFFFFFFF
+
+
+def _local_digest(x: Any) -> int | None:
+  """This process's part of `x`'s digest; None for a non-array leaf."""
+  if isinstance(x, np.ndarray):
+    return _block_digest(x, (slice(None),) * x.ndim, x.shape)
+  if not isinstance(x, jax.Array):
+    return None  # Python scalars: their restored dtype is not theirs.
+  total = 0
+  for shard in x.addressable_shards:
+    if shard.replica_id != 0:
+      continue  # Some other device (maybe of another process) counts it.
+    data = shard.data
+    if jax.dtypes.issubdtype(data.dtype, jax.dtypes.prng_key):
+      data = jax.random.key_data(data)  # One device: no collective.
+    data = np.asarray(data)
+    # Key data (and only it) has trailing dimensions the key array lacks
+    # (and that a key array's shard index covers, or not).
+    extra = data.shape[x.ndim :]
+    index = tuple(shard.index)[: x.ndim] + (slice(None),) * len(extra)
+    total += _block_digest(data, index, tuple(x.shape) + extra)
+  return total & 0xFFFFFFFF
+
+
+def _named_leaves(prefix: str, tree: PyTree) -> list[tuple[str, Any]]:
+  return [
+    (prefix + _path_name(path), leaf)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
+
+
+def _array_digests(named_leaves: list[tuple[str, Any]]) -> dict[str, list]:
+  """`{name: [dtype, digest]}` of the array leaves.
+
+  Collective when an array spans several processes (the per-process parts
+  are summed with an allgather): every process must call it alike.
+  """
+  arrays, parts = [], []
+  for name, x in named_leaves:
+    part = _local_digest(x)
+    if part is not None:
+      arrays.append((name, x))
+      parts.append(part)
+  parts = np.asarray(parts, np.uint32)
+  spans = np.asarray(
+    [isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in arrays]
+  )
+  if spans.any():
+    gathered = np.asarray(multihost_utils.process_allgather(parts))
+    summed = (gathered.astype(np.uint64).sum(0) & 0xFFFFFFFF).astype(np.uint32)
+    parts = np.where(spans, summed, parts)
+  return {
+    name: [str(x.dtype), int(d)]
+    for (name, x), d in zip(arrays, parts, strict=True)
+  }
+
+
+def _config_digest(config: Mapping[str, Any]) -> str:
+  text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digest_record(run_state: Mapping[str, Any], config: dict) -> dict:
+  meta, inner = _split_run_state(run_state)
+  arrays = _array_digests(
+    _named_leaves("", meta) + _named_leaves(ESTIMATOR_STATE + ".", inner)
+  )
+  return {"version": 1, "config": _config_digest(config), "arrays": arrays}
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+  """An exception in one line: TensorStore errors come with pages of spec."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  if len(text) > limit:
+    text = text[:limit] + " ..."
+  return f"{type(error).__name__}: {text}"
+
+
+def _check_digests(where: str, record: dict | None, named_leaves) -> None:
+  """Raises CorruptCheckpointError if the leaves differ from `record`."""
+  if record is None:
+    return  # Written before lopt recorded digests: nothing to check.
+  saved = record.get("arrays", {})
+  # Only what was recorded, and only under its saved dtype (a restore into
+  # another dtype converts, and then hashes other bits).
+  named_leaves = [
+    (n, x)
+    for n, x in named_leaves
+    if n in saved and str(getattr(x, "dtype", None)) == saved[n][0]
+  ]
+  got = _array_digests(named_leaves)
+  bad = [n for n, (_, d) in got.items() if saved[n][1] != d]
+  if bad:
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    raise CorruptCheckpointError(
+      f"Checkpoint {where} is corrupted: {len(bad)} of {len(got)} arrays "
+      f"read back differ from what was saved ({', '.join(bad[:5])}{more})"
+    )
+
+
+def _check_config_digest(where: str, record: dict | None, config) -> None:
+  if record is not None and record.get("config") != _config_digest(config):
+    raise CorruptCheckpointError(
+      f"Checkpoint {where} is corrupted: its config JSON differs from the "
+      "one saved"
+    )
 
 
 # Where orbax's CPU goes per save, measured on the default config's run state
@@ -122,6 +312,7 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
     META: arrays(),
     INNER: arrays(),
     CONFIG: ocp.JsonCheckpointHandler(),
+    DIGEST: ocp.JsonCheckpointHandler(),
   }
 
 
@@ -153,8 +344,13 @@ def _describe_directory(path: epath.Path) -> str:
     return "the directory is empty"
   found = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
   hint = ""
-  if META in names or "_CHECKPOINT_METADATA" in names:
+  if META in names:
     hint = " (this looks like one step of a checkpoint: pass its parent)"
+  elif "_CHECKPOINT_METADATA" in names or "_METADATA" in names:
+    hint = (
+      " (an orbax checkpoint, but not one of lopt, whose checkpoint "
+      f"directories hold step directories with {META!r} and {CONFIG!r})"
+    )
   return f"found {found}{hint}"
 
 
@@ -309,6 +505,30 @@ def _array_restore(abstract: PyTree) -> ocp.args.PyTreeRestore:
   )
 
 
+def _read_step(
+  manager: ocp.CheckpointManager,
+  directory: epath.Path,
+  step: int,
+  items: dict[str, Any],
+) -> dict[str, Any]:
+  """Restores `items` of `step`, plus its digest record where it has one.
+
+  Raises:
+    CorruptCheckpointError: orbax or TensorStore fails to read the step.
+  """
+  step_dir = directory / str(step)
+  items = dict(items)
+  if (step_dir / DIGEST).exists():
+    items[DIGEST] = ocp.args.JsonRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # Whatever orbax and TensorStore raise.
+    raise CorruptCheckpointError(
+      f"Checkpoint {step_dir} is corrupted: it cannot be read ({_short(e)})"
+    ) from e
+  return {name: restored[name] for name in items}
+
+
 class Checkpointer:
   """Saves and restores the run state of meta-training.
 
@@ -345,14 +565,14 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
     self._directory = _as_path(directory)
-    options = _manager_options(
+    self._options = _manager_options(
       save_interval_steps=every_steps,
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
       create=True,
     )
     self._manager = ocp.CheckpointManager(
-      self._directory, options=options, item_handlers=_item_handlers()
+      self._directory, options=self._options, item_handlers=_item_handlers()
     )
 
   @property
@@ -409,11 +629,13 @@ class Checkpointer:
       # built (the config's JSON round trip, orbax's Composite).
       return False
     meta, inner = _split_run_state(run_state)
+    config = _json_config(config)
     args = ocp.args.Composite(
       **{
         META: ocp.args.PyTreeSave(meta),
         INNER: ocp.args.PyTreeSave(inner),
-        CONFIG: ocp.args.JsonSave(_json_config(config)),
+        CONFIG: ocp.args.JsonSave(config),
+        DIGEST: ocp.args.JsonSave(_digest_record(run_state, config)),
       }
     )
     return self._manager.save(step, args=args, force=force)
@@ -459,22 +681,31 @@ class Checkpointer:
     abstract_meta, abstract_inner = _split_run_state(
       _restore_targets(abstract_run_state)
     )
+    where = str(self._directory / str(step))
+    try:
+      metadata = self._manager.item_metadata(step)
+      metadata = metadata[META], metadata[INNER]
+    except Exception as e:  # Whatever orbax and TensorStore raise.
+      raise CorruptCheckpointError(
+        f"Checkpoint {where} is corrupted: its metadata cannot be read "
+        f"({_short(e)})"
+      ) from e
     # Checked here, before reading, because orbax's own shape error comes out
     # of its async reader with less context (and noise about its event loop).
-    metadata = self._manager.item_metadata(step)
-    where = str(self._directory / str(step))
-    _check_against_metadata("", abstract_meta, metadata[META], where)
+    _check_against_metadata("", abstract_meta, metadata[0], where)
     _check_against_metadata(
-      ESTIMATOR_STATE + ".", abstract_inner, metadata[INNER], where
+      ESTIMATOR_STATE + ".", abstract_inner, metadata[1], where
     )
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          META: _array_restore(abstract_meta),
-          INNER: _array_restore(abstract_inner),
-        }
-      ),
+    items = {
+      META: _array_restore(abstract_meta),
+      INNER: _array_restore(abstract_inner),
+    }
+    restored = _read_step(self._manager, self._directory, step, items)
+    _check_digests(
+      where,
+      restored.get(DIGEST),
+      _named_leaves("", restored[META])
+      + _named_leaves(ESTIMATOR_STATE + ".", restored[INNER]),
     )
     return {
       k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
@@ -488,10 +719,91 @@ class Checkpointer:
     reads any array.
     """
     step = self._check_step(step)
-    restored = self._manager.restore(
-      step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    restored = _read_step(
+      self._manager, self._directory, step, {CONFIG: ocp.args.JsonRestore()}
+    )
+    _check_config_digest(
+      str(self._directory / str(step)), restored.get(DIGEST), restored[CONFIG]
     )
     return restored[CONFIG]
+
+  def restore_newest_intact(
+    self, read: Callable[[int], _T]
+  ) -> tuple[int, _T] | None:
+    """Reads the newest complete step that is not corrupted.
+
+    Calls `read(step)` on the complete steps, newest first, until one does
+    not raise `CorruptCheckpointError`. The corrupted steps newer than that
+    one are then set aside (see `set_aside`), each with a warning, so that
+    the run can save those steps again; other errors of `read` (a config
+    that does not fit, say) propagate at once.
+
+    Args:
+      read: restores one step, e.g. `lambda s: ckpt.restore(s, abstract)`;
+        every process must make the same calls.
+
+    Returns:
+      `(step, read(step))`, or None if there is no complete step at all.
+
+    Raises:
+      CorruptCheckpointError: every complete step is corrupted. Nothing is
+        moved then: the message names each step and what is wrong with it.
+    """
+    corrupted = []
+    for step in reversed(self.all_steps()):
+      try:
+        result = read(step)
+      except CorruptCheckpointError as e:
+        logging.warning("%s", e)
+        corrupted.append((step, e))
+        continue
+      for bad, error in corrupted:
+        moved = self.set_aside(bad)
+        logging.warning(
+          "Resuming from step %d, the newest intact checkpoint: the one of "
+          "step %d is corrupted (%s) and was moved to %s.",
+          step,
+          bad,
+          error,
+          moved,
+        )
+      return step, result
+    if corrupted:
+      raise CorruptCheckpointError(
+        f"No intact checkpoint in {self._directory}: "
+        + "; ".join(str(e) for _, e in corrupted)
+        + ". Nothing was changed: restore the directory from a copy, or "
+        "move these steps away (or use a new workdir) to start over."
+      )
+    return None
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Renames a corrupted step's directory to `<step>.corrupted[-<n>]`.
+
+    The step is then no checkpoint to orbax (neither listed nor counted by
+    the save policy), so the run saves that step anew when it gets there;
+    the damaged files stay for inspection. Every process must call it (the
+    primary process renames, then all of them wait for it).
+
+    Returns:
+      The new path.
+    """
+    source = self._directory / str(int(step))
+    target = self._directory / f"{int(step)}{CORRUPTED_SUFFIX}"
+    n = 1
+    while target.exists():
+      n += 1
+      target = self._directory / f"{int(step)}{CORRUPTED_SUFFIX}-{n}"
+    self._manager.wait_until_finished()
+    if ocp.multihost.is_primary_host(0):
+      source.rename(target)
+    ocp.multihost.sync_global_processes(f"lopt_set_aside_{int(step)}_{n}")
+    # A fresh manager: the old one still counts the step as saved.
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(
+      self._directory, options=self._options, item_handlers=_item_handlers()
+    )
+    return target
 
   def reached_preemption(self, step: int) -> bool:
     """Whether all processes agreed to stop at `step` (e.g. after SIGTERM).
@@ -568,26 +880,63 @@ def load_meta(
         f"No complete checkpoint for step {step} in {path}: "
         f"{_describe_directory(path)}"
       )
+    try:
+      return _load_meta_step(manager, path, step)
+    except CorruptCheckpointError as e:
+      others = [s for s in manager.all_steps() if s != step]
+      raise CorruptCheckpointError(
+        f"{e}. "
+        + (
+          f"The other complete steps of {path}: {others}."
+          if others
+          else f"{path} holds no other complete step."
+        )
+      ) from e
+
+
+def _load_meta_step(
+  manager: ocp.CheckpointManager, path: epath.Path, step: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`load_meta` of one complete step."""
+  step_dir = path / str(step)
+  missing = [item for item in (META, CONFIG) if not (step_dir / item).exists()]
+  if missing:
+    raise ValueError(
+      f"{step_dir} is a checkpoint, but not one of lopt: it has "
+      f"{sorted(p.name for p in step_dir.iterdir())}, not the items "
+      f"{META!r} and {CONFIG!r} that lopt saves"
+    )
+  try:
     metadata = manager.item_metadata(step)[META]
-    if metadata is None:
-      raise ValueError(f"Checkpoint step {path / str(step)} has no {META!r}")
-    metadata = getattr(metadata, "tree", metadata)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # Typed PRNG keys show up in the metadata as their raw uint32 key data;
-    # orbax still restores them as typed keys, from the key implementation it
-    # stored next to the array (tested in tests/test_checkpoint.py).
-    abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(
-        tuple(m.shape),
-        jax.dtypes.canonicalize_dtype(m.dtype),
-        sharding=device,
-      ),
-      metadata,
+  except Exception as e:  # Whatever orbax and TensorStore raise.
+    raise CorruptCheckpointError(
+      f"Checkpoint {step_dir} is corrupted: its metadata cannot be read "
+      f"({_short(e)})"
+    ) from e
+  if metadata is None:
+    raise CorruptCheckpointError(
+      f"Checkpoint {step_dir} is corrupted: its {META!r} has no metadata"
     )
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{META: _array_restore(abstract), CONFIG: ocp.args.JsonRestore()}
-      ),
-    )
+  metadata = getattr(metadata, "tree", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  # Typed PRNG keys show up in the metadata as their raw uint32 key data;
+  # orbax still restores them as typed keys, from the key implementation it
+  # stored next to the array (tested in tests/test_checkpoint.py).
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(
+      tuple(m.shape),
+      jax.dtypes.canonicalize_dtype(m.dtype),
+      sharding=device,
+    ),
+    metadata,
+  )
+  restored = _read_step(
+    manager,
+    path,
+    step,
+    {META: _array_restore(abstract), CONFIG: ocp.args.JsonRestore()},
+  )
+  record = restored.get(DIGEST)
+  _check_config_digest(str(step_dir), record, restored[CONFIG])
+  _check_digests(str(step_dir), record, _named_leaves("", restored[META]))
   return restored[META], restored[CONFIG]

@@ -355,10 +355,13 @@ def _train_and_evaluate(
     # init_fn's out_shardings, whatever the device count of the run that
     # wrote the checkpoint: that is the elastic resume.
     try:
-      run_state = _resume(
-        ckpt, writer, latest, config, abstract_state, allow_config_change
+      # A corrupted newest checkpoint: the newest intact one, with a warning.
+      latest, run_state = ckpt.restore_newest_intact(
+        lambda step: _resume(
+          ckpt, writer, step, config, abstract_state, allow_config_change
+        )
       )
-    except experiment.ConfigError:
+    except (experiment.ConfigError, checkpoint.CorruptCheckpointError):
       ckpt.close()
       writer.close()
       raise

@@ -71,6 +71,16 @@ for row in rows:
       if k in ("step", "meta_loss", "grad_snr", "eval/learned/mean_train_loss")
     }
   )
+# This notebook is also a test (tests/test_notebooks.py runs it): the run
+# reached its last step, with finite losses.
+assert max(r["step"] for r in rows) == config.outer.num_steps
+logged = [
+  r[k]
+  for r in rows
+  for k in ("meta_loss", "eval/learned/mean_train_loss")
+  if k in r
+]
+assert len(logged) >= 4 and np.all(np.isfinite(logged)), logged
 
 # %% [markdown]
 # `meta_loss` is the mean per-step loss of the perturbed particles during
@@ -137,6 +147,14 @@ print(
   f"Adam (lr {config.eval.adam_learning_rate}): test accuracy "
   f"{float(adam['test_accuracy']):.3f}"
 )
+# Both train the fresh model, and six outer steps leave the learned
+# optimizer close to Adam (see the end of this notebook).
+for result in (learned, adam):
+  losses = np.asarray(result["losses"])
+  assert np.all(np.isfinite(losses))
+  assert losses[-20:].mean() < 0.5 * losses[:20].mean()
+  assert float(result["test_accuracy"]) > 0.8
+assert abs(float(learned["test_accuracy"] - adam["test_accuracy"])) < 0.05
 
 
 # %%

@@ -134,6 +134,17 @@ print(
   f"{nnx_adam_acc:.3f}"
 )
 
+
+def check(losses, accuracy):
+  """The model trained (this notebook is also a test)."""
+  assert np.all(np.isfinite(losses))
+  assert losses[-20:].mean() < 0.1 * losses[:20].mean()
+  assert accuracy > 0.8
+
+
+check(nnx_learned, nnx_learned_acc)
+check(nnx_adam, nnx_adam_acc)
+
 # %% [markdown]
 # ## Flax linen
 #
@@ -184,6 +195,8 @@ print(
   f"linen Adam:    final loss {linen_adam[-20:].mean():.4f}, test acc "
   f"{linen_adam_acc:.3f}"
 )
+check(linen_learned, linen_learned_acc)
+check(linen_adam, linen_adam_acc)
 
 
 # %%

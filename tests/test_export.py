@@ -3,8 +3,10 @@
 One tiny meta-training run (configs/tiny.py, about 15 s) is shared by the
 module. The loaded optimizer must be exactly what was meta-trained, must
 train models it never saw (Flax linen of another shape, Flax NNX, plain
-dicts, inside `optax.chain`), and must fail with clear messages on a path
-without a checkpoint or a checkpoint whose architecture does not fit theta.
+dicts, inside `optax.chain`), and must fail with clear messages, the same
+from `lopt.load_optimizer` and `lopt.evaluate`, on a path without a
+checkpoint, a foreign checkpoint, a corrupted one, or one whose
+architecture does not fit theta.
 """
 
 import json
@@ -16,13 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 import lopt
 from configs import tiny
+from lopt import (
+  checkpoint,
+  evaluate,
+  experiment,
+  export,
+  optimizers,
+  tasks,
+  train,
+)
 from lopt import data as data_lib
-from lopt import experiment, export, optimizers, tasks, train
 
 # Batches come from numpy: eager jax.random calls of new shapes compile.
 _BATCH = 32
@@ -147,7 +158,9 @@ def test_loaded_optimizer_reproduces_the_logged_meta_evaluation(run):
   exp = experiment.build(config, dataset)
   tx = lopt.load_optimizer(workdir)
   keys = experiment.eval_keys(config)
-  result = jax.jit(lambda d: experiment.evaluate_optimizer(exp, d, tx, keys))(data)
+  result = jax.jit(lambda d: experiment.evaluate_optimizer(exp, d, tx, keys))(
+    data
+  )
   np.testing.assert_allclose(
     np.mean(np.asarray(result["losses"])),
     logged[-1]["eval/learned/mean_train_loss"],
@@ -279,15 +292,47 @@ def test_step_selects_an_older_checkpoint(run):
     lopt.load_optimizer(workdir, step=1)
 
 
+# -- Clear errors, the same from lopt.load_optimizer and lopt.evaluate ------
+
+
+def _load(path):
+  return lopt.load_optimizer(str(path))
+
+
+def _evaluate(path):
+  # Fails before anything is trained or written.
+  return evaluate.evaluate(str(path), num_seeds=1, num_steps=2, output="")
+
+
+LOADERS = pytest.mark.parametrize(
+  "load", [_load, _evaluate], ids=["load_optimizer", "evaluate"]
+)
+
+
+def _copy_checkpoints(run, tmp_path):
+  """A copy of the run's checkpoints: (workdir, newest step directory)."""
+  _, workdir, _ = run
+  copy = tmp_path / "copy"
+  shutil.copytree(os.path.join(workdir, "checkpoints"), copy / "checkpoints")
+  newest = max(
+    (p for p in (copy / "checkpoints").iterdir() if p.name.isdigit()),
+    key=lambda p: int(p.name),
+  )
+  return copy, newest
+
+
+@LOADERS
 @pytest.mark.parametrize("make", ["missing", "empty", "empty_checkpoints"])
-def test_a_path_without_a_checkpoint_is_named_in_the_error(tmp_path, make):
+def test_a_path_without_a_checkpoint_is_named_in_the_error(
+  tmp_path, make, load
+):
   path = tmp_path / "workdir"
   if make != "missing":
     path.mkdir()
   if make == "empty_checkpoints":
     (path / "checkpoints").mkdir()
   with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
-    lopt.load_optimizer(str(path))
+    load(path)
 
 
 def test_a_step_directory_is_refused_with_a_hint(run):
@@ -298,29 +343,111 @@ def test_a_step_directory_is_refused_with_a_hint(run):
     lopt.load_optimizer(step_dir)
 
 
-def test_architecture_that_does_not_fit_theta_is_a_clear_error(run, tmp_path):
-  _, workdir, _ = run
-  copy = tmp_path / "copy"
-  shutil.copytree(os.path.join(workdir, "checkpoints"), copy / "checkpoints")
-  newest = max(
-    (p for p in (copy / "checkpoints").iterdir() if p.name.isdigit()),
-    key=lambda p: int(p.name),
+def _foreign_orbax_steps(path):
+  """What another orbax user writes: step directories of other items."""
+  with ocp.CheckpointManager(path / "checkpoints") as manager:
+    manager.save(3, args=ocp.args.StandardSave({"w": np.ones(3, np.float32)}))
+  return path, "is a checkpoint, but not one of lopt", ValueError
+
+
+def _foreign_orbax_checkpoint(path):
+  """One orbax checkpoint, no step directories (StandardCheckpointer)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path / "ckpt", {"w": np.ones(3, np.float32)})
+  return (
+    path / "ckpt",
+    "an orbax checkpoint, but not one of lopt",
+    (FileNotFoundError),
   )
-  edited = 0
-  for path in (newest / "config").iterdir():
-    try:
-      saved = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-      continue
-    if isinstance(saved, dict) and "lopt" in saved:
-      saved["lopt"]["hidden"] = [7]
-      saved["config"]["lopt"]["hidden"] = [7]
-      path.write_text(json.dumps(saved))
-      edited += 1
-  assert edited == 1, "found no config JSON in the newest checkpoint"
+
+
+def _foreign_lopt_layout(path):
+  """lopt's layout, but no learned optimizer in it (another trainer)."""
+  state = {
+    "step": jnp.int32(1),
+    "weights": jnp.ones(3),
+    "estimator_state": {"counter": jnp.zeros(2, jnp.int32)},
+  }
+  with checkpoint.Checkpointer(
+    path / "checkpoints", every_steps=1, keep=1
+  ) as ckpt:
+    ckpt.save(1, state, {"seed": 0})
+  return path, "not of a lopt learned optimizer", ValueError
+
+
+@LOADERS
+@pytest.mark.parametrize(
+  "make",
+  [_foreign_orbax_steps, _foreign_orbax_checkpoint, _foreign_lopt_layout],
+  ids=["orbax_steps", "orbax_checkpoint", "lopt_layout"],
+)
+def test_a_foreign_checkpoint_is_named_and_refused(tmp_path, make, load):
+  path, message, error = make(tmp_path / "foreign")
+  with pytest.raises(error, match=message) as info:
+    load(path)
+  assert str(path) in str(info.value)
+
+
+def _truncate_newest_theta(newest):
+  # theta's arrays are small: TensorStore keeps them in its (checksummed)
+  # index nodes, the largest file of the item.
+  path = max(
+    (p for p in (newest / "meta").rglob("*") if p.is_file()),
+    key=lambda p: p.stat().st_size,
+  )
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  return "cannot be read"
+
+
+def _edit_newest_config(newest):
+  # Valid JSON, the same architecture: only the digest can tell.
+  path = newest / "config" / "metadata"
+  saved = json.loads(path.read_text())
+  saved["horizon"] += 1
+  path.write_text(json.dumps(saved))
+  return "config JSON differs"
+
+
+@LOADERS
+@pytest.mark.parametrize(
+  "damage", [_truncate_newest_theta, _edit_newest_config]
+)
+def test_a_corrupted_checkpoint_is_named_with_the_intact_ones(
+  run, tmp_path, load, damage
+):
+  copy, newest = _copy_checkpoints(run, tmp_path)
+  older = sorted(
+    int(p.name) for p in newest.parent.iterdir() if p.name != newest.name
+  )
+  message = damage(newest)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=message) as info:
+    load(copy)
+  assert f"Checkpoint {newest} is corrupted" in str(info.value)
+  assert f"other complete steps of {newest.parent}: {older}" in str(info.value)
+  # The intact ones still load.
+  lopt.load_optimizer(str(copy), step=older[-1])
+
+
+@LOADERS
+def test_architecture_that_does_not_fit_theta_is_a_clear_error(
+  run, tmp_path, load
+):
+  """A checkpoint written as saved (its digests agree), whose recorded
+  architecture is not the one of its theta."""
+  copy, newest = _copy_checkpoints(run, tmp_path)
+  meta, saved = checkpoint.load_meta(newest.parent)
+  saved["lopt"]["hidden"] = [7]
+  saved["config"]["lopt"]["hidden"] = [7]
+  with checkpoint.Checkpointer(newest.parent, every_steps=1, keep=10) as ckpt:
+    assert ckpt.save(
+      int(newest.name) + 1,
+      {**meta, "estimator_state": {"counter": jnp.zeros(2, jnp.int32)}},
+      saved,
+    )
 
   with pytest.raises(ValueError, match=r"hidden=\(7,\)") as info:
-    lopt.load_optimizer(str(copy))
+    load(copy)
+  assert "does not fit its recorded architecture" in str(info.value)
   assert "shape" in str(info.value)
-  # The older, untouched checkpoints still load.
-  lopt.load_optimizer(str(copy), step=2)
+  # The older, consistent checkpoints still load.
+  lopt.load_optimizer(str(copy), step=int(newest.name))

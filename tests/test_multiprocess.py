@@ -1,4 +1,5 @@
-"""Multi-process runs, hard kills and SIGTERM, end to end through lopt.main.
+"""Multi-process runs, hard kills, SIGTERM and elastic resume, end to end
+through lopt.main.
 
 Two processes on localhost form one `jax.distributed` job (CPU collectives
 over gloo, JAX's default), each with 2 CPU devices: 4 devices in all, as on
@@ -6,22 +7,33 @@ a pod slice with 2 hosts. The command line is the one
 launch/local_multiprocess.sh runs. Every process has a hard timeout.
 Helpers (environment, shared data and compilation cache) come from
 test_sharding.py.
+
+Every interrupted run is compared with one 2-process run that never
+stopped, in the whole run state (theta, the outer optimizer state, the rng
+and every particle's state), read back from the final checkpoints in this
+process: bit for bit where the same program ran on the same devices, to
+float32 rounding where the device count changed.
 """
 
+import itertools
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
 import pytest
+from test_elastic_resume import EXACT
 from test_sharding import (
   TIMEOUT,
+  assert_trees_close,
   child_env,
   finish,
   flat,
+  kill_leftovers,
   overrides,
   shared_dirs,
   start,
@@ -35,9 +47,18 @@ from lopt import checkpoint, experiment, metrics, sharding, train
 pytestmark = pytest.mark.slow
 
 
+TOTAL = 16  # outer steps of the 2-process runs
+
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
   return shared_dirs(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+  yield
+  kill_leftovers()
 
 
 def free_port() -> int:
@@ -58,19 +79,31 @@ def main_command(workdir, flags: list[str]) -> list[str]:
   ]
 
 
-def launch(workdir, flags: list[str], cache_dir: str, processes: int = 2):
-  """Starts `processes` lopt.main processes as one job, 2 devices each."""
+_LAUNCHES = itertools.count(1)
+
+
+def launch(
+  workdir,
+  flags: list[str],
+  cache_dir: str,
+  processes: int = 2,
+  devices: int = 2,
+):
+  """Starts `processes` lopt.main processes as one job."""
   port = free_port()
   distributed = [
     "--distributed",
     f"--coordinator_address=localhost:{port}",
     f"--num_processes={processes}",
+    # The shared cache: a restarted job compiles nothing again.
+    f"--compilation_cache_dir={cache_dir}",
   ]
+  number = next(_LAUNCHES)  # a log file per launch
   return [
     start(
       main_command(workdir, [*distributed, f"--process_id={i}", *flags]),
-      f"{workdir}.process{i}.log",
-      child_env(cache_dir, 2),
+      f"{workdir}.{number}.process{i}.log",
+      child_env(cache_dir, devices),
     )
     for i in range(processes)
   ]
@@ -112,56 +145,162 @@ def metric_steps(workdir) -> list[int]:
   ]
 
 
-def test_two_processes_resume_after_sigkill_like_an_uninterrupted_run(
-  dirs, tmp_path
-):
-  data_dir, cache_dir = dirs
-  total = 16
-  common = overrides(data_dir, outer__num_steps=total)
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
+def state_at(workdir, data_dir, step: int | None = None) -> dict:
+  """The run state of a checkpoint (default: the newest), leaf by leaf."""
+  config = tiny.get_config()
+  config.estimator.num_particles = 8
+  config.task.data_dir = data_dir
+  data, dataset = experiment.load_data(config)
+  exp = experiment.build(config, dataset)
+  abstract = train.sharded_functions(exp, data)[2]
+  with checkpoint.Checkpointer(
+    workdir / "checkpoints", every_steps=1, keep=100
+  ) as ckpt:
+    state = flat(ckpt.restore(step or ckpt.latest_step(), abstract))
+  assert any(name.startswith("estimator_state.inner") for name in state)
+  return state
 
-  # Two jobs side by side (their start-ups overlap): the reference, one
-  # uninterrupted 2-process run, meta-evaluating (on replicated theta, in
-  # both processes) at steps 0, 8 and 16; and the same run, killed hard
-  # (both processes) after a few checkpoints...
-  reference = launch(
-    straight,
-    common
-    + ["--config.checkpoint.every_steps=16", "--config.eval.every_steps=8"],
-    cache_dir,
-  )
-  processes = launch(killed, common, cache_dir)
-  wait_for(
-    lambda: (committed_steps(killed) or [0])[-1] >= 4,
-    processes,
-    "waiting for checkpoints",
-  )
-  for p in processes:
-    p.send_signal(signal.SIGKILL)
-  for p in processes:
-    p.wait()
-  interrupted_at = committed_steps(killed)[-1]
-  assert 4 <= interrupted_at < total, "the kill came too late to test resume"
 
-  outs = finish_all(reference, "uninterrupted run")
-  assert "Devices: 4 x cpu in 2 process(es), 2 particles each" in outs[0]
-  assert "Eval at step 8: learned optimizer" in outs[0]
-  # Only process 0 writes metrics: each step once, not twice.
-  assert metric_steps(straight) == list(range(1, total + 1))
-
-  # ... then restarted with the same command: it resumes and finishes.
-  outs = finish_all(launch(killed, common, cache_dir), "resumed run")
-  assert f"Resuming from the checkpoint of step {interrupted_at}" in outs[0]
-  assert committed_steps(killed)[-1] == total
-
-  a, _ = checkpoint.load_meta(str(straight / "checkpoints"))
-  b, _ = checkpoint.load_meta(str(killed / "checkpoints"))
-  a, b = flat(a), flat(b)
-  assert int(a["step"]) == int(b["step"]) == total
-  # Same program on the same devices: bit for bit, not just close.
+def assert_bit_identical(a: dict, b: dict) -> None:
   assert sorted(a) == sorted(b)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dirs, tmp_path_factory):
+  """One 2-process run of TOTAL steps that never stopped: its final state.
+
+  It meta-evaluates (on replicated theta, in both processes) at steps 0, 8
+  and 16, which the interrupted runs below skip: evaluation must not
+  change the trajectory.
+  """
+  data_dir, cache_dir = dirs
+  workdir = tmp_path_factory.mktemp("multiprocess") / "straight"
+  flags = overrides(
+    data_dir,
+    outer__num_steps=TOTAL,
+    checkpoint__every_steps=TOTAL,
+    eval__every_steps=8,
+  )
+  outs = finish_all(launch(workdir, flags, cache_dir), "uninterrupted run")
+  assert "Devices: 4 x cpu in 2 process(es), 2 particles each" in outs[0]
+  assert "Eval at step 8: learned optimizer" in outs[0]
+  # Only process 0 writes metrics: each step once, not twice.
+  assert metric_steps(workdir) == list(range(1, TOTAL + 1))
+  return state_at(workdir, data_dir)
+
+
+def test_sigkill_of_one_process_then_restart_of_both_matches_uninterrupted(
+  dirs, tmp_path, uninterrupted
+):
+  data_dir, cache_dir = dirs
+  flags = overrides(data_dir, outer__num_steps=TOTAL)
+  workdir = tmp_path / "killed"
+  processes = launch(workdir, flags, cache_dir)
+  wait_for(
+    lambda: (committed_steps(workdir) or [0])[-1] >= 4,
+    processes,
+    "waiting for checkpoints",
+  )
+  # One host dies hard. The other can no longer make progress (every step
+  # has collectives, every save a barrier); it fails or hangs, and the
+  # scheduler ends it before it restarts the job.
+  processes[1].send_signal(signal.SIGKILL)
+  processes[1].wait()
+  try:
+    processes[0].wait(timeout=20)
+  except subprocess.TimeoutExpired:
+    processes[0].kill()
+    processes[0].wait()
+  interrupted_at = committed_steps(workdir)[-1]
+  assert 4 <= interrupted_at < TOTAL, "the kill came too late to test resume"
+
+  # The same command for both: it resumes and finishes.
+  outs = finish_all(launch(workdir, flags, cache_dir), "resumed run")
+  assert f"Resuming from the checkpoint of step {interrupted_at} in" in outs[0]
+  assert committed_steps(workdir)[-1] == TOTAL
+  # Same program on the same devices: bit for bit, not just close.
+  assert_bit_identical(state_at(workdir, data_dir), uninterrupted)
+
+
+def test_sigterm_to_every_process_stops_all_at_one_step_and_resumes_exactly(
+  dirs, tmp_path, uninterrupted
+):
+  data_dir, cache_dir = dirs
+  flags = overrides(data_dir, outer__num_steps=TOTAL)
+  workdir = tmp_path / "preempted"
+  processes = launch(workdir, flags, cache_dir)
+  wait_for(
+    lambda: len(metric_steps(workdir)) >= 3,
+    processes,
+    "waiting for training steps",
+  )
+  # A pod's preemption: every host gets SIGTERM, not quite at once.
+  for p in processes:
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+  outs = finish_all(processes, "the SIGTERM'd job")  # exit status 0, both
+  stops = []
+  for i, out in enumerate(outs):
+    lines = [line for line in out.splitlines() if "Preemption at step" in line]
+    assert len(lines) == 1, f"process {i}:\n{out[-3000:]}"
+    stops.append(int(lines[0].split("Preemption at step ")[1].split(":")[0]))
+  # The same step on every process, and it is the checkpoint they saved.
+  assert stops[0] == stops[1], stops
+  stopped_at = stops[0]
+  assert 3 <= stopped_at < TOTAL, "SIGTERM came too late to test resume"
+  assert committed_steps(workdir)[-1] == stopped_at
+  assert max(metric_steps(workdir)) == stopped_at
+  assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
+
+  outs = finish_all(launch(workdir, flags, cache_dir), "resumed run")
+  assert f"Resuming from the checkpoint of step {stopped_at} in" in outs[0]
+  assert_bit_identical(state_at(workdir, data_dir), uninterrupted)
+
+
+def test_elastic_from_two_hosts_of_four_devices_to_two_devices_to_one(
+  dirs, tmp_path
+):
+  """8 devices (2 processes x 4) -> 2 devices -> 1 device, against the
+  same 6 steps on 8 devices straight: the leaves of EXACT bit for bit,
+  the other floats to float32 rounding (another device count sums the
+  particles' contributions in another order)."""
+  data_dir, cache_dir = dirs
+  straight, elastic = tmp_path / "straight", tmp_path / "elastic"
+
+  def flags(num_steps):
+    return overrides(data_dir, outer__num_steps=num_steps, checkpoint__keep=6)
+
+  finish_all(
+    launch(straight, flags(6), cache_dir, devices=4), "straight 8 devices"
+  )
+  outs = finish_all(
+    launch(elastic, flags(2), cache_dir, devices=4), "first 2 steps"
+  )
+  assert "Devices: 8 x cpu in 2 process(es), 1 particles each" in outs[0]
+  for devices, (first, last) in ((2, (2, 4)), (1, (4, 6))):
+    process = start(
+      main_command(
+        elastic, [*flags(last), f"--compilation_cache_dir={cache_dir}"]
+      ),
+      f"{elastic}.{devices}.log",
+      child_env(cache_dir, devices),
+    )
+    out = finish(process, f"steps {first} to {last} on {devices} devices")
+    assert f"Devices: {devices} x cpu in 1 process(es)" in out
+    assert f"Resuming from the checkpoint of step {first} in" in out
+
+    resumed = state_at(elastic, data_dir, last)
+    reference = state_at(straight, data_dir, last)
+    assert int(resumed["step"]) == int(reference["step"]) == last
+    assert sorted(resumed) == sorted(reference)
+    for name in resumed:
+      if name.startswith(EXACT) or name.endswith("count"):
+        np.testing.assert_array_equal(
+          resumed[name], reference[name], err_msg=f"{name} ({devices})"
+        )
+    assert_trees_close(resumed, reference)
 
 
 def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
