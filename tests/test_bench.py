@@ -62,6 +62,8 @@ def test_roofline_is_consistent():
   assert case["roofline_fraction"] == pytest.approx(0.2)
 
 
+# Minutes: every section of the bench, each case in its own process.
+@pytest.mark.slow
 def test_quick_bench_with_a_flag_sized_case_writes_the_documented_json(
   tmp_path,
 ):
