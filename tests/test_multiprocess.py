@@ -8,15 +8,16 @@ launch/local_multiprocess.sh runs. Every process has a hard timeout.
 Helpers (environment, shared data and compilation cache) come from
 test_sharding.py.
 
-Every interrupted run is compared with one 2-process run that never
-stopped, in the whole run state (theta, the outer optimizer state, the rng
-and every particle's state), read back from the final checkpoints in this
-process: bit for bit where the same program ran on the same devices, to
-float32 rounding where the device count changed.
+Every interrupted multi-process run is compared with a run of the same
+job that never stopped, in the whole run state (theta, the outer optimizer
+state, the rng and every particle's state), read back from the final
+checkpoints in this process: bit for bit where the same program ran on the
+same devices, to float32 rounding where the device count changed.
 """
 
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,7 +170,11 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(dirs, tmp_path_factory):
-  """One 2-process run of TOTAL steps that never stopped: its final state.
+  """One 2-process run of TOTAL steps that never stopped.
+
+  Returns:
+    `(workdir, final state)`; its checkpoints are those of steps 1 (orbax
+    always saves a fresh run's first step) and TOTAL.
 
   It meta-evaluates (on replicated theta, in both processes) at steps 0, 8
   and 16, which the interrupted runs below skip: evaluation must not
@@ -188,7 +193,8 @@ def uninterrupted(dirs, tmp_path_factory):
   assert "Eval at step 8: learned optimizer" in outs[0]
   # Only process 0 writes metrics: each step once, not twice.
   assert metric_steps(workdir) == list(range(1, TOTAL + 1))
-  return state_at(workdir, data_dir)
+  assert committed_steps(workdir) == [1, TOTAL]
+  return workdir, state_at(workdir, data_dir)
 
 
 def test_sigkill_of_one_process_then_restart_of_both_matches_uninterrupted(
@@ -221,7 +227,7 @@ def test_sigkill_of_one_process_then_restart_of_both_matches_uninterrupted(
   assert f"Resuming from the checkpoint of step {interrupted_at} in" in outs[0]
   assert committed_steps(workdir)[-1] == TOTAL
   # Same program on the same devices: bit for bit, not just close.
-  assert_bit_identical(state_at(workdir, data_dir), uninterrupted)
+  assert_bit_identical(state_at(workdir, data_dir), uninterrupted[1])
 
 
 def test_sigterm_to_every_process_stops_all_at_one_step_and_resumes_exactly(
@@ -256,16 +262,63 @@ def test_sigterm_to_every_process_stops_all_at_one_step_and_resumes_exactly(
 
   outs = finish_all(launch(workdir, flags, cache_dir), "resumed run")
   assert f"Resuming from the checkpoint of step {stopped_at} in" in outs[0]
-  assert_bit_identical(state_at(workdir, data_dir), uninterrupted)
+  assert_bit_identical(state_at(workdir, data_dir), uninterrupted[1])
+
+
+def test_a_corrupted_checkpoint_on_one_host_falls_back_on_every_host(
+  dirs, tmp_path, uninterrupted
+):
+  """One garbled byte in particles that only process 1 reads back:
+  both processes see it (the digests are summed over processes) and resume
+  from the same older step; the result is the uninterrupted run's."""
+  data_dir, cache_dir = dirs
+  source, reference = uninterrupted
+  workdir = tmp_path / "damaged"
+  shutil.copytree(source / "checkpoints", workdir / "checkpoints")
+  # The largest particle leaf, so that it is stored as raw bytes in a data
+  # file; each device's 2 particles are one chunk, in the files of the
+  # process that wrote them (and reads them back).
+  name = max(
+    (n for n in reference if n.startswith("estimator_state.")),
+    key=lambda n: reference[n].nbytes,
+  )
+  step_dir = workdir / "checkpoints" / str(TOTAL)
+  files = [p for p in (step_dir / "inner").rglob("*") if p.is_file()]
+  damaged = []
+  for first in range(0, 8, 2):
+    needle = np.ascontiguousarray(reference[name][first : first + 2])
+    needle = needle.tobytes()
+    for path in files:
+      data = bytearray(path.read_bytes())
+      at = data.find(needle)
+      if at >= 0 and "ocdbt.process_1" in str(path) and not damaged:
+        data[at + len(needle) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        damaged.append((first, path))
+  assert len(damaged) == 1, damaged
+
+  flags = overrides(data_dir, outer__num_steps=TOTAL)
+  outs = finish_all(launch(workdir, flags, cache_dir), "resumed run")
+  for out in outs:
+    assert f"{step_dir} is corrupted" in out and name in out
+    assert "Resuming from step 1, the newest intact checkpoint" in out
+  assert "Resuming from the checkpoint of step 1 in" in outs[0]
+  assert (workdir / "checkpoints" / f"{TOTAL}.corrupted").is_dir()
+  assert committed_steps(workdir)[-1] == TOTAL
+  assert_bit_identical(state_at(workdir, data_dir), reference)
 
 
 def test_elastic_from_two_hosts_of_four_devices_to_two_devices_to_one(
   dirs, tmp_path
 ):
   """8 devices (2 processes x 4) -> 2 devices -> 1 device, against the
-  same 6 steps on 8 devices straight: the leaves of EXACT bit for bit,
-  the other floats to float32 rounding (another device count sums the
-  particles' contributions in another order)."""
+  same 6 steps on 8 devices straight, at step 4 and at step 6.
+
+  Bit for bit: the step, the rng, every particle's counter, noise and NRES
+  credit, and the optimizers' step counts (EXACT); the other floats to
+  float32 rounding (another device count sums the particles' contributions
+  in another order).
+  """
   data_dir, cache_dir = dirs
   straight, elastic = tmp_path / "straight", tmp_path / "elastic"
 
