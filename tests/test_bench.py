@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from lopt import bench, optimizers, tasks
+from lopt import measure, optimizers, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def test_inner_step_bytes_by_hand():
     "lopt_activations": 2 * 610 * (10 + 4 + 2),
   }
   expected = {k: 4 * v for k, v in expected.items()}
-  moved = bench.inner_step_bytes(task, lopt)
+  moved = measure.inner_step_bytes(task, lopt)
   assert {k: moved[k] for k in expected} == expected
   assert moved["min_bytes"] == sum(expected.values()) == 135_648
   assert moved["state_bytes"] == 4 * (1040 + 1830 + 10370)
@@ -50,14 +50,14 @@ def test_roofline_is_consistent():
   }
   case["achieved_gflops"] = 2.0
   case["achieved_gbs"] = 1.0
-  bench.add_roofline(case, peak_gflops=100.0, bandwidth_gbs=10.0)
+  measure.add_roofline(case, peak_gflops=100.0, bandwidth_gbs=10.0)
   # 2 FLOP/byte x 10 GB/s = 20 GFLOP/s < 100: memory bound, at 10 %.
   assert case["arithmetic_intensity"] == 2.0
   assert case["bound"] == "memory"
   assert case["roofline_gflops"] == pytest.approx(20.0)
   assert case["roofline_fraction"] == pytest.approx(0.1)
   assert case["memory_bandwidth_fraction"] == pytest.approx(0.1)
-  bench.add_roofline(case, peak_gflops=10.0, bandwidth_gbs=10.0)
+  measure.add_roofline(case, peak_gflops=10.0, bandwidth_gbs=10.0)
   assert case["bound"] == "compute"
   assert case["roofline_fraction"] == pytest.approx(0.2)
 
