@@ -615,7 +615,9 @@ def test_influence_balancing_short_truncations_go_the_wrong_way():
     print(f"\n{name}(W=1): theta={theta:.4f}")
     assert theta > 0.5
   theta = influence_balancing("tbptt", 10)
-  assert not abs(theta) < 100  # diverges (or overflows to inf/nan)
+  # Diverges, away from the optimum: 9061 after the 3000 steps, growing by
+  # e every ~320 steps. A NaN fails this, unlike `not abs(theta) < 100`.
+  assert theta > 1e3, theta
 
 
 def test_info_reports_the_variance_of_the_estimate():

@@ -734,8 +734,21 @@ pid = [a for a in args if a.startswith("--process_id=")][0].split("=")[1]
 if pid == os.environ.get("FAKE_FAIL_ID"):
   sys.exit(3)
 if os.environ.get("FAKE_FAIL_ID"):
-  time.sleep(30)  # a healthy process left waiting: the script must stop it
+  # A healthy process left waiting: the script must stop it, not wait.
+  marks = os.environ["FAKE_MARKS"]
+  with open(os.path.join(marks, f"started_{{pid}}"), "w") as f:
+    f.write(str(os.getpid()))
+  time.sleep(30)
+  open(os.path.join(marks, f"finished_{{pid}}"), "w").close()
 """
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
 
 
 def test_local_multiprocess_runs_waits_and_reports_failure(launch):
@@ -748,7 +761,8 @@ def test_local_multiprocess_runs_waits_and_reports_failure(launch):
     text = (wd / "logs" / f"process_{i}.log").read_text()
     assert f"--process_id={i}" in text and "PLATFORMS cpu" in text
 
-  start = time.monotonic()
+  marks = launch.tmp / "marks"
+  marks.mkdir()
   proc = launch(
     "local_multiprocess.sh",
     "3",
@@ -757,8 +771,19 @@ def test_local_multiprocess_runs_waits_and_reports_failure(launch):
     check=False,
     PYTHON=str(fake),
     FAKE_FAIL_ID="1",
+    FAKE_MARKS=str(marks),
   )
-  assert time.monotonic() - start < 10
+  # The healthy processes (0 and 2) were stopped, not waited for: none got
+  # to the end of its sleep, and each is gone (no wall-clock bound, which a
+  # loaded machine breaks).
+  pids = [int((marks / f"started_{i}").read_text()) for i in (0, 2)]
+  assert not list(marks.glob("finished_*"))
+  for pid in pids:
+    deadline = time.monotonic() + 60
+    while _alive(pid):
+      assert time.monotonic() < deadline, f"process {pid} was not stopped"
+      time.sleep(0.1)
+  assert not list(marks.glob("finished_*"))
   assert proc.returncode == 1
   assert "process 1 failed (exit 3)" in proc.stderr
   assert "process_1.log" in proc.stderr

@@ -175,7 +175,7 @@ def test_nominal_at_init_is_adam_with_linear_decay():
   theta = opt.init_theta(NOM_CFG, jax.random.key(0))
   learned = opt.learned_optimizer(theta, NOM_CFG, num_steps)
   adam = optax.adam(optax.linear_schedule(0.03, 0.0, num_steps))
-  assert opt.adam_baseline(0.03, num_steps, "linear") is not None
+  baseline = opt.adam_baseline(0.03, num_steps, "linear")
 
   def run(tx):
     def step(carry, g):
@@ -189,9 +189,11 @@ def test_nominal_at_init_is_adam_with_linear_decay():
     )
     return jax.lax.scan(step, (params, tx.init(params)), grads)[1]
 
-  got, want = jax.jit(lambda: (run(learned), run(adam)))()
+  got, want, base = jax.jit(lambda: (run(learned), run(adam), run(baseline)))()
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # lopt's Adam baseline with the linear schedule is exactly that Adam.
+  jax.tree.map(np.testing.assert_array_equal, base, want)
   # Steps past the horizon are zero (the schedule has decayed to 0).
   np.testing.assert_array_equal(got["w"][num_steps:], 0.0)
 
