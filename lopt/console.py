@@ -131,7 +131,11 @@ def run_program(
   define_flags: Callable[[], Mapping[str, flags.FlagHolder]],
   required: Sequence[str] = (),
 ) -> None:
-  """Runs an entry point: flags, console set-up, clear config errors.
+  """Runs an entry point: flags, console set-up, clear errors for a person.
+
+  A bad config value, a missing checkpoint and a corrupted one end the
+  program with one line that names what is wrong (exit status 1), not a
+  traceback; with `--verbosity` given, the traceback is shown too.
 
   Every lopt entry point defines its flags in a `define_flags()` that only
   its `if __name__ == "__main__":` block calls, so importing several entry
@@ -150,12 +154,16 @@ def run_program(
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     setup()
     # Imported here: the console itself must not pull in the training stack.
+    from lopt.checkpoint import CorruptCheckpointError
     from lopt.experiment import ConfigError
 
     try:
       main({name: holder.value for name, holder in holders.items()})
-    except ConfigError as e:
+    except (ConfigError, CorruptCheckpointError, FileNotFoundError) as e:
+      if flags.FLAGS["verbosity"].present:
+        raise
       # One line a person can act on; the traceback would only bury it.
-      sys.exit(f"Config error: {e}")
+      kind = "Config error" if isinstance(e, ConfigError) else "Error"
+      sys.exit(f"{kind}: {e}")
 
   app.run(run)

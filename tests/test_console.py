@@ -2,6 +2,8 @@
 
 import logging as py_logging
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import logging
@@ -56,3 +58,16 @@ def test_a_sweep_logs_a_few_lines_with_an_eta():
   assert lines[0] == "Adam [1/24] lr 0"
   assert lines[-1].startswith("Adam [24/24] lr 23 (ETA ")
   assert len(lines) == 9  # the first, then every third of 24
+
+
+def test_a_missing_checkpoint_is_one_line_without_a_traceback(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-m", "lopt.evaluate", f"--workdir={tmp_path}"],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert f"Error: No complete checkpoint in {tmp_path}" in result.stderr
