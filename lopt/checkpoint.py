@@ -45,7 +45,6 @@ names the damaged step and the intact ones.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -56,8 +55,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 from orbax.checkpoint.experimental.v1 import options as ocp_v1_options
+
+from lopt import digests
+from lopt.digests import CorruptCheckpointError  # noqa: F401  (raised here)
 
 PyTree = Any
 
@@ -71,16 +72,6 @@ DIGEST = "digest"
 CORRUPTED_SUFFIX = ".corrupted"
 
 _T = TypeVar("_T")
-
-
-class CorruptCheckpointError(OSError):
-  """A complete checkpoint step that cannot be read back as it was saved.
-
-  Its files were truncated or garbled after the save committed: orbax or
-  TensorStore fails to read them, or what they read differs from the digests
-  recorded at save time. Not raised for a checkpoint that is merely missing
-  (`FileNotFoundError`) or that does not fit the run state (`ValueError`).
-  """
 
 
 # What "complete" means: orbax finalizes a step by writing its commit file as
@@ -97,168 +88,6 @@ _FINALIZED = ocp.options.AtomicityOptions(
 
 def _is_finalized(step_dir: epath.Path) -> bool:
   return ocp.path.step.is_path_finalized(step_dir, atomicity_options=_FINALIZED)
-
-
-# -- Content digests ----------------------------------------------------------
-#
-# orbax and TensorStore notice a truncated file and damage to their JSON
-# metadata and OCDBT index (whose nodes carry checksums), but not damage to
-# array bytes: chunks are stored raw (no compression, see below), so a
-# garbled byte of the particles' data file restores as a different number,
-# without an error (measured on configs/tiny.py). Every save therefore records
-# a digest of every array, and every restore recomputes it.
-#
-# The digest of an array is the sum, modulo 2**32, of a hash of each 32-bit
-# word of its data together with the word's global position. A sum does not
-# depend on how the array is split into shards, so every process hashes only
-# the shards it holds (on the host: nothing to compile), and a checkpoint
-# written on 8 devices verifies on 1. One changed word always changes the
-# digest (for a fixed position the hash is a bijection of the word); other
-# damage goes unnoticed with probability 2**-32. Cost: about 14 ms per save
-# of the default config's 4.9 MB on a 2-core CPU, a tenth of orbax's own.
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-  """MurmurHash3's finalizer: a bijection of uint32 with good avalanche."""
-  h = h ^ (h >> np.uint32(16))
-  h = h * np.uint32(0x85EBCA6B)
-  h = h ^ (h >> np.uint32(13))
-  h = h * np.uint32(0xC2B2AE35)
-  return h ^ (h >> np.uint32(16))
-
-
-def _words(data: np.ndarray) -> np.ndarray:
-  """The bits of `data` as uint32 words, shape (elements, words per element)."""
-  flat = np.ascontiguousarray(data).reshape(-1)
-  if flat.dtype == np.bool_:
-    flat = flat.view(np.uint8)
-  size = flat.dtype.itemsize
-  if size < 4:  # (b)float16, int8, ...: one zero-extended word per element
-    return flat.view(f"u{size}").astype(np.uint32)[:, None]
-  return flat.view(np.uint32).reshape(flat.size, size // 4)
-
-
-def _block_digest(data: np.ndarray, index: tuple, shape: tuple) -> int:
-  """Digest of the block `data` = `global_array[index]` (`shape` is global)."""
-  words = _words(data)
-  position = np.zeros((), np.uint64)  # global row-major element positions
-  for where, n in zip(index, shape, strict=True):
-    position = position[..., None] * np.uint64(n) + np.arange(
-      *where.indices(n), dtype=np.uint64
-    )
-  per_element = np.uint64(words.shape[1])
-  position = position.reshape(-1, 1) * per_element + np.arange(
-    words.shape[1], dtype=np.uint64
-  )
-  position = (position & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-  hashed = _fmix32(words ^ _fmix32(position + np.uint32(0x9E3779B9)))
-  return int(hashed.sum(dtype=np.uint64)) & 0xFFFFFFFF
-
-
-def _local_digest(x: Any) -> int | None:
-  """This process's part of `x`'s digest; None for a non-array leaf."""
-  if isinstance(x, np.ndarray):
-    return _block_digest(x, (slice(None),) * x.ndim, x.shape)
-  if not isinstance(x, jax.Array):
-    return None  # Python scalars: their restored dtype is not theirs.
-  total = 0
-  for shard in x.addressable_shards:
-    if shard.replica_id != 0:
-      continue  # Some other device (maybe of another process) counts it.
-    data = shard.data
-    if jax.dtypes.issubdtype(data.dtype, jax.dtypes.prng_key):
-      data = jax.random.key_data(data)  # One device: no collective.
-    data = np.asarray(data)
-    # Key data (and only it) has trailing dimensions the key array lacks
-    # (and that a key array's shard index covers, or not).
-    extra = data.shape[x.ndim :]
-    index = tuple(shard.index)[: x.ndim] + (slice(None),) * len(extra)
-    total += _block_digest(data, index, tuple(x.shape) + extra)
-  return total & 0xFFFFFFFF
-
-
-def _named_leaves(prefix: str, tree: PyTree) -> list[tuple[str, Any]]:
-  return [
-    (prefix + _path_name(path), leaf)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-  ]
-
-
-def _array_digests(named_leaves: list[tuple[str, Any]]) -> dict[str, list]:
-  """`{name: [dtype, digest]}` of the array leaves.
-
-  Collective when an array spans several processes (the per-process parts
-  are summed with an allgather): every process must call it alike.
-  """
-  arrays, parts = [], []
-  for name, x in named_leaves:
-    part = _local_digest(x)
-    if part is not None:
-      arrays.append((name, x))
-      parts.append(part)
-  parts = np.asarray(parts, np.uint32)
-  spans = np.asarray(
-    [isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in arrays]
-  )
-  if spans.any():
-    gathered = np.asarray(multihost_utils.process_allgather(parts))
-    summed = (gathered.astype(np.uint64).sum(0) & 0xFFFFFFFF).astype(np.uint32)
-    parts = np.where(spans, summed, parts)
-  return {
-    name: [str(x.dtype), int(d)]
-    for (name, x), d in zip(arrays, parts, strict=True)
-  }
-
-
-def _config_digest(config: Mapping[str, Any]) -> str:
-  text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-  return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _digest_record(run_state: Mapping[str, Any], config: dict) -> dict:
-  meta, inner = _split_run_state(run_state)
-  arrays = _array_digests(
-    _named_leaves("", meta) + _named_leaves(ESTIMATOR_STATE + ".", inner)
-  )
-  return {"version": 1, "config": _config_digest(config), "arrays": arrays}
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-  """An exception in one line: TensorStore errors come with pages of spec."""
-  text = " ".join(str(error).split()) or type(error).__name__
-  if len(text) > limit:
-    text = text[:limit] + " ..."
-  return f"{type(error).__name__}: {text}"
-
-
-def _check_digests(where: str, record: dict | None, named_leaves) -> None:
-  """Raises CorruptCheckpointError if the leaves differ from `record`."""
-  if record is None:
-    return  # Written before lopt recorded digests: nothing to check.
-  saved = record.get("arrays", {})
-  # Only what was recorded, and only under its saved dtype (a restore into
-  # another dtype converts, and then hashes other bits).
-  named_leaves = [
-    (n, x)
-    for n, x in named_leaves
-    if n in saved and str(getattr(x, "dtype", None)) == saved[n][0]
-  ]
-  got = _array_digests(named_leaves)
-  bad = [n for n, (_, d) in got.items() if saved[n][1] != d]
-  if bad:
-    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-    raise CorruptCheckpointError(
-      f"Checkpoint {where} is corrupted: {len(bad)} of {len(got)} arrays "
-      f"read back differ from what was saved ({', '.join(bad[:5])}{more})"
-    )
-
-
-def _check_config_digest(where: str, record: dict | None, config) -> None:
-  if record is not None and record.get("config") != _config_digest(config):
-    raise CorruptCheckpointError(
-      f"Checkpoint {where} is corrupted: its config JSON differs from the "
-      "one saved"
-    )
 
 
 # Where orbax's CPU goes per save, measured on the default config's run state
@@ -389,12 +218,6 @@ def _json_config(config: Any) -> dict[str, Any]:
   return json.loads(json.dumps(dict(config), default=default))
 
 
-def _path_name(path: tuple) -> str:
-  # 'theta.dense.kernel', 'estimator_state.0.mu.w': the same for a NamedTuple
-  # field and the dict key that orbax's metadata shows in its place.
-  return jax.tree_util.keystr(path, simple=True, separator=".")
-
-
 def _check_against_metadata(
   prefix: str, abstract: PyTree, metadata: Any, where: str
 ) -> None:
@@ -402,14 +225,14 @@ def _check_against_metadata(
   if metadata is None:
     return  # Nothing to check against; orbax still checks while reading.
   saved = {
-    _path_name(path): m
+    digests.path_name(path): m
     for path, m in jax.tree_util.tree_flatten_with_path(
       getattr(metadata, "tree", metadata)
     )[0]
   }
   problems = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    name = _path_name(path)
+    name = digests.path_name(path)
     full_name = prefix + name
     shape = tuple(leaf.shape)
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -457,48 +280,6 @@ def _restore_targets(tree: PyTree) -> PyTree:
   return jax.tree.map(leaf, tree)
 
 
-def abstract_like(
-  tree: PyTree,
-  shardings: jax.sharding.Sharding | PyTree | None = None,
-) -> PyTree:
-  """Restore targets for `Checkpointer.restore` (kept for older callers).
-
-  Prefer `jax.eval_shape(init_fn, ...)` of the run's jitted init function:
-  with `out_shardings` it already returns `jax.ShapeDtypeStruct` leaves with
-  the current shardings, and `Checkpointer.restore` takes that (or live
-  arrays) directly.
-
-  Args:
-    tree: a live pytree or the output of `jax.eval_shape`.
-    shardings: None, one `jax.sharding.Sharding` for every leaf, or a pytree
-      prefix of `tree` whose leaves are shardings or None (e.g. `{'theta':
-      replicated, 'estimator_state': by_particle, ...}`). Where no sharding is
-      given, a leaf keeps its own; a leaf that has none is replicated over all
-      devices.
-
-  Returns:
-    A pytree of the structure of `tree` with `jax.ShapeDtypeStruct` leaves.
-  """
-
-  def with_sharding(sharding, subtree):
-    if sharding is None:
-      return subtree
-    return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      _restore_targets(subtree),
-    )
-
-  if shardings is None or isinstance(shardings, jax.sharding.Sharding):
-    return _restore_targets(with_sharding(shardings, tree))
-  tree = jax.tree.map(
-    with_sharding,
-    shardings,
-    tree,
-    is_leaf=lambda s: s is None or isinstance(s, jax.sharding.Sharding),
-  )
-  return _restore_targets(tree)
-
-
 def _array_restore(abstract: PyTree) -> ocp.args.PyTreeRestore:
   return ocp.args.PyTreeRestore(
     item=abstract,
@@ -525,7 +306,7 @@ def _read_step(
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # Whatever orbax and TensorStore raise.
     raise CorruptCheckpointError(
-      f"Checkpoint {step_dir} is corrupted: it cannot be read ({_short(e)})"
+      f"Checkpoint {step_dir} is corrupted: it cannot be read ({digests.short_error(e)})"
     ) from e
   return {name: restored[name] for name in items}
 
@@ -637,7 +418,13 @@ class Checkpointer:
         META: ocp.args.PyTreeSave(meta),
         INNER: ocp.args.PyTreeSave(inner),
         CONFIG: ocp.args.JsonSave(config),
-        DIGEST: ocp.args.JsonSave(_digest_record(run_state, config)),
+        DIGEST: ocp.args.JsonSave(
+          digests.record(
+            digests.named_leaves("", meta)
+            + digests.named_leaves(ESTIMATOR_STATE + ".", inner),
+            config,
+          )
+        ),
       }
     )
     return self._manager.save(step, args=args, force=force)
@@ -690,7 +477,7 @@ class Checkpointer:
     except Exception as e:  # Whatever orbax and TensorStore raise.
       raise CorruptCheckpointError(
         f"Checkpoint {where} is corrupted: its metadata cannot be read "
-        f"({_short(e)})"
+        f"({digests.short_error(e)})"
       ) from e
     # Checked here, before reading, because orbax's own shape error comes out
     # of its async reader with less context (and noise about its event loop).
@@ -703,11 +490,11 @@ class Checkpointer:
       INNER: _array_restore(abstract_inner),
     }
     restored = _read_step(self._manager, self._directory, step, items)
-    _check_digests(
+    digests.check_arrays(
       where,
       restored.get(DIGEST),
-      _named_leaves("", restored[META])
-      + _named_leaves(ESTIMATOR_STATE + ".", restored[INNER]),
+      digests.named_leaves("", restored[META])
+      + digests.named_leaves(ESTIMATOR_STATE + ".", restored[INNER]),
     )
     return {
       k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
@@ -724,7 +511,7 @@ class Checkpointer:
     restored = _read_step(
       self._manager, self._directory, step, {CONFIG: ocp.args.JsonRestore()}
     )
-    _check_config_digest(
+    digests.check_config(
       str(self._directory / str(step)), restored.get(DIGEST), restored[CONFIG]
     )
     return restored[CONFIG]
@@ -915,7 +702,7 @@ def _load_meta_step(
   except Exception as e:  # Whatever orbax and TensorStore raise.
     raise CorruptCheckpointError(
       f"Checkpoint {step_dir} is corrupted: its metadata cannot be read "
-      f"({_short(e)})"
+      f"({digests.short_error(e)})"
     ) from e
   if metadata is None:
     raise CorruptCheckpointError(
@@ -941,6 +728,8 @@ def _load_meta_step(
     {META: _array_restore(abstract), CONFIG: ocp.args.JsonRestore()},
   )
   record = restored.get(DIGEST)
-  _check_config_digest(str(step_dir), record, restored[CONFIG])
-  _check_digests(str(step_dir), record, _named_leaves("", restored[META]))
+  digests.check_config(str(step_dir), record, restored[CONFIG])
+  digests.check_arrays(
+    str(step_dir), record, digests.named_leaves("", restored[META])
+  )
   return restored[META], restored[CONFIG]

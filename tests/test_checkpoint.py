@@ -108,14 +108,11 @@ def test_round_trip_is_bit_exact(tmp_path):
     restored = ckpt.restore(7, state)
     # A target from jax.eval_shape (no shardings): leaves get replicated.
     from_shapes = ckpt.restore(None, jax.eval_shape(lambda: state))
-    # The older helper, until its callers move to jax.eval_shape.
-    legacy = ckpt.restore(7, checkpoint.abstract_like(state))
     # lopt.train reads the saved config before any array, to check a resume.
     saved_config = ckpt.restore_config(7)
   assert checkpoint.load_meta(tmp_path / "ckpt", 7)[1] == saved_config
   assert_identical(restored, state)
   assert_identical(from_shapes, state)
-  assert_identical(legacy, state)
   # The per-array costs lopt.checkpoint turns off (see there): no sharding
   # file per array (restores always pass target shardings) and no zstd.
   step_dir = tmp_path / "ckpt" / "7"

@@ -23,7 +23,7 @@ from test_checkpoint import CONFIG, assert_identical, make_run_state
 from test_train import restore_final, run_main
 
 from configs import tiny
-from lopt import checkpoint
+from lopt import checkpoint, digests
 
 CorruptCheckpointError = checkpoint.CorruptCheckpointError
 
@@ -256,9 +256,9 @@ def test_a_checkpoint_without_digests_still_restores(saved):
 def test_digests_ignore_sharding_and_see_every_word():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((6, 5)).astype(np.float32)
-  whole = checkpoint._block_digest(x, (slice(None),) * 2, x.shape)
+  whole = digests._block_digest(x, (slice(None),) * 2, x.shape)
   halves = sum(
-    checkpoint._block_digest(x[rows], (rows, slice(None)), x.shape)
+    digests._block_digest(x[rows], (rows, slice(None)), x.shape)
     for rows in (slice(0, 2), slice(2, 6))
   )
   assert whole == halves % 2**32
@@ -267,12 +267,12 @@ def test_digests_ignore_sharding_and_see_every_word():
     for bit in (0, 31):
       y = bits.copy()
       y[i] ^= np.uint32(1 << bit)
-      assert checkpoint._block_digest(y, (slice(None),) * 2, x.shape) != whole
+      assert digests._block_digest(y, (slice(None),) * 2, x.shape) != whole
   swapped = x.copy()
   swapped[[0, 1]] = swapped[[1, 0]]
-  assert checkpoint._block_digest(swapped, (slice(None),) * 2, x.shape) != whole
+  assert digests._block_digest(swapped, (slice(None),) * 2, x.shape) != whole
   keys = jax.random.split(jax.random.key(0), 3)
-  assert checkpoint._local_digest(keys) == checkpoint._block_digest(
+  assert digests._local_digest(keys) == digests._block_digest(
     np.asarray(jax.random.key_data(keys)), (slice(None),) * 2, (3, 2)
   )
 

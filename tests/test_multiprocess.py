@@ -397,7 +397,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   with checkpoint.Checkpointer(
     workdir / "checkpoints", every_steps=1, keep=5
   ) as ckpt:
-    state = ckpt.restore(stopped_at, checkpoint.abstract_like(abstract))
+    state = ckpt.restore(stopped_at, abstract)
   state = sharding.to_host(state)
   assert int(state["step"]) == stopped_at
   assert state["estimator_state"].counter.shape == (8,)
