@@ -98,21 +98,21 @@ def one_particle_step_seconds(
 
     return jax.lax.fori_loop(0, num, body, (state, jnp.zeros(())))
 
-  k_init, k_run = jax.random.split(key)
+  k_init, k_train = jax.random.split(key)
   state = jax.block_until_ready(jax.jit(estimator.init)(theta, k_init))
-  run = jax.jit(loop).lower(state, k_run, jnp.int32(1)).compile()
-  jax.block_until_ready(run(state, k_run, jnp.int32(1)))
+  run = jax.jit(loop).lower(state, k_train, jnp.int32(1)).compile()
+  jax.block_until_ready(run(state, k_train, jnp.int32(1)))
   num, elapsed = 1, 0.0
   while True:
     t0 = time.perf_counter()
-    jax.block_until_ready(run(state, k_run, jnp.int32(num)))
+    jax.block_until_ready(run(state, k_train, jnp.int32(num)))
     elapsed = time.perf_counter() - t0
     if elapsed >= min_seconds or num >= 2**20:
       break
     num *= max(2, min(16, math.ceil(min_seconds / max(elapsed, 1e-6))))
   for _ in range(repeats - 1):
     t0 = time.perf_counter()
-    jax.block_until_ready(run(state, k_run, jnp.int32(num)))
+    jax.block_until_ready(run(state, k_train, jnp.int32(num)))
     elapsed = min(elapsed, time.perf_counter() - t0)
   return elapsed / (num * estimator.unroll_length)
 
