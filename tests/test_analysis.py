@@ -61,6 +61,7 @@ def test_variance_at_w10_matches_the_oracle(name, trace, per_coordinate):
   np.testing.assert_allclose(np.sum(v.variance), v.trace, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unroll_length", [1, 50])
 def test_pes_over_nres_ratio_matches_the_oracle(unroll_length):
   pes = lq_variance("pes", unroll_length, 30_000, seed=1)

@@ -180,6 +180,7 @@ def _entries(cache_dir) -> set[str]:
   return {p.name for p in cache_dir.iterdir() if p.name.endswith("-cache")}
 
 
+@pytest.mark.slow
 def test_a_second_start_of_the_same_config_hits_the_compilation_cache(
   tmp_path,
 ):

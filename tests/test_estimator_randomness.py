@@ -378,6 +378,7 @@ def test_outer_step_skips_a_nonfinite_gradient():
   assert applied == [False, True, False, True]
 
 
+@pytest.mark.slow
 def test_train_counts_skipped_updates(tmp_path, monkeypatch):
   """A whole run whose every gradient is NaN: theta stays, all are counted."""
   original = experiment.Experiment.estimator

@@ -204,6 +204,7 @@ def test_tbptt_drops_a_diverging_particle_and_counts_its_steps():
   np.testing.assert_allclose(info["loss"], info_alone["loss"], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_particle_map_is_the_one_way_over_the_particles():
   """A particle_map sees every burn-in and estimate, with the split keys."""
   system, theta = lq(), jnp.asarray(THETA)
@@ -255,6 +256,7 @@ ORACLE_TRACE_VARIANCE = {
 }
 
 
+@pytest.mark.slow
 def test_nres_has_the_least_per_estimate_variance():
   system, num = lq(), 50_000
   variances, errors = {}, {}
@@ -334,6 +336,7 @@ def test_nres_windows_telescope_to_the_full_es_estimate():
     )
 
 
+@pytest.mark.slow
 def test_gpes_ends_are_pes_and_nres_bit_for_bit():
   system, theta = lq(), jnp.asarray(THETA)
   key_init, key_call = jax.random.key(5), jax.random.key(6)
@@ -438,6 +441,7 @@ def test_burn_in_leaves_uniform_counters_and_genuine_states():
   assert stats.chisquare(np.bincount(counters, minlength=97)).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_same_key_same_result_and_jit_and_pytree_round_trip():
   system, theta = lq(), jnp.asarray(THETA)
   for name in ["nres", "pes", "gpes", "tes", "tbptt", "full_es"]:
@@ -573,6 +577,7 @@ class Fragile:
     return state, jnp.sqrt(theta) + (theta - 1.0) ** 2
 
 
+@pytest.mark.slow
 def test_nonfinite_losses_are_masked_and_counted():
   system, theta = Fragile(), jnp.asarray(0.05)
   for name in ["nres", "pes", "tes", "full_es"]:
@@ -620,6 +625,7 @@ def test_influence_balancing_short_truncations_go_the_wrong_way():
   assert theta > 1e3, theta
 
 
+@pytest.mark.slow
 def test_info_reports_the_variance_of_the_estimate():
   """grad_var is Var(mean estimate): the particles' spread over N."""
   system, theta, num = lq(), jnp.asarray(THETA), 20_000
