@@ -69,5 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.compare.seeds = (0, 1, 2)
   config.compare.num_points = 10
   config.compare.targets = ()
-  config.compare.target_near_best = 0.05
+  # 90 % of the way from the start to the best final meta-loss.
+  config.compare.target_progress = 0.9
   return config

@@ -291,17 +291,26 @@ def targets(config: ml_collections.ConfigDict, result) -> list[float]:
   `config.compare.target_near_best = m` (> 0), one more target is
   (1 + m) x the best (lowest) mean final meta-loss of the labels: a level
   that the best label reaches at the end and that shows which others do.
+  With `config.compare.target_progress = f` (in (0, 1]), one more is the
+  loss f of the way from the start (the mean first meta-loss) down to that
+  best final one: for objectives that move little relative to their size
+  (learned optimizers), where (1 + m) x the best can lie above the start.
+  Targets are rounded to 3 significant digits.
   """
   defaults = config.get("compare", ml_collections.ConfigDict())
   chosen = [float(t) for t in defaults.get("targets", ())]
   margin = float(defaults.get("target_near_best", 0.0))
-  finals = [
-    e["summary"]["final_meta_loss"]["mean"]
-    for e in result["estimators"].values()
-  ]
+  progress = float(defaults.get("target_progress", 0.0))
+  entries = list(result["estimators"].values())
+  finals = [e["summary"]["final_meta_loss"]["mean"] for e in entries]
   finals = [f for f in finals if f is not None]
+  starts = [r["meta_loss"][0] for e in entries for r in e["runs"]]
+  starts = [s for s in starts if s is not None and np.isfinite(s)]
   if margin > 0 and finals:
     chosen.append(float(f"{(1 + margin) * min(finals):.3g}"))
+  if progress > 0 and finals and starts:
+    start = float(np.mean(starts))
+    chosen.append(float(f"{start - progress * (start - min(finals)):.3g}"))
   return chosen
 
 

@@ -202,11 +202,26 @@ def one_particle_step_seconds(
   """Measured seconds of one inner step of one particle of this run.
 
   The label's estimator with a single particle, unsharded, timed by
-  `compare_toy.one_particle_step_seconds`.
+  `compare_toy.one_particle_step_seconds`; runs that differ only in their
+  seed or outer optimizer share one measurement.
   """
   cfg = run_config(config, dict(settings, num_particles=1), seed, 1, 1)
-  exp = experiment.build(cfg, dataset)
-  est = experiment.make_estimator(cfg.estimator, exp.system(data))
-  return compare_toy.one_particle_step_seconds(
-    est, train.initial_theta(exp), jax.random.key(seed)
+  # Measured once per process for every run with the same estimator and
+  # inner task: the seed and the outer optimizer change the numbers that
+  # flow through a step, not its cost.
+  key = json.dumps(
+    {k: cfg[k].to_dict() for k in ("task", "inner", "lopt", "estimator")},
+    sort_keys=True,
+    default=str,
   )
+  if key not in _STEP_SECONDS:
+    exp = experiment.build(cfg, dataset)
+    est = experiment.make_estimator(cfg.estimator, exp.system(data))
+    _STEP_SECONDS[key] = compare_toy.one_particle_step_seconds(
+      est, train.initial_theta(exp), jax.random.key(seed)
+    )
+  return _STEP_SECONDS[key]
+
+
+#: `one_particle_step_seconds` of the labels measured so far in this process.
+_STEP_SECONDS: dict[str, float] = {}

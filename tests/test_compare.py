@@ -429,6 +429,17 @@ def test_targets_and_their_tables():
   )
   assert "| nres | 0/2 | n/a |" in table
   assert "est. parallel seconds" in table
+  # f of the way from the start to the best final loss.
+  config.compare.target_progress = 0.5
+  start = np.mean(
+    [
+      r["meta_loss"][0]
+      for e in result["estimators"].values()
+      for r in e["runs"]
+    ]
+  )
+  got = compare.targets(config, result)
+  np.testing.assert_allclose(got[3], start - 0.5 * (start - best), rtol=1e-2)
 
 
 def toy_config_names():

@@ -64,6 +64,12 @@ flags.DEFINE_string(
   os.path.join(REPO, "configs", "digits_mlp_study.py"),
   "The study's config (its `study` section names methods, rates, periods).",
 )
+flags.DEFINE_list(
+  "methods",
+  None,
+  "Methods of the pilot, sweep and main phases; default: the config's "
+  "study.methods.",
+)
 flags.DEFINE_float("run_seconds", 150.0, "CPU seconds of each main run.")
 flags.DEFINE_float("sweep_seconds", 50.0, "CPU seconds of each sweep run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main runs.")
@@ -208,6 +214,8 @@ def main(argv):
   os.makedirs(FLAGS.workdir, exist_ok=True)
   start = time.time()
   config = experiment.load_config(FLAGS.config)
+  if FLAGS.methods:
+    config.study.methods = tuple(FLAGS.methods)
   methods = tuple(config.study.methods)
   sweep_rates = tuple(config.study.sweep_rates)
   periods = tuple(config.study.gpes_periods)
