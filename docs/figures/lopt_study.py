@@ -16,7 +16,8 @@ methods, the sweep's learning rates and the GPES periods.
    seconds per outer step here (`train_seconds`, compilation excluded).
 2. sweep: each method at every rate of `study.sweep_rates`, one seed,
    `--sweep_seconds` of CPU each; the rate with the lowest final
-   meta-loss is the method's tuned rate.
+   meta-loss is the method's tuned rate, and the median seconds per outer
+   step of the method's sweep runs replaces the pilot's.
 3. main: each method at its tuned rate, `--seeds`, `--run_seconds` of CPU
    each (budgets in outer steps from the pilot's rates: equal CPU, not
    equal steps); then tuned Adam on the same held-out seeds (the
@@ -42,6 +43,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 
 REPO = os.path.dirname(
@@ -127,6 +129,21 @@ def pilot(config) -> dict[str, float]:
   for k in config.study.gpes_periods:
     rates[f"gpes_k{k}"] = rates["gpes_k1"]
   return rates
+
+
+def sweep_seconds_per_step(sweep, methods) -> dict[str, float]:
+  """Per method: the median seconds per outer step of its sweep runs."""
+  out = {}
+  for method in methods:
+    per_step = [
+      run["seconds"][-1] / run["outer_steps"][-1]
+      for entry in sweep["estimators"].values()
+      if entry["settings"]["name"] == method
+      for run in entry["runs"]
+    ]
+    if per_step:
+      out[method] = float(np.median(per_step))
+  return out
 
 
 def adam_reference(config, seeds) -> dict:
@@ -264,6 +281,12 @@ def main(argv):
     state["tuned_learning_rate"] = tuned
     save()
   tuned = state["tuned_learning_rate"]
+  # The sweep's runs are longer than the pilot's: their seconds per outer
+  # step set the main budgets.
+  sweep_path = os.path.join(FLAGS.output_dir, "lopt_study_sweep.json")
+  if os.path.exists(sweep_path):
+    with open(sweep_path) as f:
+      rates.update(sweep_seconds_per_step(json.load(f), methods))
 
   tables = []
   if "main" in FLAGS.phases:
