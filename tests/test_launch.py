@@ -732,6 +732,16 @@ args = sys.argv[1:]
 print("ARGS", args, "PLATFORMS", os.environ.get("JAX_PLATFORMS"), flush=True)
 pid = [a for a in args if a.startswith("--process_id=")][0].split("=")[1]
 if pid == os.environ.get("FAKE_FAIL_ID"):
+  # Fail only once the healthy processes are up, so that the script has
+  # running processes to stop (not ones it kills before they start).
+  marks = os.environ["FAKE_MARKS"]
+  deadline = time.monotonic() + 120
+  while len([m for m in os.listdir(marks) if m.startswith("started_")]) < int(
+    os.environ["FAKE_HEALTHY"]
+  ):
+    if time.monotonic() > deadline:
+      sys.exit(4)
+    time.sleep(0.05)
   sys.exit(3)
 if os.environ.get("FAKE_FAIL_ID"):
   # A healthy process left waiting: the script must stop it, not wait.
@@ -771,6 +781,7 @@ def test_local_multiprocess_runs_waits_and_reports_failure(launch):
     check=False,
     PYTHON=str(fake),
     FAKE_FAIL_ID="1",
+    FAKE_HEALTHY="2",
     FAKE_MARKS=str(marks),
   )
   # The healthy processes (0 and 2) were stopped, not waited for: none got
