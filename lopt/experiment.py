@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from lopt import data as data_lib
-from lopt import estimators, inner, optimizers, sharding, systems, tasks
+from lopt import estimators, family, inner, optimizers, sharding, systems, tasks
 from lopt.validation import (  # noqa: F401  (re-exported: see above)
   ACTIVATIONS,
   ESTIMATOR_FIELDS,
@@ -167,56 +167,124 @@ def make_system(config: ml_collections.ConfigDict, **changes):
 
 
 @dataclasses.dataclass(frozen=True)
+class Group:
+  """One inner task of a run and how its per-step losses are normalised.
+
+  `inner.InnerTraining` sees `(min(L_t, max_loss) - loss_shift) /
+  loss_scale` (see `lopt.family` for the normalisers).
+  """
+
+  spec: family.TaskSpec
+  task: tasks.Task
+  max_loss: float | None = None
+  loss_shift: float = 0.0
+  loss_scale: float = 1.0
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def horizon(self) -> int:
+    return self.spec.horizon
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
-  """Everything static about a learned-optimizer run, built from the config."""
+  """Everything static about a learned-optimizer run, built from the config.
+
+  A run meta-trains on one task or on a family (`lopt.family`); `groups`
+  has one entry per task either way (the single task is named
+  `family.SINGLE`). For a family the run's data arrays are a dict keyed by
+  task name, and `estimator` is a `family.FamilyEstimator`; for a single
+  task the arrays are flat and it is the plain estimator, so a single-task
+  run state keeps its layout.
+  """
 
   config: ml_collections.ConfigDict
-  task: tasks.Task
+  task: tasks.Task  # the first group's task
   lopt: optimizers.LOptConfig
   outer_tx: optax.GradientTransformation
   #: The particle mesh (`lopt.sharding.make_mesh`); None runs the particles
   #: with a plain vmap, on whatever devices the inputs are on.
   mesh: jax.sharding.Mesh | None = None
+  groups: tuple[Group, ...] = ()
 
-  def system(self, data) -> inner.InnerTraining:
-    """Inner training of the task by the learned optimizer, over `data`."""
-    cap = (
-      1.5 * math.log(self.task.num_classes)
-      if self.config.task.clip_meta_loss
-      else None
-    )
+  @property
+  def is_family(self) -> bool:
+    return family.is_family(self.config)
+
+  def group(self, name: str | None = None) -> Group:
+    """The group `name` (the first by default)."""
+    if name is None:
+      return self.groups[0]
+    return next(g for g in self.groups if g.name == name)
+
+  def group_data(self, data, name: str):
+    """The arrays of group `name` from the run's `data`."""
+    return data[name] if self.is_family else data
+
+  def system(self, data, name: str | None = None) -> inner.InnerTraining:
+    """Inner training of a group's task by the learned optimizer.
+
+    Args:
+      data: that group's arrays (`group_data`).
+      name: the group; the first (the single task) by default.
+    """
+    group = self.group(name)
     return inner.InnerTraining(
-      task=self.task,
+      task=group.task,
       lopt=self.lopt,
-      horizon=self.config.inner.horizon,
+      horizon=group.horizon,
       data=data,
       meta_loss=self.config.task.meta_loss,
-      max_loss=cap,
+      max_loss=group.max_loss,
+      loss_shift=group.loss_shift,
+      loss_scale=group.loss_scale,
     )
 
-  def estimator(self, data) -> estimators.Estimator:
-    """The estimator over `system(data)`, its particles sharded on `mesh`."""
+  def estimator(self, data):
+    """The estimator over the run's `data`, its particles sharded on `mesh`.
 
-    def build_estimator(data):
-      return make_estimator(self.config.estimator, self.system(data))
+    A plain estimator for a single task; for a family a
+    `family.FamilyEstimator` with one estimator per group.
+    """
 
-    if self.mesh is None:
-      return build_estimator(data)
-    return sharding.shard_particles(build_estimator, data, self.mesh)
+    def group_estimator(group: Group):
+      settings = dict(self.config.estimator)
+      settings["num_particles"] = group.spec.num_particles
+
+      def build_estimator(data):
+        return make_estimator(settings, self.system(data, group.name))
+
+      group_data = self.group_data(data, group.name)
+      if self.mesh is None:
+        return build_estimator(group_data)
+      return sharding.shard_particles(build_estimator, group_data, self.mesh)
+
+    if not self.is_family:
+      return group_estimator(self.groups[0])
+    return family.FamilyEstimator(
+      [(g.name, group_estimator(g), g.spec.weight) for g in self.groups]
+    )
 
   def saved_config(self) -> dict[str, Any]:
     """The JSON stored with every checkpoint; `load_optimizer` reads it."""
-    return {
+    saved = {
       "format_version": FORMAT_VERSION,
       "config": json.loads(self.config.to_json()),
       "lopt": self.lopt.to_dict(),
       "horizon": self.config.inner.horizon,
     }
+    if self.is_family:
+      saved["loss_normalization"] = {
+        g.name: {"shift": g.loss_shift, "scale": g.loss_scale}
+        for g in self.groups
+      }
+    return saved
 
 
-def load_data(
-  config, mesh: jax.sharding.Mesh | None = None
-) -> tuple[dict[str, jax.Array], data_lib.Dataset]:
+def load_data(config, mesh: jax.sharding.Mesh | None = None):
   """The dataset, whole, replicated on every device of `mesh`.
 
   Args:
@@ -225,12 +293,23 @@ def load_data(
 
   Returns:
     `(arrays, dataset)`: the device arrays by name (`train_x`, ...) and the
-    host-side `Dataset`.
+    host-side `Dataset`. For a family, both are dicts keyed by task name
+    (tasks of the same dataset and image size share the same arrays).
   """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  if not family.is_family(config):
+    return _load_one(config, config.task.dataset, config.task.image_size, mesh)
+  loaded, arrays, datasets = {}, {}, {}
+  for spec in family.task_specs(config):
+    if spec.data_key not in loaded:
+      loaded[spec.data_key] = _load_one(config, *spec.data_key, mesh)
+    arrays[spec.name], datasets[spec.name] = loaded[spec.data_key]
+  return arrays, datasets
+
+
+def _load_one(config, name: str, image_size: int, mesh):
   dataset = data_lib.load_dataset(
-    config.task.dataset,
-    data_dir=config.task.data_dir or None,
-    image_size=config.task.image_size,
+    name, data_dir=config.task.data_dir or None, image_size=image_size
   )
   arrays = {
     "train_x": dataset.train.images,
@@ -242,40 +321,102 @@ def load_data(
   }
   # From numpy, every process its own copy: the multi-process-safe way to
   # build a replicated global array (style.md B.5).
-  mesh = sharding.make_mesh() if mesh is None else mesh
   return sharding.put_replicated(arrays, mesh), dataset
 
 
-def build(
-  config, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh | None = None
-) -> Experiment:
+def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   """The static parts of a run.
 
   Args:
     config: the experiment config.
-    dataset: the loaded dataset (its shapes and class count size the task).
+    dataset: the loaded dataset (its shapes and class count size the task);
+      for a family, `load_data`'s dict of them by task name.
     mesh: the particle mesh; by default one over all devices. The number of
       particles must be divisible by its size once particles are run
       (`Experiment.estimator`); evaluation alone works on any mesh.
 
   Returns:
-    The `Experiment`.
+    The `Experiment`. With the `adam` normaliser this measures each task's
+    reference loss (`family.REFERENCE_RATES`), a few seconds per task.
   """
-  task = tasks.make_task(
-    config.task.model,
-    hidden=tuple(config.task.hidden),
-    num_classes=dataset.num_classes,
-    input_shape=dataset.image_shape,
-    activation=config.task.activation,
-    batch_size=config.task.batch_size,
-  )
   lopt_cfg = optimizers.LOptConfig(
     kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
   )
+  normalizer = family.normalizer(config)
+  groups = []
+  for spec in family.task_specs(config):
+    ds = dataset[spec.name] if family.is_family(config) else dataset
+    task = make_task(spec, ds)
+    cap = (
+      1.5 * math.log(task.num_classes) if config.task.clip_meta_loss else None
+    )
+    group = Group(spec, task, max_loss=cap)
+    if normalizer == "lo":
+      cap, shift, scale = family.lo_normalizer(task.num_classes)
+      group = Group(spec, task, cap, shift, scale)
+    elif normalizer == "adam":
+      scale = reference_loss(task, ds, spec.horizon, config.seed)
+      group = dataclasses.replace(group, loss_scale=scale)
+    groups.append(group)
   mesh = sharding.make_mesh() if mesh is None else mesh
   return Experiment(
-    config, task, lopt_cfg, make_outer_optimizer(config.outer), mesh
+    config,
+    groups[0].task,
+    lopt_cfg,
+    make_outer_optimizer(config.outer),
+    mesh,
+    tuple(groups),
   )
+
+
+def make_task(spec: family.TaskSpec, dataset: data_lib.Dataset) -> tasks.Task:
+  """The inner model of `spec` on `dataset` (its shapes and class count)."""
+  return tasks.make_task(
+    spec.model,
+    hidden=spec.hidden,
+    num_classes=dataset.num_classes,
+    input_shape=dataset.image_shape,
+    activation=spec.activation,
+    batch_size=spec.batch_size,
+  )
+
+
+def reference_loss(
+  task: tasks.Task, dataset: data_lib.Dataset, horizon: int, seed: int
+) -> float:
+  """The `adam` normaliser's L_ref: tuned Adam's mean training loss over T.
+
+  Adam at each of `family.REFERENCE_RATES` trains `family.REFERENCE_SEEDS`
+  fresh models for `horizon` steps (seeds no training or evaluation draws);
+  L_ref is the best rate's mean loss over steps and seeds. One jitted,
+  vmapped run per task, on the host's default device.
+  """
+  arrays = {
+    "train_x": dataset.train.images,
+    "train_y": dataset.train.labels,
+    "test_x": dataset.test.images[:1],
+    "test_y": dataset.test.labels[:1],
+  }
+  rates = np.asarray(family.REFERENCE_RATES, np.float32)
+
+  @jax.jit
+  def sweep(arrays, rates, keys):
+    def one(rate, key):
+      tx = optax.adam(rate)
+      return inner.train_model(task, tx, arrays, key, horizon)["losses"]
+
+    per_rate = jax.vmap(lambda r: jax.vmap(lambda k: one(r, k))(keys))
+    return per_rate(rates).mean(axis=(1, 2))
+
+  means = np.asarray(sweep(arrays, rates, family.reference_keys(seed)))
+  finite = means[np.isfinite(means)]
+  if not finite.size:
+    raise ConfigError(
+      f"the adam normaliser's reference runs diverged at every learning "
+      f"rate {list(family.REFERENCE_RATES)} for a task of {task.num_params} "
+      "parameters; use family.normalizer = 'lo' or 'none'"
+    )
+  return float(finite.min())
 
 
 # -- evaluation ---------------------------------------------------------------
@@ -287,19 +428,23 @@ def eval_keys(config) -> jax.Array:
   return jax.random.split(key, config.eval.num_seeds)
 
 
-def evaluate_optimizer(exp: Experiment, data, tx, keys):
+def evaluate_optimizer(exp: Experiment, data, tx, keys, name=None):
   """Trains one fresh model per key for T steps; vmapped over keys.
+
+  Args:
+    exp: the experiment.
+    data: the arrays of the task (`exp.group_data(run_data, name)`).
+    tx: the optimizer.
+    keys: one key per model.
+    name: the task (group) and its horizon T; the first by default.
 
   Returns:
     `inner.train_model`'s dict (`losses` [num_keys, T], `test_accuracy`,
     `test_loss`, ...), every leaf leading with the key axis.
   """
+  group = exp.group(name)
   run = functools.partial(
-    inner.train_model,
-    exp.task,
-    tx,
-    data,
-    num_steps=exp.config.inner.horizon,
+    inner.train_model, group.task, tx, data, num_steps=group.horizon
   )
   return jax.vmap(lambda k: run(key=k))(keys)
 

@@ -14,6 +14,8 @@ With `max_loss` set, L_t is capped there (learned_optimization caps the
 cross-entropy at 1.5 ln C): a diverging inner run then scores badly but
 boundedly, instead of letting one particle's 1e10 loss dominate the
 estimate. A non-finite loss stays non-finite, for the estimator to mask.
+Then `(L_t - loss_shift) / loss_scale` is what the estimator sees: the
+normalisation that makes the tasks of a family comparable (`lopt.family`).
 
 The dataset enters as arrays held by the system. Build the system inside the
 jitted function from a data argument: arrays closed over by `jit` are baked
@@ -45,6 +47,8 @@ class InnerTraining:
       or tracers when the system is built inside jit).
     meta_loss: 'train' or 'validation', see the module docstring.
     max_loss: the cap on L_t, or None.
+    loss_shift: subtracted from the capped L_t.
+    loss_scale: divides the shifted L_t (> 0).
   """
 
   task: tasks.Task
@@ -53,6 +57,8 @@ class InnerTraining:
   data: Mapping[str, jax.Array]
   meta_loss: str = "train"
   max_loss: float | None = None
+  loss_shift: float = 0.0
+  loss_scale: float = 1.0
 
   def __post_init__(self):
     if self.meta_loss not in META_LOSSES:
@@ -60,6 +66,8 @@ class InnerTraining:
         f"task.meta_loss must be one of {list(META_LOSSES)}, "
         f"got {self.meta_loss!r}"
       )
+    if not self.loss_scale > 0:
+      raise ValueError(f"loss_scale must be > 0, got {self.loss_scale!r}")
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     params = self.task.init(key)
@@ -85,6 +93,8 @@ class InnerTraining:
       loss = self.task.loss(params, xv, yv)
     if self.max_loss is not None:
       loss = jnp.minimum(loss, self.max_loss)
+    if self.loss_shift or self.loss_scale != 1.0:
+      loss = (loss - self.loss_shift) / self.loss_scale
     return {"params": params, "opt_state": opt_state}, loss
 
 

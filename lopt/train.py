@@ -138,6 +138,35 @@ def sharded_functions(exp: Experiment, data):
   return init_fn, steps_fn, jax.eval_shape(init_fn, data), state_shardings
 
 
+def _eval_scores(exp: Experiment, prefix: str, result) -> dict[str, float]:
+  """`eval/<prefix>/[<task>/]<score>` of a per-task evaluation result."""
+  scores = {}
+  for name, per_task in sharding.to_host(result).items():
+    where = f"eval/{prefix}/{name}/" if exp.is_family else f"eval/{prefix}/"
+    for k, v in experiment.summarize_eval(per_task).items():
+      scores[where + k] = v
+  return scores
+
+
+def _group_metrics(exp: Experiment, info) -> dict[str, float]:
+  """Per-task `<task>/meta_loss`, `grad_norm`, `grad_snr`, `nonfinite_steps`.
+
+  The meta-loss of a family task is its normalised loss; the SNR (median
+  over the log interval) tells whether that task's estimate carries signal.
+  """
+  if not exp.is_family:
+    return {}
+  out = {}
+  for g in exp.groups:
+    out[f"{g.name}/meta_loss"] = float(np.mean(info[f"{g.name}/loss"]))
+    out[f"{g.name}/grad_norm"] = float(np.mean(info[f"{g.name}/grad_norm"]))
+    out[f"{g.name}/grad_snr"] = float(np.median(info[f"{g.name}/grad_snr"]))
+    out[f"{g.name}/nonfinite_steps"] = float(
+      np.sum(info[f"{g.name}/nonfinite"])
+    )
+  return out
+
+
 class _SigtermFlag:
   """Turns SIGTERM into a flag that the training loop checks between steps.
 
@@ -214,17 +243,26 @@ def _describe(exp: Experiment, dataset, mesh) -> None:
   theta_size = sum(
     x.size for x in jax.tree.leaves(optimizers.theta_shapes(exp.lopt))
   )
-  logging.info(
-    "Task: %s %s (%s) on %s %s, batch %d, T = %d; %s parameters",
-    config.task.model,
-    list(config.task.hidden),
-    config.task.activation,
-    dataset.name,
-    "x".join(map(str, dataset.image_shape)),
-    config.task.batch_size,
-    config.inner.horizon,
-    f"{exp.task.num_params:,}",
-  )
+  for group in exp.groups:
+    ds = dataset[group.name] if exp.is_family else dataset
+    spec = group.spec
+    logging.info(
+      "%s: %s %s (%s) on %s %s, batch %d, T = %d; %s parameters%s",
+      f"Task {spec.name}" if exp.is_family else "Task",
+      spec.model,
+      list(spec.hidden),
+      spec.activation,
+      ds.name,
+      "x".join(map(str, ds.image_shape)),
+      spec.batch_size,
+      spec.horizon,
+      f"{group.task.num_params:,}",
+      f"; {spec.num_particles} particles, weight {spec.weight:g}, loss / "
+      f"{group.loss_scale:.4g}"
+      if exp.is_family
+      else "",
+    )
+  num_particles = sum(g.spec.num_particles for g in exp.groups)
   logging.info(
     "Learned optimizer: %s %s, %s parameters; estimator %s, %d particles, "
     "W = %d, sigma = %g; outer %s lr %g for %d steps",
@@ -232,7 +270,7 @@ def _describe(exp: Experiment, dataset, mesh) -> None:
     list(exp.lopt.hidden),
     f"{theta_size:,}",
     est.name,
-    est.num_particles,
+    num_particles,
     est.unroll_length,
     est.sigma,
     config.outer.optimizer,
@@ -244,7 +282,7 @@ def _describe(exp: Experiment, dataset, mesh) -> None:
     mesh.size,
     jax.devices()[0].platform,
     jax.process_count(),
-    est.num_particles // mesh.size,
+    num_particles // mesh.size,
   )
 
 
@@ -315,25 +353,39 @@ def _train_and_evaluate(
     exp, data
   )
   steps_per_dispatch = config.outer.steps_per_dispatch
-  horizon = config.inner.horizon
+  names = [g.name for g in exp.groups]
 
   # The evaluation runs replicated (theta and the data are); its keys are
   # made inside jit, since a host-made key array would live on one local
-  # device, which a multi-process computation cannot take as input.
+  # device, which a multi-process computation cannot take as input. Every
+  # task of a family is scored, each over its own horizon.
   @functools.partial(jax.jit, out_shardings=replicated)
   def eval_learned(data, theta):
-    tx = optimizers.learned_optimizer(theta, exp.lopt, horizon)
-    return experiment.evaluate_optimizer(
-      exp, data, tx, experiment.eval_keys(config)
-    )
+    return {
+      g.name: experiment.evaluate_optimizer(
+        exp,
+        exp.group_data(data, g.name),
+        optimizers.learned_optimizer(theta, exp.lopt, g.horizon),
+        experiment.eval_keys(config),
+        g.name,
+      )
+      for g in exp.groups
+    }
 
   adam = optimizers.adam_baseline(config.eval.adam_learning_rate)
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def eval_adam(data):
-    return experiment.evaluate_optimizer(
-      exp, data, adam, experiment.eval_keys(config)
-    )
+    return {
+      name: experiment.evaluate_optimizer(
+        exp,
+        exp.group_data(data, name),
+        adam,
+        experiment.eval_keys(config),
+        name,
+      )
+      for name in names
+    }
 
   if "://" not in workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -386,16 +438,34 @@ def _train_and_evaluate(
     # Computed on first use: a resumed run that reaches no evaluation step
     # never compiles it.
     if not adam_scores:
-      scores = experiment.summarize_eval(sharding.to_host(eval_adam(data)))
-      adam_scores.update({f"eval/adam/{k}": v for k, v in scores.items()})
+      adam_scores.update(_eval_scores(exp, "adam", eval_adam(data)))
     return adam_scores
 
   def meta_eval(step, theta):
-    scores = experiment.summarize_eval(
-      sharding.to_host(eval_learned(data, theta))
-    )
-    scores = {f"eval/learned/{k}": v for k, v in scores.items()}
+    scores = _eval_scores(exp, "learned", eval_learned(data, theta))
+    if exp.is_family:
+      # Each task's learned / Adam ratio of the mean train loss, and their
+      # mean over tasks: the family's score on its own tasks.
+      ratios = {
+        f"eval/ratio/{name}": scores[f"eval/learned/{name}/mean_train_loss"]
+        / adam_baseline()[f"eval/adam/{name}/mean_train_loss"]
+        for name in names
+      }
+      scores.update(ratios)
+      scores["eval/ratio/mean"] = float(np.mean(list(ratios.values())))
     writer.write(step, scores)
+    if exp.is_family:
+      logging.info(
+        "Eval at step %d: learned / Adam (lr %g) mean train loss, mean over "
+        "%d tasks %.3f (%s; %d held-out seeds)",
+        step,
+        config.eval.adam_learning_rate,
+        len(names),
+        scores["eval/ratio/mean"],
+        ", ".join(f"{n} {scores[f'eval/ratio/{n}']:.3f}" for n in names),
+        config.eval.num_seeds,
+      )
+      return
     logging.info(
       "Eval at step %d: learned optimizer %.4f, Adam (lr %g) %.4f (mean "
       "train loss over T = %d, %d held-out seeds)",
@@ -403,7 +473,7 @@ def _train_and_evaluate(
       scores["eval/learned/mean_train_loss"],
       config.eval.adam_learning_rate,
       adam_baseline()["eval/adam/mean_train_loss"],
-      horizon,
+      config.inner.horizon,
       config.eval.num_seeds,
     )
 
@@ -459,6 +529,7 @@ def _train_and_evaluate(
           "inner_steps_per_sec": rate * inner_steps,
           "outer_steps_per_sec": rate,
           "train_seconds": train_seconds,
+          **_group_metrics(exp, info),
         },
       )
       logging.info(

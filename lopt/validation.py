@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from lopt import data as data_lib
-from lopt import estimators, inner, jsonio, optimizers, sharding, tasks
+from lopt import estimators, family, inner, jsonio, optimizers, sharding, tasks
 
 #: Valid names, per choice.
 MODELS = tasks.MODELS
@@ -324,11 +324,63 @@ def check_config(
         f"a multiple of outer.steps_per_dispatch ({dispatch}): "
         "checkpoints and the end fall between dispatches",
       )
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if family.is_family(config) or config.get("family") is not None:
+    _check_family(config, est, num_devices)
+    return
   try:
-    sharding.check_divisible(
-      est["num_particles"],
-      jax.device_count() if num_devices is None else num_devices,
+    sharding.check_divisible(est["num_particles"], num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
+  """`check_config` for `family.*`: every task's fields, named by task."""
+  try:
+    family.check_names(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  check_choice(
+    "family.normalizer",
+    config.family.get("normalizer", "adam"),
+    family.NORMALIZERS,
+  )
+  if not family.is_family(config):
+    try:
+      sharding.check_divisible(est["num_particles"], num_devices)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    return
+  for spec, (name, entry) in zip(
+    family.task_specs(config), sorted(config.family.tasks.items()), strict=True
+  ):
+    prefix = f"family.tasks.{name}"
+    given = dict(entry)
+
+    def field(f, default, prefix=prefix, given=given):
+      # The field as the user wrote it: the task's own, or the base one.
+      return f"{prefix}.{f}" if f in given else default
+
+    try:
+      data_lib.check_dataset_name(spec.dataset)
+    except ValueError as e:
+      raise ConfigError(f"{field('dataset', 'task.dataset')}: {e}") from None
+    _check_int(field("image_size", "task.image_size"), spec.image_size, 0)
+    check_choice(field("model", "task.model"), spec.model, MODELS)
+    _check_widths(field("hidden", "task.hidden"), spec.hidden, allow_empty=True)
+    check_choice(
+      field("activation", "task.activation"), spec.activation, ACTIVATIONS
     )
+    _check_int(field("batch_size", "task.batch_size"), spec.batch_size, 1)
+    _check_int(field("horizon", "inner.horizon"), spec.horizon, 1)
+    _check_real(f"{prefix}.weight", spec.weight, low=0, strict=False)
+    try:
+      check_estimator(dict(est, num_particles=spec.num_particles), spec.horizon)
+      sharding.check_divisible(spec.num_particles, num_devices)
+    except ValueError as e:
+      raise ConfigError(f"{prefix} (T = {spec.horizon}): {e}") from None
+  try:
+    family.check_finite_weights(family.task_specs(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

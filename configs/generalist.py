@@ -1,0 +1,66 @@
+"""A generalist: one learned optimizer meta-trained over six digits tasks.
+
+    python -m lopt.main --config=configs/generalist.py --workdir=/tmp/generalist
+    python -m lopt.evaluate --workdir=/tmp/generalist --suite=heldout
+
+The family (`lopt.family`) spans what a user's small vision model may look
+like: 1-4 hidden layers of 16-128 units, gelu/relu/tanh, a CNN, batches of
+32-256, horizons T of 500-2000 and 8x8 and upscaled 16x16 inputs. Every
+task is a group of 8 particles with its own NRES state; each per-step loss
+is divided by tuned Adam's mean loss on that task (`family.normalizer =
+'adam'`), so the meta-objective is the mean over tasks of the ratio to
+tuned Adam, which is what the held-out suite scores. The learned optimizer
+is the 'nominal' kind: it knows t/T, so one theta can serve every horizon.
+
+Sized for about an hour on a 2-core CPU (`outer.num_steps`); checkpoints are
+kept every 1,000 steps so that `lopt.evaluate --step=...` can score the
+optimizer at several meta-training budgets. To add a task, add an entry
+under `config.family.tasks` with the fields that differ from `config.task`
+(see `lopt.family.TASK_FIELDS`); its particle count must be divisible by
+the number of devices.
+"""
+
+import os
+
+import ml_collections
+
+from lopt.experiment import load_config
+
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
+
+
+def _task(**fields) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(fields)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = load_config(_BASE, arg)
+  # The base task: the default's MLP; every family entry overrides it.
+  config.estimator.num_particles = 8
+  config.family = ml_collections.ConfigDict()
+  config.family.normalizer = "adam"
+  config.family.tasks = ml_collections.ConfigDict()
+  tasks = config.family.tasks
+  tasks.mlp_w32_d3_gelu = _task(hidden=(32, 32, 32), horizon=1000)
+  tasks.mlp_w128_d1_relu = _task(
+    hidden=(128,), activation="relu", batch_size=64, horizon=500
+  )
+  tasks.mlp_w16_d4_tanh = _task(
+    hidden=(16, 16, 16, 16), activation="tanh", batch_size=256, horizon=1000
+  )
+  tasks.mlp_w64_d2_gelu_16px = _task(
+    hidden=(64, 64), batch_size=32, image_size=16, horizon=500
+  )
+  tasks.cnn_c8_c16_relu = _task(
+    model="cnn", hidden=(8, 16), activation="relu", batch_size=64, horizon=500
+  )
+  tasks.mlp_w48_d2_relu_t2000 = _task(
+    hidden=(48, 48), activation="relu", batch_size=128, horizon=2000
+  )
+  config.outer.learning_rate = 1e-3
+  config.outer.num_steps = 5000
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep = 20
+  config.eval.every_steps = 1000
+  config.eval.num_seeds = 2
+  return config

@@ -1,0 +1,305 @@
+"""Task families: one theta meta-trained over several inner tasks at once.
+
+A family is a list of inner tasks, each a *group* of particles with its own
+model, batch size, horizon T, dataset and particle count. A config declares
+one under `family.tasks.<name>`; each entry overrides the base task's fields
+(`task.*`, `inner.horizon`, `estimator.num_particles`) and adds a `weight`:
+
+    config.family.tasks.wide = ml_collections.ConfigDict(
+        dict(hidden=(128,), activation="relu", horizon=500, weight=1.0))
+
+Every group is one estimator (one vmap of its particles, sharded on the
+`particles` mesh axis) with its own step-unlocked counters and state; the
+run state's `estimator_state` holds one entry per group, keyed by the task's
+name. `FamilyEstimator.estimate` runs every group's window inside the same
+jitted call and returns the weighted mean of their gradient estimates, so
+one outer step is still one dispatch. A config without `family.tasks` is a
+single task, whose estimator state keeps its flat layout.
+
+Losses are made comparable across groups by `family.normalizer`
+(`NORMALIZERS`), applied to every per-step loss L_t before an estimator
+sees it:
+
+* `adam` (the default): L_t / L_ref, with L_ref the group's mean training
+  loss over its horizon under Adam at the best of `REFERENCE_RATES` (a few
+  seeds, measured once at start-up). Each group's meta-objective is then
+  its ratio to a tuned Adam, which is what `lopt.evaluate --suite` scores,
+  and a group does not dominate the outer gradient because its losses are
+  large (MEASURED).
+* `lo`: learned_optimization's classification normaliser,
+  10 (clip(L, 0, ln 2C) - ln(C/5)) / ln C for C classes. It puts chance
+  level at 7 for every class count, but for tasks of equal C it is one
+  affine map for all, so it does not rebalance them.
+* `none`: L_t as it is (capped at 1.5 ln C with `task.clip_meta_loss`).
+
+Each group's randomness comes from the step key folded with a hash of its
+name, so adding or removing a group does not change the draws of the
+others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lopt.estimators import Estimator
+
+PyTree = Any
+
+#: `family.normalizer` choices (see the module docstring).
+NORMALIZERS = ("adam", "lo", "none")
+#: Fields a family task may set; every one but `weight` defaults to the
+#: base config's value (`task.<field>`, `inner.horizon`,
+#: `estimator.num_particles`).
+TASK_FIELDS = (
+  "model",
+  "hidden",
+  "activation",
+  "batch_size",
+  "dataset",
+  "image_size",
+  "horizon",
+  "num_particles",
+  "weight",
+)
+#: Adam learning rates tried for the `adam` normaliser's reference loss.
+REFERENCE_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+#: Seeds of the reference loss (held out: `reference_keys`).
+REFERENCE_SEEDS = 2
+#: The name of the single task of a config without a family.
+SINGLE = "task"
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One inner task of a run, with every field resolved."""
+
+  name: str
+  model: str
+  hidden: tuple[int, ...]
+  activation: str
+  batch_size: int
+  dataset: str
+  image_size: int
+  horizon: int
+  num_particles: int
+  weight: float = 1.0
+
+  @property
+  def data_key(self) -> tuple[str, int]:
+    """Groups with the same key share one loaded dataset."""
+    return (self.dataset, self.image_size)
+
+  def describe(self) -> str:
+    size = f"{self.image_size}px" if self.image_size else "native size"
+    return (
+      f"{self.name}: {self.model} {list(self.hidden)} ({self.activation}) on "
+      f"{self.dataset} {size}, batch {self.batch_size}, T = {self.horizon}, "
+      f"{self.num_particles} particles, weight {self.weight:g}"
+    )
+
+
+def is_family(config) -> bool:
+  """Whether `config` declares a task family (`family.tasks` non-empty)."""
+  family = config.get("family")
+  return bool(family and family.get("tasks"))
+
+
+def normalizer(config) -> str:
+  """The family's loss normaliser (`none` for a single task)."""
+  return (
+    config.family.get("normalizer", "adam") if is_family(config) else "none"
+  )
+
+
+def task_specs(config) -> tuple[TaskSpec, ...]:
+  """The run's tasks: the family's, sorted by name, or the single task."""
+  base_fields = {
+    "model": config.task.model,
+    "hidden": tuple(config.task.hidden),
+    "activation": config.task.activation,
+    "batch_size": config.task.batch_size,
+    "dataset": config.task.dataset,
+    "image_size": config.task.image_size,
+    "horizon": config.inner.horizon,
+    "num_particles": config.estimator.num_particles,
+  }
+  if not is_family(config):
+    return (TaskSpec(SINGLE, **base_fields),)
+  specs = []
+  for name, entry in sorted(config.family.tasks.items()):
+    fields = dict(base_fields, **dict(entry))
+    fields["hidden"] = tuple(fields["hidden"])
+    specs.append(TaskSpec(name, **fields))
+  return tuple(specs)
+
+
+def check_names(config) -> None:
+  """The structural checks of a family; values are checked by validation.
+
+  Raises:
+    ValueError: naming the field: a task name that is not a lower-case
+      identifier, an entry that is not a mapping, or a field a family task
+      cannot set.
+  """
+  family = config.get("family")
+  if family is None:
+    return
+  allowed = ("tasks", "normalizer")
+  for key in family.keys():
+    if key not in allowed:
+      raise ValueError(
+        f"family.{key} is not a family setting; valid settings: {list(allowed)}"
+      )
+  for name, entry in (family.get("tasks") or {}).items():
+    if not _NAME.fullmatch(name) or name == SINGLE:
+      raise ValueError(
+        f"family.tasks.{name}: a task name must be a lower-case identifier "
+        f"(letters, digits, _) other than {SINGLE!r}"
+      )
+    if not isinstance(entry, (Mapping, ml_collections.ConfigDict)):
+      raise ValueError(
+        f"family.tasks.{name} = {entry!r} is invalid: it must be a "
+        f"ConfigDict of task fields ({', '.join(TASK_FIELDS)})"
+      )
+    for field in entry.keys():
+      if field not in TASK_FIELDS:
+        raise ValueError(
+          f"family.tasks.{name}.{field} is not a task field; valid fields: "
+          f"{list(TASK_FIELDS)}"
+        )
+
+
+def lo_normalizer(num_classes: int) -> tuple[float, float, float]:
+  """learned_optimization's normaliser as `(cap, shift, scale)`.
+
+  N(L) = (min(L, cap) - shift) / scale = 10 (clip(L, 0, ln 2C) - ln(C/5))
+  / ln C (cross-entropies are never negative, so only the cap clips).
+  """
+  c = num_classes
+  return math.log(2 * c), math.log(c / 5), math.log(c) / 10
+
+
+def reference_keys(seed: int) -> jax.Array:
+  """Seeds of the Adam reference loss: a stream training never draws from."""
+  key = jax.random.fold_in(jax.random.key(seed), 2)
+  return jax.random.split(key, REFERENCE_SEEDS)
+
+
+def group_key(key: jax.Array, name: str) -> jax.Array:
+  """The key of group `name`: independent of the family's other groups."""
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+class FamilyEstimator:
+  """Several estimators of one theta, one per task group, combined.
+
+  It has the `Estimator` interface that `lopt.outer` and `lopt.train` use
+  (`init`, `estimate`, `num_particles`, `steps_per_estimate`,
+  `burn_in_steps`); its state is `{name: that group's estimator state}`.
+
+  Args:
+    groups: `(name, estimator, weight)` for every group; the weights need
+      not sum to 1.
+  """
+
+  name = "family"
+
+  def __init__(self, groups: Sequence[tuple[str, Estimator, float]]):
+    if not groups:
+      raise ValueError("a family needs at least one group")
+    self.groups = tuple(groups)
+    self.weights = {name: float(w) for name, _, w in groups}
+    self.unroll_length = max(est.unroll_length for _, est, _ in groups)
+
+  def __repr__(self) -> str:
+    inner = ", ".join(f"{n}={e!r}" for n, e, _ in self.groups)
+    return f"FamilyEstimator({inner})"
+
+  @property
+  def num_particles(self) -> int:
+    return sum(est.num_particles for _, est, _ in self.groups)
+
+  @property
+  def steps_per_estimate(self) -> int:
+    return sum(est.steps_per_estimate for _, est, _ in self.groups)
+
+  @property
+  def burn_in_steps(self) -> int:
+    return sum(est.burn_in_steps for _, est, _ in self.groups)
+
+  def init(self, theta: PyTree, key: jax.Array) -> dict[str, PyTree]:
+    """Every group's particles, burnt in under theta."""
+    return {
+      name: est.init(theta, group_key(key, name))
+      for name, est, _ in self.groups
+    }
+
+  def estimate(self, theta: PyTree, state: Mapping[str, PyTree], key):
+    """Returns `(grad, state, info)` over every group in one call.
+
+    grad is sum_g w_g grad_g / sum_g w_g over the groups that had a valid
+    step (a group whose every step was masked for a non-finite loss adds
+    nothing, and its weight drops out). info holds the family's `loss`
+    (the same weighted mean of the groups' normalised losses), `steps` and
+    `nonfinite` (sums), `grad_var` and `grad_snr` (of the combined estimate,
+    the groups being independent), and per group `<name>/loss`,
+    `<name>/grad_norm`, `<name>/grad_snr`, `<name>/nonfinite`.
+    """
+    grads, new_state, infos, weights = [], {}, {}, []
+    for name, est, weight in self.groups:
+      grad, new_state[name], info = est.estimate(
+        theta, state[name], group_key(key, name)
+      )
+      entries = est.num_particles * est.unroll_length
+      valid = info["nonfinite"] < entries
+      grads.append(grad)
+      weights.append(jnp.where(valid, weight, 0.0))
+      infos[name] = dict(info, grad_norm=_norm(grad))
+    total = jnp.maximum(sum(weights), 1e-30)
+    shares = [w / total for w in weights]
+    grad = jax.tree.map(
+      lambda *gs: sum(s * g for s, g in zip(shares, gs, strict=True)), *grads
+    )
+    variance = sum(
+      s**2 * info["grad_var"] for s, info in zip(shares, infos.values())
+    )
+    signal = _norm(grad) ** 2
+    info = {
+      "loss": sum(
+        s * info["loss"] for s, info in zip(shares, infos.values(), strict=True)
+      ),
+      "steps": sum(info["steps"] for info in infos.values()),
+      "nonfinite": sum(info["nonfinite"] for info in infos.values()),
+      "grad_var": variance,
+      "grad_snr": signal / variance - 1,
+    }
+    for name, group_info in infos.items():
+      for field in ("loss", "grad_norm", "grad_snr", "nonfinite"):
+        info[f"{name}/{field}"] = group_info[field]
+    return grad, new_state, info
+
+
+def _norm(tree: PyTree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def check_finite_weights(specs: Sequence[TaskSpec]) -> None:
+  """Raises ValueError unless every weight is finite and >= 0, one > 0."""
+  for spec in specs:
+    if not (math.isfinite(spec.weight) and spec.weight >= 0):
+      raise ValueError(
+        f"family.tasks.{spec.name}.weight = {spec.weight!r} is invalid: it "
+        "must be a finite number >= 0"
+      )
+  if not any(spec.weight > 0 for spec in specs):
+    raise ValueError("family.tasks: at least one task needs a weight > 0")
