@@ -27,10 +27,13 @@ methods, the sweep's learning rates and the GPES periods.
    `--gpes_seeds`, `--run_seconds` each (equal outer steps: K does not
    change the cost of a step).
 
-Writes `lopt_study_sweep.json`, `lopt_study.json` / `.png` (with an `adam`
-entry), `lopt_study_gpes.json` / `.png` and the Markdown tables
-`lopt_study.md` into `--output_dir`. The runs' workdirs go to `--workdir`;
-finished runs there are reused, so an interrupted study resumes.
+Writes `lopt_study_sweep.json` / `.png` (the sweep's final meta-loss
+against the rate), `lopt_study.json` / `.png` (with an `adam` entry),
+`lopt_study_gpes.json` / `.png` and the Markdown tables `lopt_study.md`
+into `--output_dir`. The runs' workdirs go to `--workdir`; finished runs
+there are reused, so an interrupted study resumes. `--plot_only` redraws
+`lopt_study.png` and `lopt_study_sweep.png` from their JSON and runs
+nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from lopt import (  # noqa: E402
   experiment,
   jsonio,
   optimizers,
+  plots,
 )
 
 FLAGS = flags.FLAGS
@@ -84,6 +88,12 @@ flags.DEFINE_string(
   "output_dir", os.path.join(REPO, "docs", "figures"), "Where results go."
 )
 flags.DEFINE_string("workdir", "/tmp/lopt_study", "The runs' workdirs.")
+flags.DEFINE_bool(
+  "plot_only",
+  False,
+  "Only redraw lopt_study.png and lopt_study_sweep.png from the JSON in "
+  "--output_dir; runs nothing.",
+)
 
 
 def _outer_steps(seconds: float, rate: float, dispatch: int) -> int:
@@ -225,8 +235,79 @@ def adam_table(result) -> str:
   return "\n".join(lines)
 
 
+def main_title(result) -> str:
+  return (
+    "Learned optimizer (MLPLOpt) on digits, budgets of "
+    f"{result['run_seconds']:g} s per run"
+  )
+
+
+def plot_main(result, path: str) -> str:
+  """The main runs' curves (lopt.plots.comparison), titled by budget."""
+  return plots.comparison(result, path, title=main_title(result))
+
+
+def plot_sweep(sweep, path: str) -> str:
+  """Final meta-loss against the outer learning rate, one line a method.
+
+  The tuned rate (the lowest final meta-loss) of each method is ringed.
+  """
+  plt = plots.pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  for method in sweep["config"]["study"]["methods"]:
+    points = sorted(
+      (e["settings"]["learning_rate"], e["summary"]["final_meta_loss"]["mean"])
+      for e in sweep["estimators"].values()
+      if e["settings"]["name"] == method
+    )
+    points = [(lr, v) for lr, v in points if v is not None]
+    if not points:
+      continue
+    steps = next(
+      e["budget"]["outer_steps"]
+      for e in sweep["estimators"].values()
+      if e["settings"]["name"] == method
+    )
+    (line,) = ax.plot(
+      *zip(*points), marker="o", label=f"{method} ({steps} outer steps)"
+    )
+    best = min(points, key=lambda p: p[1])
+    ax.plot(*best, marker="o", ms=14, mfc="none", color=line.get_color())
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("outer Adam learning rate")
+  ax.set_ylabel("final meta-loss: eval mean train loss")
+  seeds = ", ".join(str(s) for s in sweep["seeds"])
+  ax.set_title(
+    f"Outer learning-rate sweep, seed {seeds} (ringed: the tuned rate)",
+    fontsize=10,
+  )
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def replot():
+  """--plot_only: the PNGs again from the committed JSON."""
+  for name, draw in (
+    ("lopt_study", plot_main),
+    ("lopt_study_sweep", plot_sweep),
+  ):
+    path = os.path.join(FLAGS.output_dir, f"{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        draw(json.load(f), path[: -len(".json")] + ".png")
+      logging.info("Redrew %s.png", name)
+
+
 def main(argv):
   del argv
+  if FLAGS.plot_only:
+    replot()
+    return
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   start = time.time()
@@ -268,6 +349,7 @@ def main(argv):
       name="lopt_study_sweep",
       title="Learned optimizer (MLPLOpt, digits): outer learning-rate sweep",
     )
+    plot_sweep(sweep, os.path.join(FLAGS.output_dir, "lopt_study_sweep.png"))
     tuned = {}
     for method in methods:
       finals = {
@@ -314,10 +396,7 @@ def main(argv):
     result["seconds_per_outer_step"] = rates
     result["run_seconds"] = FLAGS.run_seconds
     compare.write(
-      result,
-      FLAGS.output_dir,
-      "lopt_study",
-      title="Learned optimizer (MLPLOpt) on digits, equal CPU per run",
+      result, FLAGS.output_dir, "lopt_study", title=main_title(result)
     )
     tables += [
       "## Main: tuned rates, equal CPU",
