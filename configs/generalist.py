@@ -9,11 +9,13 @@ like: 1-4 hidden layers of 16-128 units, gelu/relu/tanh, a CNN, batches of
 task is a group of 8 particles with its own NRES state; each per-step loss
 is divided by tuned Adam's mean loss on that task (`family.normalizer =
 'adam'`), so the meta-objective is the mean over tasks of the ratio to
-tuned Adam, which is what the held-out suite scores. The learned optimizer
+tuned Adam, which is what the held-out suite scores; each task's estimate
+is scaled to unit norm before they are averaged (`family.combine =
+'unit'`), so that no task's noise swamps the others'. The learned optimizer
 is the 'nominal' kind: it knows t/T, so one theta can serve every horizon.
 
 Sized for about an hour on a 2-core CPU (`outer.num_steps`); checkpoints are
-kept every 1,000 steps so that `lopt.evaluate --step=...` can score the
+kept every 500 steps so that `lopt.evaluate --step=...` can score the
 optimizer at several meta-training budgets. To add a task, add an entry
 under `config.family.tasks` with the fields that differ from `config.task`
 (see `lopt.family.TASK_FIELDS`); its particle count must be divisible by
@@ -57,8 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tasks.mlp_w48_d2_relu_t2000 = _task(
     hidden=(48, 48), activation="relu", batch_size=128, horizon=2000
   )
+  config.family.combine = "unit"
   config.outer.learning_rate = 1e-3
-  config.outer.num_steps = 5000
+  config.outer.decay_steps = 1000
+  config.outer.decay_factor = 0.5
+  config.outer.num_steps = 3000
   config.checkpoint.every_steps = 500
   config.checkpoint.keep = 20
   config.eval.every_steps = 1000

@@ -265,7 +265,8 @@ class Experiment:
     if not self.is_family:
       return group_estimator(self.groups[0])
     return family.FamilyEstimator(
-      [(g.name, group_estimator(g), g.spec.weight) for g in self.groups]
+      [(g.name, group_estimator(g), g.spec.weight) for g in self.groups],
+      combine=self.config.family.get("combine", "unit"),
     )
 
   def saved_config(self) -> dict[str, Any]:

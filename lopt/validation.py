@@ -345,6 +345,9 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
     config.family.get("normalizer", "adam"),
     family.NORMALIZERS,
   )
+  check_choice(
+    "family.combine", config.family.get("combine", "unit"), family.COMBINES
+  )
   if not family.is_family(config):
     try:
       sharding.check_divisible(est["num_particles"], num_devices)
