@@ -41,6 +41,8 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "gelu": functools.partial(jax.nn.gelu, approximate=True),
   "relu": jax.nn.relu,
   "tanh": jnp.tanh,
+  "silu": jax.nn.silu,
+  "elu": jax.nn.elu,
 }
 _DEFAULT_ACTIVATION = {"mlp": "gelu", "cnn": "relu"}
 MODELS = tuple(_DEFAULT_ACTIVATION)
