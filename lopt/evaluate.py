@@ -10,6 +10,13 @@ scored by `inner.train_model` on the same seeds and batches. The headline
 number is the mean training loss over the horizon (the meta-objective);
 final loss and test accuracy are reported beside it. Writes `eval.json` and
 `eval.png` (loss curves of the learned optimizer and the best Adams).
+
+    python -m lopt.evaluate --workdir=/tmp/lopt --suite=heldout
+
+scores it instead on a fixed suite of held-out tasks against Adam tuned per
+task (`lopt.suite`; `heldout` or the one-minute `quick`), and writes
+`suite_<name>.json`, `.md` and `.png`. Tuned-Adam results are cached in
+`--adam_cache_dir`, so a second optimizer on the same suite skips Adam.
 """
 
 import math
@@ -22,6 +29,7 @@ import numpy as np
 from absl import flags
 
 from lopt import console, experiment, export, jsonio, optimizers, plots
+from lopt import suite as suite_lib
 
 #: Adam learning rates of the sweep: 1e-4 .. 1e-1, three per decade.
 LEARNING_RATES = tuple(
@@ -134,12 +142,50 @@ def define_flags() -> dict[str, flags.FlagHolder]:
       "num_steps", 0, "Training steps per model; 0 = the meta-training horizon."
     ),
     "output": flags.DEFINE_string(
-      "output", "", "Directory for eval.json and eval.png; default: workdir."
+      "output",
+      "",
+      "Directory for eval.json and eval.png (suite_<name>.* with --suite); "
+      "default: workdir.",
+    ),
+    "suite": flags.DEFINE_string(
+      "suite",
+      "",
+      "Score on this held-out suite against per-task tuned Adam instead "
+      f"(one of {sorted(suite_lib.SUITES)}); --num_seeds/--num_steps are "
+      "then the suite's.",
+    ),
+    "adam_cache_dir": flags.DEFINE_string(
+      "adam_cache_dir",
+      suite_lib.DEFAULT_ADAM_CACHE_DIR,
+      "With --suite: cache of tuned-Adam results; '' turns it off.",
     ),
   }
 
 
+def run_suite(f: dict) -> None:
+  """`--suite`: the held-out suite, its table and where the outputs went."""
+  experiment.check_choice("--suite", f["suite"], suite_lib.SUITES)
+  output = f["output"] or f["workdir"]
+  summary = suite_lib.evaluate_suite(
+    f["workdir"],
+    f["suite"],
+    output=output,
+    adam_cache_dir=f["adam_cache_dir"] or None,
+  )
+  print(suite_lib.format_table(summary))
+  print()
+  print(suite_lib.summary_line(summary))
+  paths = summary["outputs"]
+  print(
+    f"Outputs ({console.duration(summary['seconds'])}): {paths['md']}, "
+    f"{paths['json']}, {paths['png']}"
+  )
+
+
 def main(f: dict) -> None:
+  if f.get("suite"):
+    run_suite(f)
+    return
   summary = evaluate(
     f["workdir"],
     num_seeds=f["num_seeds"],

@@ -1,0 +1,340 @@
+"""Held-out evaluation suites: a learned optimizer against Adam tuned per task.
+
+    python -m lopt.evaluate --workdir=/tmp/lopt --suite=heldout
+
+    summary = suite.evaluate_suite("/tmp/lopt", "quick")
+    print(suite.format_table(summary))
+
+Every task of the suite (`lopt.suite_tasks`) trains fresh models, one per
+seed, with the learned optimizer (told the task's horizon T) and with Adam
+over `LEARNING_RATES` x `SCHEDULES` (constant, and decayed to 0 linearly or
+along a cosine), all by `inner.train_model` on the same inits and batches.
+Seeds and learning rates are vmapped inside one jit per schedule. The best
+Adam of a task is the configuration of lowest mean training loss over seeds;
+a configuration with a non-finite run is never the best.
+
+Per task:
+
+* `ratio`: the learned optimizer's mean training loss over the T steps (the
+  meta-objective) over the best Adam's; below 1 is better.
+* `final_ratio`: the same for the final loss (mean of the last 10 steps).
+* `speedup` (VeLO's measure): the step at which the best Adam's seed-mean
+  curve, EMA-smoothed (`EMA`) and made monotone by a running minimum, first
+  reaches the learned optimizer's final loss (linear interpolation between
+  steps), divided by T. Adam runs T steps only, so speedups above 1 are
+  censored: when Adam never gets there, `speedup` is None and
+  `adam_never_reached` is true, and the task counts as a speedup win.
+* test accuracies of both, and `failed`: a learned run ended non-finite or
+  with its final loss above its initial loss.
+
+Aggregates over tasks: the fraction where the learned optimizer wins
+(ratio < 1), the median, worst (largest) and interquartile mean of the
+ratios, each with a 95% bootstrap interval that resamples seeds within
+tasks (the best Adam configuration is kept fixed), and the speedup wins.
+
+Tuned-Adam results are cached, one JSON file per task, under
+`~/.cache/lopt/adam_suite` by default, keyed by a hash of the task spec, the
+seeds, the grid and `ADAM_CACHE_VERSION`; a second optimizer scored on the
+same suite reuses them. Bump the version when anything that changes Adam's
+numbers changes (training code, data, the Adam settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import console, export, inner, jsonio, optimizers
+from lopt import data as data_lib
+from lopt.suite_metrics import (  # noqa: F401  (re-exported)
+  EMA,
+  FINAL_STEPS,
+  NUM_BOOTSTRAP,
+  aggregate,
+  per_seed_scores,
+  score_task,
+  speedup,
+)
+from lopt.suite_report import (  # noqa: F401  (re-exported)
+  format_table,
+  summary_line,
+  write_outputs,
+)
+from lopt.suite_tasks import SUITES, Suite, SuiteTask, build_task, task_keys
+
+#: Adam's learning rates: 1e-4 .. 1e-1 at 1, 2, 5 per decade (10 values).
+LEARNING_RATES = tuple(
+  round(m * 10.0**e, 6) for e in range(-4, -1) for m in (1, 2, 5)
+) + (0.1,)
+SCHEDULES = ("constant", "linear", "cosine")
+#: Part of every Adam cache key; bump it when Adam's numbers would change.
+ADAM_CACHE_VERSION = 1
+DEFAULT_ADAM_CACHE_DIR = "~/.cache/lopt/adam_suite"
+
+# -- training -----------------------------------------------------------------
+
+
+def adam(lr, num_steps: int, schedule: str) -> optax.GradientTransformation:
+  """optax Adam at `lr`, constant or decayed to 0 over `num_steps`."""
+  if schedule == "constant":
+    return optax.adam(lr)
+  if schedule == "linear":
+    return optax.adam(optax.linear_schedule(lr, 0.0, num_steps))
+  if schedule == "cosine":
+    return optax.adam(optax.cosine_decay_schedule(lr, num_steps))
+  raise ValueError(f"Unknown schedule {schedule!r}; valid: {list(SCHEDULES)}")
+
+
+def train_models(task, make_tx, data, keys, num_steps, hypers):
+  """Trains one model per (hyperparameter, key) in one jit.
+
+  Args:
+    task: a `lopt.tasks.Task` or `suite_tasks.NNXTask`.
+    make_tx: maps one hyperparameter (a traced scalar or pytree) to an optax
+      transformation.
+    data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
+    keys: [S] PRNG keys, one model each (its init and its batches).
+    num_steps: T.
+    hypers: a pytree whose leaves lead with an [H] axis, vmapped over
+      (learning rates; or theta with a unit axis).
+
+  Returns:
+    numpy arrays `losses` [H, S, T], `test_accuracy` and `test_loss` [H, S].
+  """
+
+  def run(data, keys, h):
+    tx = make_tx(h)
+    return jax.vmap(lambda k: inner.train_model(task, tx, data, k, num_steps))(
+      keys
+    )
+
+  out = jax.jit(jax.vmap(run, in_axes=(None, None, 0)))(data, keys, hypers)
+  return jax.tree.map(np.asarray, out)
+
+
+def choose_best(sweep: Sequence[dict]) -> int:
+  """Index of the config with the lowest seed-mean training loss.
+
+  A config with any non-finite run has a non-finite mean and is never
+  chosen while a finite one exists.
+  """
+
+  def rank(i):
+    m = float(np.mean(sweep[i]["per_seed"]["mean_train_loss"]))
+    return (not math.isfinite(m), m if math.isfinite(m) else 0.0)
+
+  return min(range(len(sweep)), key=rank)
+
+
+def run_adam_grid(spec, task, data, keys, learning_rates, schedules) -> dict:
+  """Trains Adam over the grid; the cached content of one task.
+
+  Returns:
+    `sweep` (per config: schedule, learning_rate, per-seed scores),
+    `best` (its index) and `best_curve` (the best config's seed-mean
+    training loss per step).
+  """
+  sweep, curves = [], []
+  lrs = jnp.asarray(learning_rates, jnp.float32)
+  for schedule in schedules:
+    out = train_models(
+      task,
+      lambda lr, s=schedule: adam(lr, spec.horizon, s),
+      data,
+      keys,
+      spec.horizon,
+      lrs,
+    )
+    for h, lr in enumerate(learning_rates):
+      entry = {"schedule": schedule, "learning_rate": lr}
+      sweep.append(dict(entry, per_seed=per_seed_scores(out, h)))
+      curves.append(out["losses"][h].mean(0))
+  best = choose_best(sweep)
+  return {"sweep": sweep, "best": best, "best_curve": curves[best]}
+
+
+# -- the Adam cache -------------------------------------------------------------
+
+
+def adam_cache_key(spec: SuiteTask, seeds, learning_rates, schedules) -> str:
+  """The hash that names a task's cache file (see the module docstring)."""
+  key = {
+    "version": ADAM_CACHE_VERSION,
+    "spec": dataclasses.asdict(spec),
+    "seeds": [int(s) for s in seeds],
+    "learning_rates": [float(x) for x in learning_rates],
+    "schedules": list(schedules),
+  }
+  text = json.dumps(key, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _from_json(obj):
+  """Cached JSON back to arrays (null = a non-finite number: NaN)."""
+  for entry in obj["sweep"]:
+    entry["per_seed"] = {
+      k: np.asarray([np.nan if v is None else v for v in vals], np.float64)
+      for k, vals in entry["per_seed"].items()
+    }
+  obj["best_curve"] = np.asarray(
+    [np.nan if v is None else v for v in obj["best_curve"]], np.float64
+  )
+  return obj
+
+
+def tuned_adam(spec, task, data, seeds, grid, cache_dir) -> dict:
+  """`run_adam_grid`'s result for the task, from the cache when it is there."""
+  learning_rates, schedules = grid
+  digest = adam_cache_key(spec, seeds, learning_rates, schedules)
+  path = None
+  if cache_dir:
+    path = os.path.join(
+      os.path.expanduser(cache_dir), f"{spec.name}-{digest}.json"
+    )
+    try:
+      with open(path) as f:
+        cached = json.load(f)
+      if cached.get("key") == digest:
+        return dict(_from_json(cached), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+      pass  # missing or unreadable: recompute and overwrite
+  start = time.perf_counter()
+  result = run_adam_grid(
+    spec, task, data, task_keys(seeds), learning_rates, schedules
+  )
+  result["seconds"] = time.perf_counter() - start
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    jsonio.dump(dict(result, key=digest), tmp)
+    os.replace(tmp, path)  # whole files only, even with two writers
+  return dict(result, cached=False)
+
+
+# -- the runner ---------------------------------------------------------------
+
+
+def _learned_factory(learned) -> tuple[Any, Callable, str]:
+  """(theta, make_tx(theta, num_steps), label) for any accepted `learned`."""
+  if isinstance(learned, (str, os.PathLike)):
+    theta, cfg, _ = export.load_theta(os.fspath(learned))
+    return (
+      theta,
+      lambda th, n: optimizers.learned_optimizer(th, cfg, n),
+      str(learned),
+    )
+  if isinstance(learned, tuple):
+    theta, cfg = learned
+    return (
+      theta,
+      lambda th, n: optimizers.learned_optimizer(th, cfg, n),
+      "theta",
+    )
+  if callable(learned):  # theta: a dummy to vmap over
+    name = getattr(learned, "__name__", "tx")
+    return jnp.zeros(()), lambda _, n: learned(n), name
+  raise TypeError(f"Cannot evaluate {type(learned).__name__}: {learned!r}")
+
+
+def evaluate_suite(
+  learned,
+  suite: str | Suite,
+  *,
+  output: str | None = None,
+  adam_cache_dir: str | None = DEFAULT_ADAM_CACHE_DIR,
+  data_dir: str | None = None,
+  learning_rates: Sequence[float] = LEARNING_RATES,
+  schedules: Sequence[str] = SCHEDULES,
+  num_bootstrap: int = NUM_BOOTSTRAP,
+) -> dict:
+  """Scores a learned optimizer on a suite against tuned Adam.
+
+  Args:
+    learned: a meta-training workdir or checkpoint dir; a `(theta,
+      LOptConfig)` pair; or a function `num_steps -> optax transformation`.
+    suite: a name of `suite_tasks.SUITES` or a `Suite`.
+    output: directory for `suite_<name>.{json,md,png}`; None writes nothing
+      (a workdir `learned` defaults it to the workdir).
+    adam_cache_dir: where tuned-Adam results are cached; None or "" = off.
+    data_dir: the tfds data directory (default: `data.default_data_dir()`).
+    learning_rates: Adam's grid.
+    schedules: Adam's schedules, of `SCHEDULES`.
+    num_bootstrap: bootstrap resamples of the aggregates' intervals.
+
+  Returns:
+    The JSON content: `tasks` (see `score_task`), `aggregates`, the grid,
+    seeds and timings; plus `outputs` (the written paths) when written.
+  """
+  suite = SUITES[suite] if isinstance(suite, str) else suite
+  theta, make_tx, label = _learned_factory(learned)
+  if output is None and isinstance(learned, (str, os.PathLike)):
+    output = os.fspath(learned)
+  keys = task_keys(suite.seeds)
+  datasets, scored, start = {}, [], time.perf_counter()
+  progress = console.Progress(len(suite.tasks), f"suite {suite.name}", 100)
+  for spec in suite.tasks:
+    progress.step(spec.name)
+    where = (spec.dataset, spec.image_size)
+    if where not in datasets:
+      ds = data_lib.load_dataset(
+        spec.dataset, data_dir=data_dir, image_size=spec.image_size
+      )
+      arrays = {
+        "train_x": ds.train.images,
+        "train_y": ds.train.labels,
+        "test_x": ds.test.images,
+        "test_y": ds.test.labels,
+      }
+      datasets[where] = (jax.device_put(arrays), ds)
+    data, ds = datasets[where]
+    task = build_task(spec, ds.image_shape, ds.num_classes)
+    t0 = time.perf_counter()
+    lrn = train_models(
+      task,
+      lambda th, n=spec.horizon: make_tx(th, n),
+      data,
+      keys,
+      spec.horizon,
+      jax.tree.map(lambda x: jnp.asarray(x)[None], theta),
+    )
+    t1 = time.perf_counter()
+    adam_ = tuned_adam(
+      spec, task, data, suite.seeds, (learning_rates, schedules), adam_cache_dir
+    )
+    scored.append(score_task(spec, lrn, adam_, learning_rates))
+    scored[-1]["seconds"] = {
+      "learned": t1 - t0,
+      "adam": 0.0 if adam_["cached"] else time.perf_counter() - t1,
+    }
+    scored[-1]["num_params"] = sum(
+      math.prod(x.shape)
+      for x in jax.tree.leaves(jax.eval_shape(task.init, keys[0]))
+    )
+  summary = {
+    "suite": suite.name,
+    "description": suite.description,
+    "learned": label,
+    "seeds": list(suite.seeds),
+    "adam_grid": {
+      "learning_rates": list(learning_rates),
+      "schedules": list(schedules),
+      "cache_version": ADAM_CACHE_VERSION,
+    },
+    "tasks": scored,
+    "aggregates": aggregate(scored, num_bootstrap),
+    "seconds": time.perf_counter() - start,
+  }
+  if output:
+    summary["outputs"] = write_outputs(summary, output)
+  return summary

@@ -1,0 +1,471 @@
+"""Tests for lopt.suite: the held-out suite against per-task tuned Adam.
+
+The real suites are only inspected (their task lists), never run: the runner
+is tested on a two-task suite of 20-step models, a 2-rate Adam grid and an
+untrained learned optimizer, and the metrics on hand-made curves.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from lopt import data as data_lib
+from lopt import evaluate, experiment, inner, optimizers, suite, suite_tasks
+from lopt.suite_tasks import Suite, SuiteTask
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_GRID = ((1e-3, 3e-2), suite.SCHEDULES)
+
+# The meta-training family of configs/generalist.py as its author described
+# it (model, hidden, activation, batch, image side, T), kept here as well so
+# that the check stands even if that file moves or changes.
+_GENERALIST_GROUPS = (
+  ("mlp", (32, 32, 32), "gelu", 128, 8, 1000),
+  ("mlp", (128,), "relu", 64, 8, 500),
+  ("mlp", (16, 16, 16, 16), "tanh", 256, 8, 1000),
+  ("mlp", (64, 64), "gelu", 32, 16, 500),
+  ("cnn", (8, 16), "relu", 64, 8, 500),
+  ("mlp", (48, 48), "relu", 128, 8, 2000),
+)
+
+
+def _signature(task_cfg, horizon):
+  """A config's task as `SuiteTask.signature` writes it."""
+  return (
+    task_cfg["model"],
+    tuple(task_cfg["hidden"]),
+    task_cfg["activation"],
+    task_cfg["batch_size"],
+    task_cfg["image_size"] or suite_tasks.NATIVE_SIZE,
+    horizon,
+  )
+
+
+def _meta_training_signatures():
+  """The default task, the groups above and configs/generalist.py's family."""
+  default = experiment.load_config(os.path.join(_REPO, "configs/default.py"))
+  found = {_signature(default.task, default.inner.horizon)}
+  found.update(_GENERALIST_GROUPS)
+  path = os.path.join(_REPO, "configs/generalist.py")
+  if os.path.exists(path):
+    config = experiment.load_config(path)
+    family = config.family.get("tasks", config.family)
+    for entry in family.values():
+      fields = dict(config.task.to_dict(), **entry.to_dict())
+      found.add(_signature(fields, fields.get("horizon", config.inner.horizon)))
+    assert len(found) >= len(_GENERALIST_GROUPS)
+  return found
+
+
+def test_heldout_is_disjoint_from_meta_training():
+  seen = _meta_training_signatures()
+  for spec in suite_tasks.HELDOUT.tasks:
+    assert spec.signature() not in seen, spec.name
+
+
+def test_suites_cover_what_they_promise():
+  heldout = suite_tasks.HELDOUT
+  assert len(heldout.tasks) >= 10 and len(heldout.seeds) >= 3
+  specs = heldout.tasks
+  assert any(t.model == "nnx_mlp" for t in specs)
+  assert any(t.model == "cnn" for t in specs)
+  assert any(t.horizon >= 2000 for t in specs)
+  assert {t.image_size for t in specs} - {0, 8}
+  assert {"silu", "elu"} <= {t.activation for t in specs}
+  assert {16, 512} <= {t.batch_size for t in specs}
+  quick = suite.SUITES["quick"]
+  assert 3 <= len(quick.tasks) <= 4 and len(quick.seeds) == 2
+  assert max(t.horizon for t in quick.tasks) <= 300
+  assert set(suite.SUITES) == {"heldout", "quick"}
+
+
+def test_specs_reject_unknown_models_activations_and_duplicates():
+  with pytest.raises(ValueError, match="model must be one of"):
+    SuiteTask("x", "resnet", (8,), "relu")
+  with pytest.raises(ValueError, match="activation must be one of"):
+    SuiteTask("x", "mlp", (8,), "swish")
+  t = SuiteTask("x", "mlp", (8,), "silu")
+  with pytest.raises(ValueError, match="unique"):
+    Suite("s", (t, t), (0, 1))
+
+
+# -- metrics on hand-made curves ---------------------------------------------
+
+
+def test_speedup_is_exact_on_a_monotone_curve():
+  num_steps = 1000
+  curve = 1.0 - 0.5 * np.arange(num_steps) / num_steps  # 1 -> 0.5005
+  # Reached exactly at step 500 and, between steps, interpolated linearly.
+  value, never = suite.speedup(curve, 0.75, ema=0.0)
+  assert value == pytest.approx(0.5, abs=1e-12) and not never
+  value, never = suite.speedup(curve, 0.75 - 0.5 * 0.25 / num_steps, ema=0.0)
+  assert value == pytest.approx(500.25 / num_steps, abs=1e-12)
+  assert not never
+  # Smoothing only delays a decreasing curve.
+  assert suite.speedup(curve, 0.75)[0] > 0.5
+
+
+def test_speedup_never_reached_and_degenerate_targets():
+  curve = np.linspace(2.0, 1.0, 100)
+  assert suite.speedup(curve, 0.9) == (None, True)  # censored: Adam slower
+  assert suite.speedup(curve, 2.5) == (0.0, False)  # worse than Adam's start
+  assert suite.speedup(curve, math.nan) == (0.0, False)  # learned diverged
+  spiky = np.concatenate([[2.0, np.nan, 0.1], np.full(7, 1.5)])
+  # A non-finite step never counts; the crossing is interpolated from the
+  # running minimum before it (2.0) to the step that reaches 0.1.
+  value, _ = suite.speedup(spiky, 0.5, ema=0.0)
+  assert value == pytest.approx((1 + 1.5 / 1.9) / 10)
+
+
+def _runs(per_seed_curves):
+  """`train_models`-shaped output for one config from [S, T] curves."""
+  losses = np.asarray(per_seed_curves, np.float64)[None]
+  ones = np.ones(losses.shape[:2])
+  return {"losses": losses, "test_accuracy": ones, "test_loss": ones}
+
+
+def _adam_result(curves):
+  out = _runs(curves)
+  sweep = [
+    {
+      "schedule": "cosine",
+      "learning_rate": 0.01,
+      "per_seed": suite.per_seed_scores(out, 0),
+    }
+  ]
+  return {
+    "sweep": sweep,
+    "best": 0,
+    "best_curve": out["losses"][0].mean(0),
+    "cached": False,
+  }
+
+
+def test_ratios_failures_and_speedup_of_one_task():
+  spec = SuiteTask("hand", "mlp", (8,), "relu", horizon=20)
+  t = np.arange(20)
+  adam = _adam_result([2.0 - 0.05 * t, 2.2 - 0.05 * t])
+  learned = _runs([1.0 - 0.01 * t, 1.0 - 0.01 * t])
+  s = suite.score_task(spec, learned, adam, (1e-4, 0.01, 0.1))
+  adam_mean = np.mean([2.0 - 0.05 * t, 2.2 - 0.05 * t])
+  assert s["ratio"] == pytest.approx(np.mean(1.0 - 0.01 * t) / adam_mean)
+  final = lambda c: np.mean(c[-10:])  # noqa: E731
+  assert s["final_ratio"] == pytest.approx(
+    final(1.0 - 0.01 * t)
+    / np.mean([final(2.0 - 0.05 * t), final(2.2 - 0.05 * t)])
+  )
+  assert s["adam_never_reached"] and s["speedup"] is None
+  assert not s["learned"]["failed"] and not s["adam"]["best_on_grid_edge"]
+  # One seed ends above where it started, one is NaN: both are failures.
+  bad = _runs([0.5 + 0.05 * t, np.full(20, np.nan)])
+  s = suite.score_task(spec, bad, adam, (1e-4, 0.01, 0.1))
+  assert s["learned"]["failed"] and s["learned"]["failure_rate"] == 1.0
+  assert s["speedup"] == 0.0 and not s["adam_never_reached"]
+
+
+def _scored(ratios, never=False):
+  """Task sections with per-seed means that give `ratios` exactly."""
+  return [
+    {
+      "ratio": r,
+      "speedup": None if never else 0.5,
+      "adam_never_reached": never,
+      "learned": {"per_seed_mean_train_loss": [r, r, r], "failed": False},
+      "adam": {"best": {"per_seed_mean_train_loss": [1.0, 1.0, 1.0]}},
+    }
+    for r in ratios
+  ]
+
+
+def test_aggregates_and_their_bootstrap_intervals():
+  ratios = [0.5, 0.8, 0.9, 1.2, 3.0, 0.7, 0.95, 1.1]
+  a = suite.aggregate(_scored(ratios), num_bootstrap=200)
+  assert a["win_fraction"] == 5 / 8
+  assert a["median_ratio"] == pytest.approx(np.median(ratios))
+  assert a["worst_ratio"] == 3.0
+  assert a["iqm_ratio"] == pytest.approx(np.mean(sorted(ratios)[2:6]))
+  # Seeds that agree leave nothing to resample: degenerate intervals.
+  assert a["median_ratio_ci95"] == pytest.approx([a["median_ratio"]] * 2)
+  assert a["median_speedup"] == 0.5 and a["speedup_win_fraction"] == 0.0
+  a = suite.aggregate(_scored([0.9, 1.1], never=True), num_bootstrap=10)
+  assert a["speedup_win_fraction"] == 1.0 and a["median_speedup"] is None
+  assert a["median_speedup_censored"]
+  # Seeds that disagree give a real interval around the estimate.
+  tasks = _scored([1.0, 0.5])
+  tasks[0]["learned"]["per_seed_mean_train_loss"] = [0.6, 1.0, 1.4]
+  a = suite.aggregate(tasks, num_bootstrap=500)
+  low, high = a["worst_ratio_ci95"]
+  assert low < 1.0 < high and tasks[0]["ratio_ci95"][0] < 1.0
+
+
+# -- Adam: the grid and its cache ---------------------------------------------
+
+
+def _sweep(means_by_config):
+  return [
+    {
+      "schedule": s,
+      "learning_rate": lr,
+      "per_seed": {"mean_train_loss": np.asarray(m, np.float64)},
+    }
+    for (s, lr), m in means_by_config.items()
+  ]
+
+
+def test_best_adam_is_any_schedule_and_never_a_non_finite_run():
+  sweep = _sweep(
+    {
+      ("constant", 0.01): [0.30, 0.30],
+      ("linear", 0.01): [0.20, 0.22],
+      ("cosine", 0.01): [0.19, 0.20],
+      ("cosine", 0.1): [np.nan, 0.01],  # lowest seed, but one run diverged
+      ("linear", 0.1): [-np.inf, 0.5],
+    }
+  )
+  assert suite.choose_best(sweep) == 2
+  assert suite.choose_best(sweep[3:]) in (0, 1)  # all non-finite: any
+
+
+_TINY = Suite(
+  "tiny",
+  (
+    SuiteTask("mlp8_relu", "mlp", (8,), "relu", batch_size=16, horizon=20),
+    SuiteTask("nnx8_silu", "nnx_mlp", (8,), "silu", batch_size=16, horizon=20),
+  ),
+  seeds=(0, 1),
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  ds = data_lib.load_dataset("digits")
+  arrays = {
+    "train_x": ds.train.images,
+    "train_y": ds.train.labels,
+    "test_x": ds.test.images,
+    "test_y": ds.test.labels,
+  }
+  return jax.device_put(arrays), ds
+
+
+def test_adam_grid_scores_every_config_and_keeps_the_best(digits):
+  data, ds = digits
+  spec = _TINY.tasks[0]
+  task = suite_tasks.build_task(spec, ds.image_shape, ds.num_classes)
+  keys = suite_tasks.task_keys(_TINY.seeds)
+  out = suite.run_adam_grid(spec, task, data, keys, *_GRID)
+  configs = [(e["schedule"], e["learning_rate"]) for e in out["sweep"]]
+  assert configs == [(s, lr) for s in _GRID[1] for lr in _GRID[0]]
+  means = [e["per_seed"]["mean_train_loss"].mean() for e in out["sweep"]]
+  assert out["best"] == int(np.argmin(means))
+  # The vmapped grid trains what one plain call of train_model trains.
+  schedule, lr = configs[-1]
+  one = inner.train_model(task, suite.adam(lr, 20, schedule), data, keys[1], 20)
+  np.testing.assert_allclose(
+    out["sweep"][-1]["per_seed"]["mean_train_loss"][1],
+    np.mean(one["losses"]),
+    rtol=1e-5,
+  )
+
+
+def test_adam_cache_hit_and_missed_when_anything_changes(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_grid(spec, task, data, keys, learning_rates, schedules):
+    """Instead of training: numbers (one NaN) that must survive the cache."""
+    calls.append((spec, len(keys), tuple(learning_rates), tuple(schedules)))
+    per_seed = {"mean_train_loss": np.asarray([0.5, np.nan])}
+    sweep = [
+      {"schedule": "linear", "learning_rate": 0.01, "per_seed": per_seed}
+    ]
+    curve = np.linspace(2.0, 0.1, spec.horizon)
+    return {"sweep": sweep, "best": 0, "best_curve": curve}
+
+  monkeypatch.setattr(suite, "run_adam_grid", fake_grid)
+  spec = _TINY.tasks[0]
+
+  def tuned(spec=spec, seeds=(0, 1), grid=_GRID):
+    return suite.tuned_adam(spec, None, None, seeds, grid, str(tmp_path))
+
+  first = tuned()
+  second = tuned()
+  assert len(calls) == 1 and not first["cached"] and second["cached"]
+  assert second["best"] == first["best"] == 0
+  np.testing.assert_allclose(second["best_curve"], first["best_curve"])
+  got = second["sweep"][0]["per_seed"]["mean_train_loss"]
+  assert got[0] == 0.5 and np.isnan(got[1])  # null in the JSON, NaN again
+  tuned(seeds=(0, 2))
+  tuned(spec=dataclasses.replace(spec, horizon=30))
+  tuned(spec=dataclasses.replace(spec, activation="elu"))
+  tuned(grid=((1e-3, 3e-2), ("constant", "linear")))
+  tuned(grid=((1e-3, 1e-2), suite.SCHEDULES))
+  assert len(calls) == 6
+  tuned(seeds=(0, 2))  # every earlier key is still a hit
+  tuned()
+  assert len(calls) == 6
+  monkeypatch.setattr(suite, "ADAM_CACHE_VERSION", suite.ADAM_CACHE_VERSION + 1)
+  tuned()
+  assert len(calls) == 7
+  assert len(os.listdir(tmp_path)) == 7  # one file per key, nothing else
+  # A garbled file is recomputed and rewritten, not trusted or fatal.
+  digest = suite.adam_cache_key(spec, (0, 1), *_GRID)
+  (tmp_path / f"{spec.name}-{digest}.json").write_text("{not json")
+  tuned()
+  tuned()
+  assert len(calls) == 8
+
+
+# -- the runner and the CLI ---------------------------------------------------
+
+
+def _untrained():
+  cfg = optimizers.LOptConfig(kind="nominal", hidden=(4,))
+  return optimizers.init_theta(cfg, jax.random.key(0)), cfg
+
+
+def test_evaluate_suite_reuses_cached_adam(tmp_path, monkeypatch):
+  calls = []
+  real = suite.run_adam_grid
+  monkeypatch.setattr(
+    suite, "run_adam_grid", lambda *a: calls.append(1) or real(*a)
+  )
+  one_task = Suite("one", _TINY.tasks[:1], _TINY.seeds)
+
+  def run():
+    return suite.evaluate_suite(
+      _untrained(),
+      one_task,
+      adam_cache_dir=str(tmp_path),
+      learning_rates=_GRID[0],
+      schedules=("cosine",),
+      num_bootstrap=50,
+    )
+
+  first = run()
+  assert len(calls) == 1 and "outputs" not in first
+  second = run()
+  assert len(calls) == 1 and second["tasks"][0]["adam"]["cached"]
+  assert second["aggregates"] == first["aggregates"]
+  (t,) = first["tasks"]
+  assert math.isfinite(t["ratio"]) and 0 <= t["learned"]["test_accuracy"] <= 1
+  assert len(t["curves"]["learned"]) == 20
+  assert t["num_params"] == 64 * 8 + 8 + 8 * 10 + 10
+
+
+def test_the_runner_trains_the_nnx_task_with_the_learned_optimizer(digits):
+  data, ds = digits
+  spec = _TINY.tasks[1]
+  task = suite_tasks.build_task(spec, ds.image_shape, ds.num_classes)
+  theta, cfg = _untrained()
+  keys = suite_tasks.task_keys(_TINY.seeds)
+  out = suite.train_models(
+    task,
+    lambda th: optimizers.learned_optimizer(th, cfg, 20),
+    data,
+    keys,
+    20,
+    jax.tree.map(lambda x: x[None], theta),
+  )
+  assert out["losses"].shape == (1, 2, 20)
+  losses = out["losses"][0]
+  assert np.isfinite(losses).all() and (losses[:, -5:] < losses[:, :1]).all()
+  assert not np.allclose(losses[0], losses[1])  # two seeds, two models
+
+
+def test_nnx_task_trains_like_nnx_optimizer_does():
+  """The NNX task's pure path equals nnx.Optimizer with the learned tx."""
+  theta, cfg = _untrained()
+  tx = optimizers.learned_optimizer(theta, cfg, 20)
+  task = suite_tasks.NNXTask("n", (8, 8, 1), (8,), 10, "silu", 4)
+  x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+  y = jnp.arange(4)
+  params = task.init(jax.random.key(2))
+  assert isinstance(params, nnx.State)
+
+  @jax.jit
+  def pure_step(params):
+    grads = jax.grad(task.loss)(params, x, y)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  @nnx.jit
+  def nnx_step(model, opt):
+    opt.update(model, nnx.grad(lambda m: task.loss(nnx.state(m), x, y))(model))
+
+  before = [np.array(a) for a in jax.tree.leaves(params)]
+  pure = pure_step(params)
+  model = nnx.merge(task.graphdef, params)
+  nnx_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+  moved = jax.tree.leaves(nnx.state(model))
+  assert any(not np.allclose(a, b) for a, b in zip(moved, before))
+  for a, b in zip(moved, jax.tree.leaves(pure)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_cli_suite_writes_json_md_png_and_prints_the_table(
+  tiny_run, tmp_path, monkeypatch, capsys
+):
+  monkeypatch.setitem(
+    suite_tasks.SUITES, "tiny", Suite("tiny", _TINY.tasks[:1], _TINY.seeds)
+  )
+  output = tmp_path / "out"
+  evaluate.main(
+    {
+      "workdir": str(tiny_run.workdir),
+      "suite": "tiny",
+      "output": str(output),
+      "adam_cache_dir": str(tmp_path / "cache"),
+      "num_seeds": 8,
+      "num_steps": 0,
+    }
+  )
+  printed = capsys.readouterr().out
+  assert "| task | T | learned mean loss |" in printed
+  assert "| mlp8_relu | 20 |" in printed
+  assert "Suite tiny: learned beats tuned Adam on" in printed
+  with open(output / "suite_tiny.json") as f:
+    saved = json.load(f)
+  assert [t["name"] for t in saved["tasks"]] == ["mlp8_relu"]
+  assert saved["adam_grid"]["learning_rates"] == list(suite.LEARNING_RATES)
+  assert len(saved["adam_grid"]["learning_rates"]) >= 8
+  assert 0 <= saved["aggregates"]["win_fraction"] <= 1
+  best = saved["tasks"][0]["adam"]["best"]
+  assert best["schedule"] in suite.SCHEDULES
+  assert best["learning_rate"] in suite.LEARNING_RATES
+  assert str(output / "suite_tiny.md") in printed
+  md = (output / "suite_tiny.md").read_text()
+  assert md.startswith("Suite `tiny`") and "| median ratio |" in md
+  png = (output / "suite_tiny.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 10_000
+  assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_cli_rejects_an_unknown_suite_by_name():
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lopt.evaluate",
+      "--workdir=/nonexistent",
+      "--suite=helout",
+    ],
+    cwd=_REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+    "Config error: --suite = 'helout' is invalid: it must be one of "
+    "['heldout', 'quick']"
+  )
