@@ -28,7 +28,7 @@ sees it:
   itself balance the groups' estimates: see `family.combine` below.)
 * `lo`: learned_optimization's classification normaliser,
   10 (clip(L, 0, ln 2C) - ln(C/5)) / ln C for C classes. It puts chance
-  level at 7 for every class count, but for tasks of equal C it is one
+  level near 7 for every class count, but for tasks of equal C it is one
   affine map for all, so it does not rebalance them.
 * `none`: L_t as it is (capped at 1.5 ln C with `task.clip_meta_loss`).
 
