@@ -86,7 +86,13 @@ def _stats(ratios: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def aggregate(tasks: Sequence[dict], num_bootstrap: int = NUM_BOOTSTRAP):
-  """Aggregates over the tasks' scores, with bootstrap intervals."""
+  """Aggregates over the tasks' scores, with bootstrap intervals.
+
+  Each bootstrap resample draws every task's seeds with replacement (the
+  same draw for both optimizers: their runs share inits and batches) and
+  keeps the best Adam configuration fixed. Also sets each task's
+  `ratio_ci95`.
+  """
   learned = np.stack([t["learned"]["per_seed_mean_train_loss"] for t in tasks])
   adam_ = np.stack(
     [t["adam"]["best"]["per_seed_mean_train_loss"] for t in tasks]
@@ -96,12 +102,14 @@ def aggregate(tasks: Sequence[dict], num_bootstrap: int = NUM_BOOTSTRAP):
   rng = np.random.default_rng(0)
   idx = rng.integers(0, learned.shape[1], (num_bootstrap, *learned.shape))
   rows = np.arange(learned.shape[0])[None, :, None]
+  # Diverged runs make inf and NaN ratios: quantiles of them are fine as
+  # inf or NaN (null in the JSON), not worth a warning.
   with np.errstate(invalid="ignore", divide="ignore"):
     boot = learned[rows, idx].mean(-1) / adam_[rows, idx].mean(-1)
-  for k, v in _stats(boot).items():
-    out[f"{k}_ci95"] = [float(np.quantile(v, q)) for q in (0.025, 0.975)]
-  for t, lo, hi in zip(tasks, *np.quantile(boot, [0.025, 0.975], axis=0)):
-    t["ratio_ci95"] = [float(lo), float(hi)]
+    for k, v in _stats(boot).items():
+      out[f"{k}_ci95"] = [float(np.quantile(v, q)) for q in (0.025, 0.975)]
+    for t, lo, hi in zip(tasks, *np.quantile(boot, [0.025, 0.975], axis=0)):
+      t["ratio_ci95"] = [float(lo), float(hi)]
   never = [t["adam_never_reached"] for t in tasks]
   speeds = [math.inf if n else t["speedup"] for t, n in zip(tasks, never)]
   med = float(np.median(speeds))

@@ -33,14 +33,20 @@ def format_table(summary: dict) -> str:
   for t in summary["tasks"]:
     lrn, best = t["learned"], t["adam"]["best"]
     flag = " (failed)" if lrn["failed"] else ""
+    edge = "*" if t["adam"]["best_on_grid_edge"] else ""
     lines.append(
       f"| {t['name']} | {t['spec']['horizon']} | "
       f"{_num(lrn['mean_train_loss'])}{flag} | "
-      f"{best['learning_rate']:g}, {best['schedule']} | "
+      f"{best['learning_rate']:g}{edge}, {best['schedule']} | "
       f"{_num(best['mean_train_loss'])} | {_num(t['ratio'], '.3f')} | "
       f"{_num(t['final_ratio'], '.3f')} | {_speed(t)} | "
       f"{_num(lrn['test_accuracy'], '.3f')} / "
       f"{_num(best['test_accuracy'], '.3f')} |"
+    )
+  if any(t["adam"]["best_on_grid_edge"] for t in summary["tasks"]):
+    lines.append(
+      "\n\\* best learning rate on the edge of the grid: Adam may be "
+      "under-tuned there."
     )
   a = summary["aggregates"]
 

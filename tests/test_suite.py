@@ -168,9 +168,25 @@ def test_ratios_failures_and_speedup_of_one_task():
   assert not s["learned"]["failed"] and not s["adam"]["best_on_grid_edge"]
   # One seed ends above where it started, one is NaN: both are failures.
   bad = _runs([0.5 + 0.05 * t, np.full(20, np.nan)])
-  s = suite.score_task(spec, bad, adam, (1e-4, 0.01, 0.1))
-  assert s["learned"]["failed"] and s["learned"]["failure_rate"] == 1.0
-  assert s["speedup"] == 0.0 and not s["adam_never_reached"]
+  b = suite.score_task(spec, bad, adam, (0.01, 0.1))
+  assert b["learned"]["failed"] and b["learned"]["failure_rate"] == 1.0
+  assert b["speedup"] == 0.0 and not b["adam_never_reached"]
+  assert b["adam"]["best_on_grid_edge"]
+  # The table says all of it: censored speedup, failure, divergence, edge.
+  b["name"] = "bad"
+  table = suite.format_table(
+    {
+      "suite": "hand",
+      "learned": "theta",
+      "seeds": [0, 1],
+      "tasks": [s, b],
+      "aggregates": suite.aggregate([s, b], num_bootstrap=10),
+    }
+  )
+  assert "| hand | 20 | 0.9050 | 0.01, cosine | 1.6250 | 0.557 |" in table
+  assert "| 0.557 | 0.622 | > 1 | 1.000 / 1.000 |" in table
+  assert "| bad | 20 | diverged (failed) | 0.01*, cosine |" in table
+  assert "| worst ratio | diverged |" in table
 
 
 def _scored(ratios, never=False):
