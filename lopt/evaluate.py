@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from lopt import console, experiment, export, jsonio, optimizers, plots
+from lopt import console, experiment, export, family, jsonio, optimizers, plots
 from lopt import suite as suite_lib
 
 #: Adam learning rates of the sweep: 1e-4 .. 1e-1, three per decade.
@@ -56,6 +56,10 @@ def evaluate(
   """
   theta, lopt_cfg, saved = export.load_theta(workdir)
   config = ml_collections.ConfigDict(saved["config"])
+  if family.is_family(config):
+    # A generalist is scored here on its base task (`config.task`); the
+    # held-out tasks are `--suite`'s.
+    del config["family"]
   config.eval.num_seeds = num_seeds
   num_steps = num_steps or config.inner.horizon
   config.inner.horizon = num_steps

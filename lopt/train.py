@@ -286,8 +286,12 @@ def _describe(exp: Experiment, dataset, mesh) -> None:
   )
 
 
-def _resumed_train_seconds(workdir: str, step: int) -> float:
-  """`train_seconds` logged at the newest log point at or before `step`."""
+def train_seconds_at(workdir: str, step: int) -> float:
+  """`train_seconds` logged at the newest log point at or before `step`.
+
+  What a run resumed from the checkpoint of `step` continues to count
+  from; 0.0 before the first log point.
+  """
   seconds = 0.0
   for row in metrics.read_metrics(workdir):
     if row["step"] <= step and "train_seconds" in row:
@@ -417,7 +421,7 @@ def _train_and_evaluate(
       ckpt.close()
       writer.close()
       raise
-    train_seconds = _resumed_train_seconds(workdir, latest)
+    train_seconds = train_seconds_at(workdir, latest)
     logging.info(
       "Resuming from the checkpoint of step %d in %s.", latest, ckpt_dir
     )

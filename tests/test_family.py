@@ -12,6 +12,7 @@ device count is in the slow suite (subprocesses with 8 devices).
 
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -306,8 +307,9 @@ def test_adam_normalizer_divides_each_loss_by_tuned_adams_mean():
 # -- through lopt.main -------------------------------------------------------------
 
 
-def run_family(workdir, *flags):
-  command = [
+def family_command(workdir, *flags):
+  """`lopt.main` on the tiny family in `workdir`."""
+  return [
     sys.executable,
     "-m",
     "lopt.main",
@@ -315,8 +317,15 @@ def run_family(workdir, *flags):
     f"--workdir={workdir}",
     *flags,
   ]
+
+
+def run_family(workdir, *flags):
   return subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
+    family_command(workdir, *flags),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
 
 
@@ -346,6 +355,17 @@ def test_family_run_checkpoints_every_group_and_resumes_bit_exactly(tmp_path):
       assert f"{name}/{key}" in logged
     assert f"eval/ratio/{name}" in logged
   assert "eval/ratio/mean" in logged
+  # A family's checkpoint loads like any: lopt.evaluate scores its base task.
+  result = subprocess.run(
+    [sys.executable, "-m", "lopt.evaluate", f"--workdir={straight}"]
+    + ["--num_seeds=2"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(straight / "eval.json")
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +412,32 @@ def test_family_resumes_elastically_from_one_device_onto_eight(dirs, tmp_path):
       np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   assert_trees_close(a, b)
   assert any(n.startswith("estimator_state.cnn.") for n in a)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_every_group_and_exits_cleanly(dirs, tmp_path):
+  from test_multiprocess import metric_steps, wait_for
+
+  data_dir, cache_dir = dirs
+  workdir = tmp_path / "run"
+  command = family_command(
+    workdir,
+    f"--config.task.data_dir={data_dir}",
+    "--config.outer.num_steps=100000",
+    "--config.checkpoint.every_steps=1000",
+    "--config.eval.every_steps=0",
+  )
+  process = start(command, f"{workdir}.log", child_env(cache_dir, 1))
+  try:
+    wait_for(lambda: len(metric_steps(workdir)) >= 2, [process], "training")
+    process.send_signal(signal.SIGTERM)
+    out = finish(process, "the SIGTERM'd family run", timeout=120)
+  finally:
+    kill_leftovers()
+  assert "SIGTERM: saved the checkpoint of step" in out, out[-3000:]
+  stopped_at = committed_steps(workdir)[-1]
+  assert stopped_at == max(metric_steps(workdir)) >= 2
+  config = family_config(**{"task.data_dir": data_dir})
+  state = restore_final(workdir, config)
+  assert int(state["step"]) == stopped_at
+  assert sorted(state["estimator_state"]) == sorted(NAMES)
