@@ -55,6 +55,23 @@ its compile time and peak resident memory are its own. Figures:
 * `sharding_overhead_8dev`: wall-clock of the same total work on 8
   simulated CPU devices over 1 device (an overhead, not a speed-up, on a
   2-core machine). It always runs on the CPU backend.
+* `family` (`lopt.family`): a 3-task family against one task with as many
+  trajectories, on the same budget. The family is the config's task
+  (configs/default.py: MLP 64-32-32-32-10, batch 128) under gelu, relu and
+  tanh (the same shapes and matmuls; `flops_ratio`, XLA's FLOPs per inner
+  step of the family's mean task over the single task's, says how close
+  the per-step cost is), N particles each; the single task is the
+  config's, with 3N particles; both NRES at the same W and T. `throughput`:
+  both steps functions compiled ahead of time (`compile_seconds` each),
+  then timed in interleaved dispatches; `ratio` is the family's median
+  inner steps/s over the single task's (the issue's target: >= 0.85),
+  `ratio_min`/`ratio_max` the range of the per-repeat ratios. `memory`:
+  the family's run-state bytes (from `jax.eval_shape`, per group; the
+  single task's at as many particles beside them) and XLA's memory
+  analysis of the compiled steps function (`--quick`: at the timed count
+  only) at 2-3 particle counts, each with a line fitted against the total
+  particle count (`state_fit`, `xla_total_fit`, `xla_temp_fit`: slope in
+  bytes per particle, intercept, largest relative residual).
 """
 
 import json
@@ -67,7 +84,15 @@ from absl import app, flags
 
 from lopt import bench_cases, console, measure
 
-SECTIONS = ("digits", "lorenz", "budget", "soak", "checkpoint", "sharding")
+SECTIONS = (
+  "digits",
+  "lorenz",
+  "budget",
+  "soak",
+  "checkpoint",
+  "sharding",
+  "family",
+)
 
 
 def define_flags() -> dict[str, flags.FlagHolder]:
@@ -81,8 +106,8 @@ def define_flags() -> dict[str, flags.FlagHolder]:
     "config": flags.DEFINE_string(
       "config",
       bench_cases.repo_config("default"),
-      "The config file (a path) that the digits, budget, soak, checkpoint "
-      "and sharding cases start from.",
+      "The config file (a path) that the digits, budget, soak, checkpoint, "
+      "sharding and family cases start from.",
     ),
     "particles": flags.DEFINE_list(
       "particles",
@@ -178,6 +203,80 @@ def plan(
   ]
 
 
+def family_plan(quick: bool, config: str = "", devices: int = 1) -> dict:
+  """The family case (`bench_cases.family_case`) of a full or quick run.
+
+  Particle counts per task are multiples of the device count (every group
+  is sharded over all devices): m, 2m and 4m for the memory fit, 2m timed
+  (on the single task 3 x 2m), with m = 8 rounded up to a multiple of
+  `devices`, or m = `devices` with `quick`.
+
+  Args:
+    quick: 1 outer step a dispatch, 3 timed dispatches, and XLA's memory
+      analysis only at the timed count (no extra compilations); else 2
+      outer steps a dispatch and 7 timed dispatches.
+    config: the config file the family and the single task start from.
+    devices: the number of devices the case runs on.
+  """
+  m = devices if quick else -(-8 // devices) * devices
+  return dict(
+    kind="family",
+    config=config,
+    particles=2 * m,
+    memory_particles=[m, 2 * m, 4 * m],
+    unroll_length=10,
+    steps_per_dispatch=1 if quick else 2,
+    reps=3 if quick else 7,
+    compile_memory=not quick,
+  )
+
+
+def _family_lines(family: dict) -> list[str]:
+  """The family section's lines of the table."""
+  t = family["throughput"]
+  single, fam = t["single"], t["family"]
+  lines = [
+    f"family ({', '.join(family['tasks'])}; {t['particles_per_task']} "
+    f"particles each) vs one task ({single['num_particles']} particles), "
+    f"W={t['unroll_length']}, {t['timed_dispatches']} timed dispatches of "
+    f"{t['steps_per_dispatch']} outer step(s):",
+    "| program | traj | compile s | inner steps/s (min-max) | "
+    "MFLOP/step | state MB | XLA MB |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for label, c in (("one task", single), ("family", fam)):
+    xla = c["xla_memory"]
+    lines.append(
+      f"| {label} | {c['trajectories']} | {c['compile_seconds']:.1f} | "
+      f"{c['inner_steps_per_sec']:.0f} ({c['inner_steps_per_sec_min']:.0f}-"
+      f"{c['inner_steps_per_sec_max']:.0f}) | "
+      f"{c['flops_per_inner_step'] / 1e6:.2f} | "
+      f"{c['state_bytes']['total'] / 1e6:.2f} | "
+      + (f"{xla['total_bytes'] / 1e6:.1f} |" if xla else "- |")
+    )
+  lines.append(
+    f"family/one task: {t['ratio']:.3f} (per repeat {t['ratio_min']:.3f}-"
+    f"{t['ratio_max']:.3f}; target >= {t['target_ratio']}: "
+    f"{'met' if t['meets_target'] else 'NOT met'}), FLOPs per step "
+    f"{t['flops_ratio']:.3f}"
+  )
+  memory = family["memory"]
+  for key, what in (
+    ("state_fit", "run state"),
+    ("xla_total_fit", "XLA total"),
+    ("xla_temp_fit", "XLA temp"),
+  ):
+    fit = memory[key]
+    if fit:
+      lines.append(
+        f"family memory, {what}: {fit['intercept'] / 1e6:.3f} MB + "
+        f"{fit['slope'] / 1e3:.2f} KB per particle "
+        f"(particles {[p['total_particles'] for p in memory['points']]}), "
+        f"largest residual {100 * fit['max_relative_residual']:.2f} %"
+      )
+  return lines
+
+
 def format_table(report: dict) -> str:
   peak = report["matmul_peak_gflops"]
   bandwidth = report["memory_bandwidth_gbs"]
@@ -186,14 +285,16 @@ def format_table(report: dict) -> str:
     f"matmul peak {peak:.1f} GFLOP/s "
     f"({report['matmul_peak_gflops_highest']:.1f} at HIGHEST precision)"
     + (f", memory bandwidth {bandwidth:.1f} GB/s (triad)" if bandwidth else ""),
-    "| case | traj | compile s | inner steps/s | outer it/s | "
-    "MFLOP/step | GFLOP/s | % peak | min KB/step | GB/s | % BW | bound | "
-    "% roofline | RSS MB |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for c in report["cases"]:
-    if "inner_steps_per_sec" not in c:
-      continue
+  timed = [c for c in report["cases"] if "inner_steps_per_sec" in c]
+  if timed:
+    lines += [
+      "| case | traj | compile s | inner steps/s | outer it/s | "
+      "MFLOP/step | GFLOP/s | % peak | min KB/step | GB/s | % BW | bound | "
+      "% roofline | RSS MB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+  for c in timed:
     memory = ["-"] * 5
     if "min_bytes_per_inner_step" in c:
       memory = [
@@ -250,6 +351,8 @@ def format_table(report: dict) -> str:
     lines.append(
       f"sharding_overhead_8dev: {report['sharding_overhead_8dev']:.3f}"
     )
+  if report.get("family"):
+    lines.extend(_family_lines(report["family"]))
   return "\n".join(lines)
 
 
@@ -351,6 +454,8 @@ def main(f: dict) -> None:
       sharding[8]["seconds_per_10_steps"] / sharding[1]["seconds_per_10_steps"]
     )
     report["sharding_detail"] = sharding
+  if "family" in sections:
+    report["family"] = run_case(family_plan(quick, config, jax.device_count()))
   with open(f["output"], "w") as out:
     json.dump(report, out, indent=2)
   print(format_table(report))

@@ -10,9 +10,19 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from lopt import measure, optimizers, tasks
+from lopt import (
+  bench,
+  bench_cases,
+  experiment,
+  family,
+  measure,
+  optimizers,
+  tasks,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +70,143 @@ def test_roofline_is_consistent():
   measure.add_roofline(case, peak_gflops=10.0, bandwidth_gbs=10.0)
   assert case["bound"] == "compute"
   assert case["roofline_fraction"] == pytest.approx(0.2)
+
+
+def test_linear_fit_recovers_a_line_and_its_largest_relative_residual():
+  fit = bench_cases.linear_fit([1, 2, 3, 4], [12.0, 14.0, 16.0, 18.0])
+  assert fit["slope"] == pytest.approx(2.0)
+  assert fit["intercept"] == pytest.approx(10.0)
+  assert fit["max_relative_residual"] == pytest.approx(0.0, abs=1e-12)
+  # Symmetric bumps on a line leave it the least-squares fit: y = 10 + 2x
+  # with +1, -1, -1, +1 (orthogonal to 1 and x). Residuals 1/13, 1/13,
+  # 1/15, 1/19 of y: the largest is 1/13.
+  fit = bench_cases.linear_fit([1, 2, 3, 4], [13.0, 13.0, 15.0, 19.0])
+  assert fit["slope"] == pytest.approx(2.0)
+  assert fit["intercept"] == pytest.approx(10.0)
+  assert fit["max_relative_residual"] == pytest.approx(1 / 13)
+
+
+def _single_task_config(spec: family.TaskSpec):
+  """configs/tiny.py set to one family task's fields, without a family."""
+  config = experiment.load_config(os.path.join(REPO, "configs", "tiny.py"))
+  for field in ("model", "activation", "batch_size", "dataset", "image_size"):
+    config.task[field] = getattr(spec, field)
+  config.task.hidden = spec.hidden
+  config.inner.horizon = spec.horizon
+  config.estimator.num_particles = spec.num_particles
+  return config
+
+
+def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
+  # configs/tiny_family.py: an MLP, a deeper tanh MLP and a CNN on 4x4
+  # inputs, each group's state counted from jax.eval_shape of init.
+  config = experiment.load_config(
+    os.path.join(REPO, "configs", "tiny_family.py")
+  )
+  config.family.normalizer = "none"
+  exp, _, _, abstract = bench_cases.abstract_run_state(config)
+  counted = bench_cases.run_state_bytes(exp, abstract)
+  assert set(counted["groups"]) == {"cnn", "deep_tanh", "mlp"}
+  assert counted["total"] == counted["shared"] + sum(counted["groups"].values())
+  # Each group holds what the same task alone would, and theta, the outer
+  # optimizer's state, the step and the key are the same as alone.
+  for spec in family.task_specs(config):
+    alone_exp, _, _, alone = bench_cases.abstract_run_state(
+      _single_task_config(spec)
+    )
+    single = bench_cases.run_state_bytes(alone_exp, alone)
+    assert single["groups"] == {family.SINGLE: counted["groups"][spec.name]}
+    assert single["shared"] == counted["shared"]
+  # By hand: the key is 2 uint32 words, the step an int32.
+  assert bench_cases.tree_bytes(
+    {"rng": jax.random.key(0), "step": jnp.zeros((), jnp.int32)}
+  ) == (2 * 4 + 4)
+
+
+@pytest.mark.parametrize(
+  "quick, devices, timed, memory",
+  [
+    (True, 1, 2, [1, 2, 4]),
+    (False, 1, 16, [8, 16, 32]),
+    (False, 8, 16, [8, 16, 32]),
+    (False, 3, 18, [9, 18, 36]),
+    (True, 8, 16, [8, 16, 32]),
+  ],
+)
+def test_the_family_plan_divides_every_group_over_the_devices(
+  quick, devices, timed, memory
+):
+  spec = bench.family_plan(quick, "c.py", devices)
+  assert spec["particles"] == timed and spec["memory_particles"] == memory
+  assert spec["compile_memory"] is not quick
+  assert spec["kind"] in bench_cases.CASES
+
+
+# Tens of seconds: two steps functions of a three-group family compiled.
+def test_the_family_case_writes_its_figures_and_table(tmp_path):
+  spec = dict(
+    config=os.path.join(REPO, "configs", "tiny.py"),
+    particles=2,
+    memory_particles=[1, 2, 4],
+    unroll_length=2,
+    steps_per_dispatch=1,
+    reps=2,
+    compile_memory=False,
+  )
+  result = json.loads(json.dumps(bench_cases.family_case(spec)))  # JSON-able
+  assert result["tasks"] == ["gelu", "relu", "tanh"]
+  t = result["throughput"]
+  single, fam = t["single"], t["family"]
+  assert set(fam["groups"]) == set(result["tasks"])
+  assert set(single["groups"]) == {family.SINGLE}
+  # As many trajectories and inner steps per dispatch: 3 x 2 particles.
+  assert single["num_particles"] == fam["num_particles"] == 6
+  assert single["inner_steps_per_dispatch"] == fam["inner_steps_per_dispatch"]
+  assert fam["inner_steps_per_dispatch"] == 2 * 6 * 2 * 1
+  for program in (single, fam):
+    for key in (
+      "compile_seconds",
+      "inner_steps_per_sec",
+      "flops_per_inner_step",
+    ):
+      assert program[key] > 0 and math.isfinite(program[key]), key
+    assert len(program["dispatch_seconds"]) == 2
+    assert (
+      program["inner_steps_per_sec_min"]
+      <= program["inner_steps_per_sec"]
+      <= program["inner_steps_per_sec_max"]
+    )
+    assert program["xla_memory"]["total_bytes"] > 0
+  assert t["ratio"] == pytest.approx(
+    fam["inner_steps_per_sec"] / single["inner_steps_per_sec"]
+  )
+  assert t["ratio_min"] <= t["ratio_max"] and len(t["ratio_paired"]) == 2
+  assert 0.8 < t["flops_ratio"] < 1.2  # the same shapes and matmuls
+  assert t["meets_target"] == (t["ratio"] >= 0.85)
+  # The same shapes: the family's state at 3 x 2 particles is the single
+  # task's at 6, and it is linear in the particle count, exactly.
+  assert fam["state_bytes"] == {
+    **single["state_bytes"],
+    "groups": {
+      name: single["state_bytes"]["groups"][family.SINGLE] // 3
+      for name in result["tasks"]
+    },
+  }
+  memory = result["memory"]
+  points = memory["points"]
+  assert [p["total_particles"] for p in points] == [3, 6, 12]
+  for p in points:
+    assert p["state_bytes"]["total"] == p["single_state_bytes"]
+  assert points[1]["state_bytes"] == fam["state_bytes"]
+  assert memory["state_fit"]["max_relative_residual"] < 1e-9
+  assert memory["state_fit"]["slope"] * 6 == pytest.approx(
+    sum(fam["state_bytes"]["groups"].values())
+  )
+  # XLA's analysis only at the timed count without compile_memory: no fit.
+  assert [p["xla_memory"] is not None for p in points] == [False, True, False]
+  assert memory["xla_total_fit"] is None and memory["xla_temp_fit"] is None
+  lines = "\n".join(bench._family_lines(result))
+  assert "family/one task:" in lines and "run state:" in lines
 
 
 # Minutes: every section of the bench, each case in its own process.
@@ -151,6 +298,10 @@ def test_quick_bench_with_a_flag_sized_case_writes_the_documented_json(
   detail = report["checkpoint_detail"]
   assert detail["cpu_seconds_per_save"] > 0 and detail["checkpoint_mb"] > 0
   assert set(report["sharding_detail"]) == {"1", "8"}
+  throughput = report["family"]["throughput"]
+  assert throughput["ratio"] > 0 and throughput["family"]["compile_seconds"] > 0
+  assert report["family"]["memory"]["state_fit"]["slope"] > 0
+  assert "family/one task:" in result.stdout
   assert "matmul peak" in result.stdout and "memory bandwidth" in result.stdout
 
 
