@@ -143,6 +143,7 @@ def test_the_family_plan_divides_every_group_over_the_devices(
 
 
 # Tens of seconds: two steps functions of a three-group family compiled.
+@pytest.mark.slow
 def test_the_family_case_writes_its_figures_and_table(tmp_path):
   spec = dict(
     config=os.path.join(REPO, "configs", "tiny.py"),
