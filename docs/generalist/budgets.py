@@ -26,6 +26,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["0"], "Outer steps to score (0: init).")
 _SUITE = flags.DEFINE_string("suite", "heldout", "The held-out suite.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
+_SCRATCH = flags.DEFINE_string(
+  "scratch", "/tmp/lopt_budgets", "Each step's full suite output goes here."
+)
+_REUSE = flags.DEFINE_bool(
+  "reuse", False, "Read a step's suite JSON from --scratch if it is there."
+)
 
 
 def _theta(workdir: str, step: int):
@@ -46,10 +52,15 @@ def main(argv) -> None:
   os.makedirs(output, exist_ok=True)
   rows = []
   for step in map(int, _STEPS.value):
-    where = os.path.join("/tmp", f"lopt_budget_{step}")
-    summary = suite.evaluate_suite(
-      _theta(workdir, step), _SUITE.value, output=where
-    )
+    where = os.path.join(_SCRATCH.value, f"step_{step}")
+    done = os.path.join(where, f"suite_{_SUITE.value}.json")
+    if _REUSE.value and os.path.exists(done):
+      with open(done) as f:
+        summary = json.load(f)
+    else:
+      summary = suite.evaluate_suite(
+        _theta(workdir, step), _SUITE.value, output=where
+      )
     rows.append(
       {
         "outer_step": step,
