@@ -263,6 +263,7 @@ def test_lo_normalizer_maps_chance_to_about_seven_and_caps_at_ten(built):
   assert math.isclose((cap - shift) / scale, 10.0)
 
 
+@pytest.mark.slow  # three reference sweeps and one more, compiled
 def test_adam_normalizer_divides_each_loss_by_tuned_adams_mean():
   config = family_config()
   data, datasets = experiment.load_data(config)
