@@ -12,8 +12,8 @@ Every group is one estimator (one vmap of its particles, sharded on the
 `particles` mesh axis) with its own step-unlocked counters and state; the
 run state's `estimator_state` holds one entry per group, keyed by the task's
 name. `FamilyEstimator.estimate` runs every group's window inside the same
-jitted call and returns the weighted mean of their gradient estimates, so
-one outer step is still one dispatch. A config without `family.tasks` is a
+jitted call and combines their gradient estimates into one (a weighted
+mean, see `family.combine` below), so one outer step is still one dispatch. A config without `family.tasks` is a
 single task, whose estimator state keeps its flat layout.
 
 Losses are made comparable across groups by `family.normalizer`
@@ -35,10 +35,10 @@ sees it:
 How the groups' estimates combine is `family.combine` (`COMBINES`). The
 estimates are mostly noise (a `grad_snr` near 0 per outer step; the signal
 accumulates over many steps in the outer Adam), so under `mean` the group
-with the largest noise sets the update: measured on configs/generalist.py
-over 40 outer steps from the initial theta, one task carried 69 % of the update's squared
-norm with `normalizer = 'none'` and 78 % with `'adam'` (a 16x16-input MLP,
-then the T = 2000 one; docs/family/balance.json, from
+with the largest noise sets the update. Measured on configs/generalist.py
+over 40 outer steps from the initial theta, one task carried 69 % of the
+update's squared norm with `normalizer = 'none'` and 78 % with `'adam'` (a
+16x16-input MLP, then the T = 2000 one; docs/family/balance.json, from
 docs/family/balance.py). `unit` (the default) divides each group's
 estimate by its norm before the weighted mean, so every group carries its
 weight's share whatever its loss scale or horizon; this sits between the
