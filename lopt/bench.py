@@ -82,7 +82,10 @@ import sys
 
 from absl import app, flags
 
-from lopt import bench_cases, console, measure
+from lopt import bench_cases, bench_family, console, measure
+
+#: Every case, by the `kind` of its spec.
+CASES = {"family": bench_family.family_case, **bench_cases.CASES}
 
 SECTIONS = (
   "digits",
@@ -204,7 +207,7 @@ def plan(
 
 
 def family_plan(quick: bool, config: str = "", devices: int = 1) -> dict:
-  """The family case (`bench_cases.family_case`) of a full or quick run.
+  """The family case (`bench_family.family_case`) of a full or quick run.
 
   Particle counts per task are multiples of the device count (every group
   is sharded over all devices): m, 2m and 4m for the memory fit, 2m timed
@@ -364,7 +367,7 @@ def main(f: dict) -> None:
     # environment turns on (JAX_COMPILATION_CACHE_DIR) would hide it.
     jax.config.update("jax_enable_compilation_cache", False)
     spec = json.loads(f["case"])
-    print(json.dumps(bench_cases.CASES[spec.pop("kind")](spec)))
+    print(json.dumps(CASES[spec.pop("kind")](spec)))
     return
   unknown = sorted(set(f["sections"]) - set(SECTIONS))
   if unknown:

@@ -17,6 +17,7 @@ import pytest
 from lopt import (
   bench,
   bench_cases,
+  bench_family,
   experiment,
   family,
   measure,
@@ -104,17 +105,17 @@ def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
     os.path.join(REPO, "configs", "tiny_family.py")
   )
   config.family.normalizer = "none"
-  exp, _, _, abstract = bench_cases.abstract_run_state(config)
-  counted = bench_cases.run_state_bytes(exp, abstract)
+  exp, _, _, abstract = bench_family.abstract_run_state(config)
+  counted = bench_family.run_state_bytes(exp, abstract)
   assert set(counted["groups"]) == {"cnn", "deep_tanh", "mlp"}
   assert counted["total"] == counted["shared"] + sum(counted["groups"].values())
   # Each group holds what the same task alone would, and theta, the outer
   # optimizer's state, the step and the key are the same as alone.
   for spec in family.task_specs(config):
-    alone_exp, _, _, alone = bench_cases.abstract_run_state(
+    alone_exp, _, _, alone = bench_family.abstract_run_state(
       _single_task_config(spec)
     )
-    single = bench_cases.run_state_bytes(alone_exp, alone)
+    single = bench_family.run_state_bytes(alone_exp, alone)
     assert single["groups"] == {family.SINGLE: counted["groups"][spec.name]}
     assert single["shared"] == counted["shared"]
   # By hand: the key is 2 uint32 words, the step an int32.
@@ -139,7 +140,7 @@ def test_the_family_plan_divides_every_group_over_the_devices(
   spec = bench.family_plan(quick, "c.py", devices)
   assert spec["particles"] == timed and spec["memory_particles"] == memory
   assert spec["compile_memory"] is not quick
-  assert spec["kind"] in bench_cases.CASES
+  assert spec["kind"] in bench.CASES
 
 
 # Tens of seconds: two steps functions of a three-group family compiled.
@@ -154,7 +155,7 @@ def test_the_family_case_writes_its_figures_and_table(tmp_path):
     reps=2,
     compile_memory=False,
   )
-  result = json.loads(json.dumps(bench_cases.family_case(spec)))  # JSON-able
+  result = json.loads(json.dumps(bench_family.family_case(spec)))  # JSON-able
   assert result["tasks"] == ["gelu", "relu", "tanh"]
   t = result["throughput"]
   single, fam = t["single"], t["family"]
