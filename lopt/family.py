@@ -325,13 +325,10 @@ def _norm(tree: PyTree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
 
-def check_finite_weights(specs: Sequence[TaskSpec]) -> None:
-  """Raises ValueError unless every weight is finite and >= 0, one > 0."""
-  for spec in specs:
-    if not (math.isfinite(spec.weight) and spec.weight >= 0):
-      raise ValueError(
-        f"family.tasks.{spec.name}.weight = {spec.weight!r} is invalid: it "
-        "must be a finite number >= 0"
-      )
+def check_some_weight(specs: Sequence[TaskSpec]) -> None:
+  """Raises ValueError unless some task has a weight > 0.
+
+  Each weight being a finite number >= 0 is `lopt.validation`'s check.
+  """
   if not any(spec.weight > 0 for spec in specs):
     raise ValueError("family.tasks: at least one task needs a weight > 0")
