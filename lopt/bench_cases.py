@@ -327,8 +327,18 @@ def _dispatch_config(spec: dict):
 
 
 def checkpoint_case(spec: dict) -> dict:
-  """Outer-step time with async checkpoints every 10 steps vs none."""
+  """Outer-step time with async checkpoints every 10 steps vs none.
+
+  The machine's speed drifts by tens of percent over seconds here, so the
+  two are interleaved finely: `blocks` times, a few dispatches without saves
+  then a few with a save after each, the first of every run of dispatches
+  discarded (it carries the other mode's tail). Each block gives a ratio
+  of its two mean dispatch times (adjacent in time, so drift cancels); the
+  overhead is the median ratio minus one, with a bootstrap 95 % interval
+  over blocks. `wall_seconds` keeps every timed dispatch.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from lopt import checkpoint  # pylint: disable=g-import-not-at-top
 
@@ -337,54 +347,69 @@ def checkpoint_case(spec: dict) -> dict:
   jax.block_until_ready(run_state)
   saved = exp.saved_config()
 
-  def timed(ckpt, rounds, times, cpu_times):
+  def timed(ckpt, rounds):
+    """Wall and process CPU seconds of each of `rounds` dispatches, each
+    followed by a save, as lopt.train's loop does, when `ckpt` is given."""
     nonlocal run_state
-    for _ in range(rounds):
+    if ckpt is not None:
+      ckpt.wait_until_finished()
+    times = []
+    for _ in range(rounds + 1):
       start, start_cpu = time.perf_counter(), time.process_time()
       run_state, _ = steps_fn(data, run_state)
       if ckpt is not None:
         ckpt.save(int(run_state["step"]), run_state, saved)
       jax.block_until_ready(run_state)
-      times.append(time.perf_counter() - start)
-      cpu_times.append(time.process_time() - start_cpu)
-    if ckpt is not None:
-      # The last save's background work belongs to this block.
-      start_cpu = time.process_time()
-      ckpt.wait_until_finished()
-      cpu_times[-1] += time.process_time() - start_cpu
+      times.append(
+        (time.perf_counter() - start, time.process_time() - start_cpu)
+      )
+    return times[1:]
 
-  rounds = spec.get("reps", 10)
+  blocks, rounds = spec.get("blocks", 20), 2
   without, with_saves, cpu = [], [], []
-  cpu_without, cpu_with = [], []
   with tempfile.TemporaryDirectory() as directory:
     with checkpoint.Checkpointer(directory, every_steps=10, keep=2) as ckpt:
-      for _ in range(2):  # interleaved, so machine drift hits both alike
-        timed(None, rounds, without, cpu_without)
-        timed(ckpt, rounds, with_saves, cpu_with)
+      for _ in range(blocks):
+        without.append(timed(None, rounds))
+        with_saves.append(timed(ckpt, rounds))
       # The CPU of one save, all threads, with nothing else running.
       step = int(run_state["step"])
-      for i in range(max(3, rounds // 2)):
+      for i in range(max(3, blocks // 2)):
         start = time.process_time()
         ckpt.save(step + 10 * (i + 1), run_state, saved)
         ckpt.wait_until_finished()
         cpu.append(time.process_time() - start)
-  overhead = statistics.median(with_saves) / statistics.median(without) - 1
-  per_save = statistics.median(with_saves) - statistics.median(without)
+  wall = np.asarray([without, with_saves])[..., 0]  # (2, blocks, rounds)
+  process_cpu = np.asarray([without, with_saves])[..., 1]
+
+  ratios = wall[1].mean(1) / wall[0].mean(1)  # per block
+  rng = np.random.default_rng(0)
+  resampled = np.median(ratios[rng.integers(0, blocks, (1000, blocks))], axis=1)
+  median_without = float(np.median(wall[0]))
+  per_save = float(np.median(wall[1])) - median_without
   return {
     "name": "checkpoint_overhead",
-    "checkpoint_overhead": overhead,
+    "checkpoint_overhead": float(np.median(ratios) - 1),
+    "checkpoint_overhead_interval": [
+      float(q - 1) for q in np.quantile(resampled, [0.025, 0.975])
+    ],
+    "blocks": blocks,
+    "dispatches_per_mode": blocks * rounds,
     "seconds_per_save": per_save,
     "cpu_seconds_per_save": statistics.median(cpu),
     # The same ratio in CPU time (all threads) rather than wall-clock: what
-    # the saves take from the cores, much less sensitive to other load.
-    "checkpoint_cpu_overhead": sum(cpu_with) / sum(cpu_without) - 1,
-    "cpu_seconds_per_10_steps_without": statistics.median(cpu_without),
+    # the saves take from the cores.
+    "checkpoint_cpu_overhead": float(
+      process_cpu[1].sum() / process_cpu[0].sum() - 1
+    ),
+    "cpu_seconds_per_10_steps_without": float(np.median(process_cpu[0])),
     # The default config saves every 100 steps, not every 10.
-    "checkpoint_overhead_every_100_steps": per_save
-    / (10 * statistics.median(without)),
-    "seconds_per_10_steps_without": statistics.median(without),
-    "seconds_per_10_steps_with": statistics.median(with_saves),
+    "checkpoint_overhead_every_100_steps": per_save / (10 * median_without),
+    "seconds_per_10_steps_without": median_without,
+    "seconds_per_10_steps_with": float(np.median(wall[1])),
     "checkpoint_mb": tree_bytes(run_state) / 1e6,
+    # [without, with][block][dispatch], seconds.
+    "wall_seconds": wall.tolist(),
   }
 
 

@@ -317,8 +317,16 @@ class Checkpointer:
   A thin policy layer over `ocp.CheckpointManager`: call `save` every step and
   the manager decides (every `every_steps` steps, on preemption, and always
   the first call of a fresh run: orbax's InitialSavePolicy); keeps the newest
-  `keep` checkpoints; saves asynchronously (the device-to-host copy finishes
-  inside `save`, so the caller may donate the buffers right after).
+  `keep` checkpoints; saves asynchronously.
+
+  An async save costs the training loop's thread almost nothing: `save` only
+  dispatches an on-device copy of the run state (so the caller may donate
+  the buffers right after) and the digests of that copy, and hands the copy
+  to orbax at the next call into the Checkpointer, by which time the caller
+  has queued its next training step; orbax's own work then overlaps that
+  step instead of delaying it. A save is committed once
+  `wait_until_finished` (or `close`) returns, as with orbax; until then it
+  holds one extra device copy of the run state.
 
   Use it as a context manager, or call `close()`, so that the last async save
   is finished before the process exits.
@@ -338,7 +346,8 @@ class Checkpointer:
       directory: where the step directories go; local or a URL (gs://...).
       every_steps: save every this many steps (config `checkpoint.every_steps`).
       keep: how many of the newest checkpoints to keep (`checkpoint.keep`).
-      async_save: write in a background thread.
+      async_save: write in the background (see the class docstring); False
+        writes every save before `save` returns.
     """
     if every_steps < 1:
       raise ValueError(
@@ -357,6 +366,8 @@ class Checkpointer:
       self._directory, options=self._options, item_handlers=_item_handlers()
     )
     self._set_asides = 0  # barrier names must be unique
+    self._async = async_save
+    self._deferred: Callable[[], None] | None = None  # the next orbax save
 
   @property
   def directory(self) -> epath.Path:
@@ -372,6 +383,7 @@ class Checkpointer:
     # The manager lists the finalized steps it found when it opened the
     # directory, plus those this process saved since: the newest of these
     # may still be in flight.
+    self._write_deferred()
     return sorted(
       s
       for s in self._manager.all_steps()
@@ -404,6 +416,7 @@ class Checkpointer:
       Whether a save was started.
     """
     step = int(step)
+    self._write_deferred()
     if force:
       if step in self._manager.all_steps():
         return False
@@ -411,23 +424,40 @@ class Checkpointer:
       # The common case, every dispatch: decided before any argument is
       # built (the config's JSON round trip, orbax's Composite).
       return False
-    meta, inner = _split_run_state(run_state)
     config = _json_config(config)
-    args = ocp.args.Composite(
-      **{
-        META: ocp.args.PyTreeSave(meta),
-        INNER: ocp.args.PyTreeSave(inner),
-        CONFIG: ocp.args.JsonSave(config),
-        DIGEST: ocp.args.JsonSave(
-          digests.record(
-            digests.named_leaves("", meta)
-            + digests.named_leaves(ESTIMATOR_STATE + ".", inner),
-            config,
-          )
-        ),
-      }
+    if self._async and not force:
+      # The caller queues its next step (donating run_state) before orbax
+      # reads this copy; a forced save is the last before a stop.
+      run_state = jax.device_put(dict(run_state), may_alias=False)
+    meta, inner = _split_run_state(run_state)
+    arrays = digests.start(
+      digests.named_leaves("", meta)
+      + digests.named_leaves(ESTIMATOR_STATE + ".", inner)
     )
-    return self._manager.save(step, args=args, force=force)
+
+    def write() -> None:
+      args = ocp.args.Composite(
+        **{
+          META: ocp.args.PyTreeSave(meta),
+          INNER: ocp.args.PyTreeSave(inner),
+          CONFIG: ocp.args.JsonSave(config),
+          DIGEST: ocp.args.JsonSave(digests.record(arrays(), config)),
+        }
+      )
+      # Forced: the policy has already said yes (or force did).
+      self._manager.save(step, args=args, force=True)
+
+    if self._async and not force:
+      self._deferred = write
+    else:
+      write()
+    return True
+
+  def _write_deferred(self) -> None:
+    """Hands the deferred save, if any, to orbax."""
+    write, self._deferred = self._deferred, None
+    if write is not None:
+      write()
 
   def _check_step(self, step: int | None) -> int:
     steps = self.all_steps()
@@ -581,7 +611,7 @@ class Checkpointer:
     while target.exists():
       n += 1
       target = self._directory / f"{int(step)}{CORRUPTED_SUFFIX}-{n}"
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     # Every process has chosen the same name before the primary renames.
     self._set_asides += 1
     barrier = f"lopt_set_aside_{self._set_asides}"
@@ -612,11 +642,13 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def wait_until_finished(self) -> None:
-    """Blocks until a pending async save is committed."""
+    """Blocks until every save so far is committed."""
+    self._write_deferred()
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
+    self._write_deferred()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:

@@ -9,23 +9,30 @@ a digest of every array, and every restore recomputes it.
 
 The digest of an array is the sum, modulo 2**32, of a hash of each 32-bit
 word of its data together with the word's global position. A sum does not
-depend on how the array is split into shards, so every process hashes only
-the shards it holds (on the host: nothing to compile), and a checkpoint
-written on 8 devices verifies on 1. One changed word always changes the
-digest (for a fixed position the hash is a bijection of the word); other
-damage goes unnoticed with probability 2**-32. Cost: about 14 ms per save
-of the default config's 4.9 MB on a 2-core CPU, a tenth of orbax's own.
+depend on how the array is split into shards, so a checkpoint written on 8
+devices verifies on 1. One changed word always changes the digest (for a
+fixed position the hash is a bijection of the word); other damage goes
+unnoticed with probability 2**-32.
+
+The digests of all of a tree's arrays are one jitted program on the arrays'
+own devices: each device hashes its shards and XLA sums across devices and
+processes. `start` only dispatches it, so a save can hash its state while the
+next training step is already queued. Cost: about 2 ms per save of the
+default config's 4.9 MB on a 2-core CPU (hashing those words on the host in
+NumPy, as lopt did before, took 20-25 ms of the training loop's thread).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.experimental import multihost_utils
 
 PyTree = Any
@@ -41,63 +48,46 @@ class CorruptCheckpointError(OSError):
   """
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
+def _fmix32(h: jax.Array) -> jax.Array:
   """MurmurHash3's finalizer: a bijection of uint32 with good avalanche."""
-  h = h ^ (h >> np.uint32(16))
-  h = h * np.uint32(0x85EBCA6B)
-  h = h ^ (h >> np.uint32(13))
-  h = h * np.uint32(0xC2B2AE35)
-  return h ^ (h >> np.uint32(16))
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
 
 
-def _words(data: np.ndarray) -> np.ndarray:
-  """The bits of `data` as uint32 words, shape (elements, words per element)."""
-  flat = np.ascontiguousarray(data).reshape(-1)
-  if flat.dtype == np.bool_:
-    flat = flat.view(np.uint8)
-  size = flat.dtype.itemsize
-  if size < 4:  # (b)float16, int8, ...: one zero-extended word per element
-    return flat.view(f"u{size}").astype(np.uint32)[:, None]
-  return flat.view(np.uint32).reshape(flat.size, size // 4)
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as a flat uint32 vector: elements in row-major order, an
+  element of 8 bytes as its two words in memory order, a narrower one as one
+  zero-extended word; a typed PRNG key array as its key data."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size < 4:  # (b)float16, int8, ...
+    x = lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * size}"))
+    return x.astype(jnp.uint32).reshape(-1)
+  return lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
 
 
-def _block_digest(data: np.ndarray, index: tuple, shape: tuple) -> int:
-  """Digest of the block `data` = `global_array[index]` (`shape` is global)."""
-  words = _words(data)
-  position = np.zeros((), np.uint64)  # global row-major element positions
-  for where, n in zip(index, shape, strict=True):
-    position = position[..., None] * np.uint64(n) + np.arange(
-      *where.indices(n), dtype=np.uint64
-    )
-  per_element = np.uint64(words.shape[1])
-  position = position.reshape(-1, 1) * per_element + np.arange(
-    words.shape[1], dtype=np.uint64
-  )
-  position = (position & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-  hashed = _fmix32(words ^ _fmix32(position + np.uint32(0x9E3779B9)))
-  return int(hashed.sum(dtype=np.uint64)) & 0xFFFFFFFF
+def _digest(x: jax.Array) -> jax.Array:
+  words = _words(x)
+  # Positions wrap modulo 2**32, like everything else here.
+  position = lax.iota(jnp.uint32, words.size)
+  hashed = _fmix32(words ^ _fmix32(position + jnp.uint32(0x9E3779B9)))
+  return jnp.sum(hashed, dtype=jnp.uint32)
 
 
-def _local_digest(x: Any) -> int | None:
-  """This process's part of `x`'s digest; None for a non-array leaf."""
-  if isinstance(x, np.ndarray):
-    return _block_digest(x, (slice(None),) * x.ndim, x.shape)
-  if not isinstance(x, jax.Array):
-    return None  # Python scalars: their restored dtype is not theirs.
-  total = 0
-  for shard in x.addressable_shards:
-    if shard.replica_id != 0:
-      continue  # Some other device (maybe of another process) counts it.
-    data = shard.data
-    if jax.dtypes.issubdtype(data.dtype, jax.dtypes.prng_key):
-      data = jax.random.key_data(data)  # One device: no collective.
-    data = np.asarray(data)
-    # Key data (and only it) has trailing dimensions the key array lacks
-    # (and that a key array's shard index covers, or not).
-    extra = data.shape[x.ndim :]
-    index = tuple(shard.index)[: x.ndim] + (slice(None),) * len(extra)
-    total += _block_digest(data, index, tuple(x.shape) + extra)
-  return total & 0xFFFFFFFF
+@jax.jit
+def _digests(arrays: list[jax.Array]) -> jax.Array:
+  return jnp.stack([_digest(x) for x in arrays])
+
+
+def _is_array(x: Any) -> bool:
+  # Python scalars are left out: their restored dtype is not theirs.
+  return isinstance(x, np.ndarray | jax.Array)
 
 
 def path_name(path: tuple) -> str:
@@ -117,30 +107,39 @@ def named_leaves(prefix: str, tree: PyTree) -> list[tuple[str, Any]]:
   ]
 
 
-def array_digests(named_leaves: list[tuple[str, Any]]) -> dict[str, list]:
-  """`{name: [dtype, digest]}` of the array leaves.
+def start(named_leaves: list[tuple[str, Any]]) -> Callable[[], dict]:
+  """Dispatches the digests of the array leaves, without waiting for them.
 
-  Collective when an array spans several processes (the per-process parts
-  are summed with an allgather): every process must call it alike.
+  Collective when an array spans several processes: every process must call
+  it alike.
+
+  Args:
+    named_leaves: `(name, leaf)` pairs, as `named_leaves` makes them.
+
+  Returns:
+    A function that waits for the digests and returns `{name: [dtype,
+    digest]}` of the array leaves.
   """
-  arrays, parts = [], []
-  for name, x in named_leaves:
-    part = _local_digest(x)
-    if part is not None:
-      arrays.append((name, x))
-      parts.append(part)
-  parts = np.asarray(parts, np.uint32)
-  spans = np.asarray(
-    [isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in arrays]
-  )
-  if spans.any():
-    gathered = np.asarray(multihost_utils.process_allgather(parts))
-    summed = (gathered.astype(np.uint64).sum(0) & 0xFFFFFFFF).astype(np.uint32)
-    parts = np.where(spans, summed, parts)
-  return {
-    name: [str(x.dtype), int(d)]
-    for (name, x), d in zip(arrays, parts, strict=True)
-  }
+  arrays = [(n, x) for n, x in named_leaves if _is_array(x)]
+  if not arrays:
+    return dict
+  values = _digests([x for _, x in arrays])
+
+  def result() -> dict[str, list]:
+    got = values
+    if not (got.is_fully_addressable or got.is_fully_replicated):
+      got = multihost_utils.process_allgather(got, tiled=True)
+    return {
+      name: [str(x.dtype), int(d)]
+      for (name, x), d in zip(arrays, np.asarray(got), strict=True)
+    }
+
+  return result
+
+
+def array_digests(named_leaves: list[tuple[str, Any]]) -> dict[str, list]:
+  """`{name: [dtype, digest]}` of the array leaves (see `start`)."""
+  return start(named_leaves)()
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
@@ -148,10 +147,9 @@ def config_digest(config: Mapping[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record(leaves: list[tuple[str, Any]], config: dict) -> dict:
-  """The JSON saved beside a checkpoint: the digests of `leaves` (from
-  `named_leaves`) and of the config."""
-  arrays = array_digests(leaves)
+def record(arrays: dict[str, list], config: dict) -> dict:
+  """The JSON saved beside a checkpoint: the digests of its arrays (what
+  `start` returns) and of its config."""
   return {"version": 1, "config": config_digest(config), "arrays": arrays}
 
 

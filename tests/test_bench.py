@@ -299,6 +299,9 @@ def test_quick_bench_with_a_flag_sized_case_writes_the_documented_json(
   assert math.isfinite(soak["rss_growth_mb_per_min"])
   detail = report["checkpoint_detail"]
   assert detail["cpu_seconds_per_save"] > 0 and detail["checkpoint_mb"] > 0
+  low, high = detail["checkpoint_overhead_interval"]
+  assert low <= report["checkpoint_overhead"] <= high
+  assert detail["blocks"] == 2 and len(detail["wall_seconds"][0]) == 2
   assert set(report["sharding_detail"]) == {"1", "8"}
   throughput = report["family"]["throughput"]
   assert throughput["ratio"] > 0 and throughput["family"]["compile_seconds"] > 0

@@ -136,6 +136,42 @@ def test_round_trip_is_bit_exact(tmp_path):
   assert saved_config["estimator"] == CONFIG["estimator"]
 
 
+def test_async_save_survives_donation_and_waits_for_the_next_call(tmp_path):
+  """What the training loop relies on: it donates the run state to its next
+  step right after `save`, and orbax starts writing only at the next call
+  into the Checkpointer (after that step is queued), or at wait/close."""
+
+  def negate(x):
+    return -x if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  step_fn = jax.jit(lambda s: jax.tree.map(negate, s), donate_argnums=0)
+  first = make_run_state()
+  states = [first, jax.tree.map(negate, first)]
+  expected = [[_bits(x) for x in jax.tree.leaves(s)] for s in states]
+  state = first
+  directory = tmp_path / "ckpt"
+  with checkpoint.Checkpointer(directory, every_steps=1, keep=3) as ckpt:
+    assert ckpt.save(1, state, CONFIG)
+    # The caller's next step takes the buffers: the save holds its own copy.
+    state = step_fn(state)
+    assert first["theta"]["dense_0"]["kernel"].is_deleted()
+    # Nothing reached orbax yet: no step directory, not even a tmp one.
+    assert not os.path.exists(directory / "1")
+    assert not [p for p in os.listdir(directory) if p.startswith("1")]
+    assert ckpt.save(2, state, CONFIG)  # hands step 1 to orbax first
+    ckpt.wait_until_finished()  # and step 2
+    assert ckpt.all_steps() == [1, 2]
+    for step, want in zip((1, 2), expected, strict=True):
+      restored = ckpt.restore(step, jax.eval_shape(lambda: state))
+      assert [_bits(x) for x in jax.tree.leaves(restored)] == want
+  # A synchronous Checkpointer writes inside `save`.
+  with checkpoint.Checkpointer(
+    tmp_path / "sync", every_steps=1, keep=1, async_save=False
+  ) as ckpt:
+    assert ckpt.save(3, state, CONFIG)
+    assert checkpoint._is_finalized(tmp_path / "sync" / "3")
+
+
 def test_every_k_and_keep_n_policy(tmp_path):
   state = make_run_state(num_particles=2)
   directory = tmp_path / "ckpt"
