@@ -80,14 +80,13 @@ def shown(text: str) -> tuple[float, int | None]:
 
 def matches(text: str, candidates: list[float]) -> bool:
   value, digits = shown(text)
+  width = len(text.strip("-−").replace(",", ""))  # a rounded integer's digits
   for c in candidates:
     if not math.isfinite(c):
       continue
     for v in (c, -c, 100 * c):  # signs; fractions shown as percentages
       if digits is None:
-        if v == value or (
-          abs(v) >= 1 and float(f"{v:.{len(text.strip('-'))}g}") == value
-        ):
+        if v == value or (abs(v) >= 1 and float(f"{v:.{width}g}") == value):
           return True
       elif float(f"{v:.{digits}g}") == value:
         return True
@@ -135,6 +134,7 @@ def test_number_matching():
   assert not matches("46.8", [46.72819])
   assert matches("1.07e+06", [1_071_234.0])
   assert matches("5,000", [5000])
+  assert matches("3,867", [3867.297]) and not matches("3,868", [3867.297])
   assert matches("-0.166666", [-0.1666664])
   assert matches("95", [0.95])
   assert not matches("17", [16.2, 18.0])
