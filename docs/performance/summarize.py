@@ -142,7 +142,7 @@ def table(summary: dict) -> str:
     "| compile s |\n|---|---|---|---|---|---|"
   )
   lines = [head]
-  for key, row in summary["rows"].items():
+  for row in summary["rows"].values():
     compile_s = row.get("compile_seconds")
     lines.append(
       f"| {row['label']} | {row.get('lopt', '')} "
