@@ -311,6 +311,18 @@ def _read_step(
   return {name: restored[name] for name in items}
 
 
+def _device_copy(x: Any) -> Any:
+  """A copy of `x` in fresh buffers on its devices (others: as they are)."""
+  if not isinstance(x, jax.Array):
+    return x
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    # device_put(may_alias=False) shares a multi-device key array's buffers
+    # (jax 0.10.2); copying its key data does not.
+    data = jax.device_put(jax.random.key_data(x), may_alias=False)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return jax.device_put(x, may_alias=False)
+
+
 class Checkpointer:
   """Saves and restores the run state of meta-training.
 
@@ -428,7 +440,7 @@ class Checkpointer:
     if self._async and not force:
       # The caller queues its next step (donating run_state) before orbax
       # reads this copy; a forced save is the last before a stop.
-      run_state = jax.device_put(dict(run_state), may_alias=False)
+      run_state = jax.tree.map(_device_copy, dict(run_state))
     meta, inner = _split_run_state(run_state)
     arrays = digests.start(
       digests.named_leaves("", meta)

@@ -318,8 +318,17 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
       state = jax.device_put(
           make_run_state(), jax.tree.map(lambda s: s.sharding, abstract))
       assert state['estimator_state'].key.sharding.num_devices == devices
+      def bump(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+          return jax.random.wrap_key_data(jax.random.key_data(x) ^ 1)
+        return x + 1
+
       with checkpoint.Checkpointer(directory, every_steps=1, keep=1) as ckpt:
         assert ckpt.save(1, state, CONFIG)
+        # As the training loop does: its next step takes the buffers (key
+        # arrays too) before orbax has read the save's copy.
+        jax.jit(lambda s: jax.tree.map(bump, s), donate_argnums=0)(state)
+        assert state['rng'].is_deleted()
       print('WROTE', devices)
     else:
       expected = make_run_state()
