@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -311,16 +312,30 @@ def _read_step(
   return {name: restored[name] for name in items}
 
 
-def _device_copy(x: Any) -> Any:
-  """A copy of `x` in fresh buffers on its devices (others: as they are)."""
-  if not isinstance(x, jax.Array):
-    return x
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    # device_put(may_alias=False) shares a multi-device key array's buffers
-    # (jax 0.10.2); copying its key data does not.
-    data = jax.device_put(jax.random.key_data(x), may_alias=False)
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-  return jax.device_put(x, may_alias=False)
+@jax.jit
+def _copy_arrays(arrays: list[jax.Array]) -> list[jax.Array]:
+  # One program, so it works alike on arrays that span processes (each
+  # copies its own shards). Key arrays go through their key data:
+  # `jax.device_put(may_alias=False)` shares the buffers of a multi-device
+  # key array (jax 0.10.2), and refuses arrays that span processes.
+  def copy(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = jnp.copy(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jnp.copy(x)
+
+  return [copy(x) for x in arrays]
+
+
+def _device_copy(tree: PyTree) -> PyTree:
+  """`tree` with every jax.Array copied into fresh buffers on its devices."""
+  leaves, treedef = jax.tree.flatten(tree)
+  arrays = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+  for i, copy in zip(
+    arrays, _copy_arrays([leaves[i] for i in arrays]), strict=True
+  ):
+    leaves[i] = copy
+  return jax.tree.unflatten(treedef, leaves)
 
 
 class Checkpointer:
@@ -440,7 +455,7 @@ class Checkpointer:
     if self._async and not force:
       # The caller queues its next step (donating run_state) before orbax
       # reads this copy; a forced save is the last before a stop.
-      run_state = jax.tree.map(_device_copy, dict(run_state))
+      run_state = _device_copy(dict(run_state))
     meta, inner = _split_run_state(run_state)
     arrays = digests.start(
       digests.named_leaves("", meta)
