@@ -451,12 +451,12 @@ class Checkpointer:
       # The common case, every dispatch: decided before any argument is
       # built (the config's JSON round trip, orbax's Composite).
       return False
+    meta, inner = _split_run_state(run_state)
     config = _json_config(config)
     if self._async and not force:
       # The caller queues its next step (donating run_state) before orbax
       # reads this copy; a forced save is the last before a stop.
-      run_state = _device_copy(dict(run_state))
-    meta, inner = _split_run_state(run_state)
+      meta, inner = _device_copy((meta, inner))
     arrays = digests.start(
       digests.named_leaves("", meta)
       + digests.named_leaves(ESTIMATOR_STATE + ".", inner)
