@@ -435,7 +435,6 @@ def main(f: dict) -> None:
     )
     if soak["seconds"] > 0:
       report["memory"]["soak"] = run_case(soak)
-  reps = 2 if quick else 10  # the sharding case's
   if "checkpoint" in sections:
     detail = run_case(
       dict(
@@ -454,7 +453,7 @@ def main(f: dict) -> None:
       config=config,
       num_particles=16,
       unroll_length=10,
-      reps=reps // 2 + 1,
+      reps=2 if quick else 6,
     )
     sharding = {d: run_case(spec, cpu_devices=d) for d in (1, 8)}
     report["sharding_overhead_8dev"] = (

@@ -453,9 +453,11 @@ class Checkpointer:
       return False
     meta, inner = _split_run_state(run_state)
     config = _json_config(config)
-    if self._async and not force:
+    # A forced save is the last before a stop: nothing to overlap.
+    deferred = self._async and not force
+    if deferred:
       # The caller queues its next step (donating run_state) before orbax
-      # reads this copy; a forced save is the last before a stop.
+      # reads this copy.
       meta, inner = _device_copy((meta, inner))
     arrays = digests.start(
       digests.named_leaves("", meta)
@@ -474,7 +476,7 @@ class Checkpointer:
       # Forced: the policy has already said yes (or force did).
       self._manager.save(step, args=args, force=True)
 
-    if self._async and not force:
+    if deferred:
       self._deferred = write
     else:
       write()
