@@ -23,9 +23,16 @@ methods, the sweep's learning rates and the GPES periods.
    equal steps); then tuned Adam on the same held-out seeds (the
    `lopt.evaluate` sweep, constant schedule), the reference a learned
    optimizer has to beat.
-4. gpes: GPES-K (W = 1, K in `study.gpes_periods`) at NRES's tuned rate,
-   `--gpes_seeds`, `--run_seconds` each (equal outer steps: K does not
-   change the cost of a step).
+4. gpes: GPES-K (W = 1, K in `study.gpes_periods`) at NRES's tuned rate
+   scaled by the ratio of the windows (W = 1 against NRES's 10, so each
+   inner step moves theta as far as under NRES; at NRES's own rate GPES
+   with W = 1 diverges), `--gpes_seeds`, `--run_seconds` each (equal
+   outer steps: K does not change the cost of a step).
+
+Timed budgets are equal by intent, not by construction: a run's seconds
+per step vary with the machine's load. So the main runs are also compared
+at the CPU time every one of them reached (`at_equal_seconds`: each run's
+meta-loss at its newest checkpoint within that time).
 
 Writes `lopt_study_sweep.json` / `.png` (the sweep's final meta-loss
 against the rate), `lopt_study.json` / `.png` (with an `adam` entry),
@@ -211,16 +218,47 @@ def ratios_to_adam(result) -> dict:
   return out
 
 
+def at_equal_seconds(result) -> dict:
+  """Per label: the meta-loss each run had at the CPU time all runs reached.
+
+  The time is the shortest final `seconds` over every run of `result`; a
+  run's meta-loss there is its newest checkpoint's at or before it (the
+  theta it had then), so no curve is extrapolated.
+  """
+  runs = [r for e in result["estimators"].values() for r in e["runs"]]
+  seconds = min(r["seconds"][-1] for r in runs)
+  out = {"seconds": seconds, "estimators": {}}
+  for label, entry in result["estimators"].items():
+    values = []
+    for r in entry["runs"]:
+      reached = [i for i, s in enumerate(r["seconds"]) if s <= seconds]
+      values.append(r["meta_loss"][reached[-1]])
+    out["estimators"][label] = {"values": values, **compare.interval(values)}
+  return out
+
+
+def gpes_learning_rate(config, nres_rate: float) -> float:
+  """NRES's tuned rate times W_gpes / W_nres: the same step per inner step."""
+  gpes = config.overrides[f"gpes_k{config.study.gpes_periods[0]}"]
+  nres = config.overrides["nres"].get(
+    "unroll_length", config.estimator.unroll_length
+  )
+  return nres_rate * gpes["unroll_length"] / nres
+
+
 def adam_table(result) -> str:
+  equal = result["at_equal_seconds"]
   lines = [
     "| estimator | final meta-loss / tuned Adam's (95 % interval) | "
+    f"meta-loss at {equal['seconds']:.3g} CPU s | "
     "learning rate | outer steps | CPU seconds |",
-    "|---|---|---|---|---|",
+    "|---|---|---|---|---|---|",
   ]
   for label, entry in result["estimators"].items():
     s = entry["summary"]
     lines.append(
       f"| {label} | {compare.fmt_interval(result['ratio_to_adam'][label])} | "
+      f"{compare.fmt_interval(equal['estimators'][label])} | "
       f"{entry['settings']['learning_rate']:g} | "
       f"{s['total_outer_steps']['mean']:.4g} | "
       f"{s['total_seconds']['mean']:.3g} |"
@@ -392,6 +430,7 @@ def main(argv):
     )
     result["adam"] = adam_reference(study, seeds)
     result["ratio_to_adam"] = ratios_to_adam(result)
+    result["at_equal_seconds"] = at_equal_seconds(result)
     result["tuned_learning_rate"] = tuned
     result["seconds_per_outer_step"] = rates
     result["run_seconds"] = FLAGS.run_seconds
@@ -408,10 +447,11 @@ def main(argv):
 
   if "gpes" in FLAGS.phases:
     steps = _outer_steps(FLAGS.run_seconds, rates["gpes_k1"], dispatch)
+    gpes_rate = gpes_learning_rate(config, tuned["nres"])
     fields = {
       f"gpes_k{k}": dict(
         config.overrides[f"gpes_k{k}"],
-        learning_rate=tuned["nres"],
+        learning_rate=gpes_rate,
         budget_outer_steps=steps,
       )
       for k in periods
@@ -427,7 +467,7 @@ def main(argv):
       result,
       FLAGS.output_dir,
       "lopt_study_gpes",
-      title="GPES-K (W = 1) on digits, NRES's settings",
+      title=f"GPES-K (W = 1) on digits, NRES's settings, outer rate {gpes_rate:g}",
     )
     tables += ["", "## GPES-K, W = 1", "", compare.format_table(result)]
 
