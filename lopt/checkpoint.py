@@ -465,14 +465,16 @@ class Checkpointer:
     )
 
     def write() -> None:
-      args = ocp.args.Composite(
-        **{
-          META: ocp.args.PyTreeSave(meta),
-          INNER: ocp.args.PyTreeSave(inner),
-          CONFIG: ocp.args.JsonSave(config),
-          DIGEST: ocp.args.JsonSave(digests.record(arrays(), config)),
-        }
-      )
+      items = {
+        META: ocp.args.PyTreeSave(meta),
+        CONFIG: ocp.args.JsonSave(config),
+        DIGEST: ocp.args.JsonSave(digests.record(arrays(), config)),
+      }
+      # orbax refuses an empty pytree; a stateless estimator (FullES) has
+      # no estimator-state item at all.
+      if jax.tree.leaves(inner):
+        items[INNER] = ocp.args.PyTreeSave(inner)
+      args = ocp.args.Composite(**items)
       # Forced: the policy has already said yes (or force did).
       self._manager.save(step, args=args, force=True)
 
@@ -530,9 +532,17 @@ class Checkpointer:
       _restore_targets(abstract_run_state)
     )
     where = str(self._directory / str(step))
+    # A stateless estimator's checkpoint has no estimator-state item.
+    stateful = bool(jax.tree.leaves(abstract_inner))
+    if not stateful and (self._directory / str(step) / INNER).exists():
+      raise ValueError(
+        f"Checkpoint {where} holds an estimator state, but the run state "
+        f"to restore has none ({ESTIMATOR_STATE} = {abstract_inner!r}): it "
+        "was written by another estimator"
+      )
     try:
       metadata = self._manager.item_metadata(step)
-      metadata = metadata[META], metadata[INNER]
+      metadata = metadata[META], metadata[INNER] if stateful else None
     except Exception as e:  # Whatever orbax and TensorStore raise.
       raise CorruptCheckpointError(
         f"Checkpoint {where} is corrupted: its metadata cannot be read "
@@ -544,19 +554,19 @@ class Checkpointer:
     _check_against_metadata(
       ESTIMATOR_STATE + ".", abstract_inner, metadata[1], where
     )
-    items = {
-      META: _array_restore(abstract_meta),
-      INNER: _array_restore(abstract_inner),
-    }
+    items = {META: _array_restore(abstract_meta)}
+    if stateful:
+      items[INNER] = _array_restore(abstract_inner)
     restored = _read_step(self._manager, self._directory, step, items)
+    inner = restored[INNER] if stateful else abstract_inner
     digests.check_arrays(
       where,
       restored.get(DIGEST),
       digests.named_leaves("", restored[META])
-      + digests.named_leaves(ESTIMATOR_STATE + ".", restored[INNER]),
+      + digests.named_leaves(ESTIMATOR_STATE + ".", inner),
     )
     return {
-      k: restored[INNER] if k == ESTIMATOR_STATE else restored[META][k]
+      k: inner if k == ESTIMATOR_STATE else restored[META][k]
       for k in abstract_run_state
     }
 

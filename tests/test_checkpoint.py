@@ -172,6 +172,25 @@ def test_async_save_survives_donation_and_waits_for_the_next_call(tmp_path):
     assert checkpoint._is_finalized(tmp_path / "sync" / "3")
 
 
+def test_stateless_estimator_round_trip(tmp_path):
+  """An empty estimator state (FullES) saves, restores, and is not mixed up
+  with a stateful one."""
+  stateful = make_run_state()
+  stateless = dict(stateful, estimator_state={})
+  with checkpoint.Checkpointer(
+    tmp_path / "ckpt", every_steps=1, keep=2
+  ) as ckpt:
+    assert ckpt.save(1, stateless, CONFIG)  # async: deferred to the next call
+    assert ckpt.save(2, stateful, CONFIG, force=True)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [1, 2]
+    assert_identical(ckpt.restore(1, stateless), stateless)
+    with pytest.raises(ValueError, match="holds an estimator state"):
+      ckpt.restore(2, stateless)
+    with pytest.raises(checkpoint.CorruptCheckpointError):
+      ckpt.restore(1, stateful)
+
+
 def test_every_k_and_keep_n_policy(tmp_path):
   state = make_run_state(num_particles=2)
   directory = tmp_path / "ckpt"

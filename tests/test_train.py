@@ -139,6 +139,32 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def test_a_stateless_estimator_checkpoints_and_resumes(tmp_path):
+  """FullES keeps no estimator state: its run still saves and resumes.
+
+  orbax refuses an empty item, so a FullES run once failed at its first
+  save. Two dispatches and a resume for two more must equal four straight.
+  """
+
+  def run(workdir, num_steps):
+    config = tiny.get_config()
+    config.estimator.name = "full_es"
+    config.outer.num_steps = num_steps
+    config.eval.every_steps = 0
+    train.train_and_evaluate(config, str(workdir))
+    return config
+
+  config = run(tmp_path / "straight", 4)
+  run(tmp_path / "resumed", 2)
+  assert committed_steps(tmp_path / "resumed")[-1] == 2
+  run(tmp_path / "resumed", 4)
+  a = restore_final(tmp_path / "straight", config)
+  b = restore_final(tmp_path / "resumed", config)
+  assert a["estimator_state"] == b["estimator_state"] == {}
+  assert int(a["step"]) == int(b["step"]) == 4
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 @pytest.mark.parametrize(
   "field,value,message",
   [
