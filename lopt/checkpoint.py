@@ -4,14 +4,16 @@ This is the only module of `lopt` that imports orbax: the V0
 `CheckpointManager` API used here is stable, but orbax's V1 API is still being
 renamed, so a later switch should touch this file only.
 
-A checkpoint step holds three items (`ocp.args.Composite`):
+A checkpoint step holds four items (`ocp.args.Composite`):
 
 - `meta`: the run state without `estimator_state`, i.e. `step`, `theta`,
   `outer_opt_state`, `rng` and anything else the trainer adds. Replicated and
   small; this is all that export needs.
 - `inner`: `estimator_state`, the persistent state of every particle. Its
   leaves have a leading particle axis that is usually sharded over the
-  `particles` mesh axis, so every process writes its own shards.
+  `particles` mesh axis, so every process writes its own shards. A
+  stateless estimator (FullES) has none, and its checkpoints no `inner`
+  item (orbax refuses an empty one).
 - `config`: the resolved config as JSON, so that a checkpoint can be loaded
   without the config file that produced it.
 - `digest`: a 32-bit digest of every array and a SHA-256 of the config,
