@@ -56,3 +56,22 @@ def test_gpes_rate_moves_theta_as_far_per_inner_step_as_nres(study):
   # 1,000 updates of an episode move theta as far as NRES's 100.
   assert config.estimator.unroll_length == 10
   assert study.gpes_learning_rate(config, 3e-3) == pytest.approx(3e-4)
+
+
+def test_sweep_grid_grows_past_a_best_rate_at_its_edge(study):
+  assert study._next_rate(1e-2, up=True) == pytest.approx(3e-2)
+  assert study._next_rate(3e-2, up=True) == pytest.approx(1e-1)
+  assert study._next_rate(3e-4, up=False) == pytest.approx(1e-4)
+  assert study._next_rate(1e-4, up=False) == pytest.approx(3e-5)
+
+  def entry(loss):
+    return {"summary": {"final_meta_loss": {"mean": loss}}}
+
+  sweep = {
+    "estimators": {
+      "full_es_lr1e-03": entry(2.0),
+      "full_es_lr1e-02": entry(0.5),
+      "full_es_lr3e-02": entry(None),  # diverged: never the tuned rate
+    }
+  }
+  assert study.tuned_rate(sweep, "full_es", [1e-3, 1e-2, 3e-2]) == 1e-2

@@ -16,7 +16,9 @@ methods, the sweep's learning rates and the GPES periods.
    seconds per outer step here (`train_seconds`, compilation excluded).
 2. sweep: each method at every rate of `study.sweep_rates`, one seed,
    `--sweep_seconds` of CPU each; the rate with the lowest final
-   meta-loss is the method's tuned rate, and the median seconds per outer
+   meta-loss is the method's tuned rate (a best rate at the grid's edge
+   grows that method's grid by a half-decade past it, up to
+   `--max_grid_extensions` times), and the median seconds per outer
    step of the method's sweep runs replaces the pilot's.
 3. main: each method at its tuned rate, `--seeds`, `--run_seconds` of CPU
    each (budgets in outer steps from the pilot's rates: equal CPU, not
@@ -46,6 +48,7 @@ nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -85,6 +88,12 @@ flags.DEFINE_list(
 )
 flags.DEFINE_float("run_seconds", 150.0, "CPU seconds of each main run.")
 flags.DEFINE_float("sweep_seconds", 50.0, "CPU seconds of each sweep run.")
+flags.DEFINE_integer(
+  "max_grid_extensions",
+  2,
+  "Times a method's sweep grid may grow by a half-decade past a best rate "
+  "at its edge.",
+)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main runs.")
 flags.DEFINE_list("gpes_seeds", ["0", "1"], "Seeds of the GPES-K runs.")
 flags.DEFINE_integer("pilot_steps", 20, "Outer steps of each pilot run.")
@@ -106,6 +115,31 @@ flags.DEFINE_bool(
 def _outer_steps(seconds: float, rate: float, dispatch: int) -> int:
   """Outer steps (a multiple of `dispatch`) that take `seconds` at `rate`."""
   return dispatch * max(1, round(seconds / rate / dispatch))
+
+
+def _sweep_label(method: str, lr: float) -> str:
+  return f"{method}_lr{lr:.0e}"
+
+
+def _next_rate(lr: float, up: bool) -> float:
+  """The neighbour of `lr` on the 1, 3, 10, 30 ... grid (half-decades)."""
+  exponent = math.floor(math.log10(lr) + 1e-9)
+  mantissa = round(lr / 10**exponent)  # 1 or 3
+  if up:
+    return 3 * 10**exponent if mantissa == 1 else 10 ** (exponent + 1)
+  return 10 ** (exponent - 1) * 3 if mantissa == 1 else 10**exponent
+
+
+def tuned_rate(sweep, method: str, grid) -> float:
+  """The rate of `grid` with the lowest final meta-loss of `method`."""
+  finals = {
+    lr: sweep["estimators"][_sweep_label(method, lr)]["summary"][
+      "final_meta_loss"
+    ]["mean"]
+    for lr in grid
+  }
+  finals = {lr: v for lr, v in finals.items() if v is not None}
+  return min(finals, key=finals.get)
 
 
 def _with_labels(config, labels: dict[str, dict]) -> ml_collections.ConfigDict:
@@ -372,32 +406,36 @@ def main(argv):
   rates = state["seconds_per_outer_step"]
 
   if "sweep" in FLAGS.phases:
-    fields = {}
-    for method in methods:
-      steps = _outer_steps(FLAGS.sweep_seconds, rates[method], dispatch)
-      for lr in sweep_rates:
-        fields[f"{method}_lr{lr:.0e}"] = dict(
-          config.overrides[method], learning_rate=lr, budget_outer_steps=steps
-        )
-    sweep = _run(
-      _with_labels(config, fields),
-      fields,
-      [seeds[0]],
-      os.path.join(FLAGS.workdir, "sweep"),
-      name="lopt_study_sweep",
-      title="Learned optimizer (MLPLOpt, digits): outer learning-rate sweep",
-    )
-    plot_sweep(sweep, os.path.join(FLAGS.output_dir, "lopt_study_sweep.png"))
-    tuned = {}
-    for method in methods:
-      finals = {
-        lr: sweep["estimators"][f"{method}_lr{lr:.0e}"]["summary"][
-          "final_meta_loss"
-        ]["mean"]
-        for lr in sweep_rates
+    grid = {method: list(sweep_rates) for method in methods}
+    for _ in range(1 + FLAGS.max_grid_extensions):
+      fields = {}
+      for method in methods:
+        steps = _outer_steps(FLAGS.sweep_seconds, rates[method], dispatch)
+        for lr in grid[method]:
+          fields[_sweep_label(method, lr)] = dict(
+            config.overrides[method],
+            learning_rate=lr,
+            budget_outer_steps=steps,
+          )
+      sweep = _run(
+        _with_labels(config, fields),
+        fields,
+        [seeds[0]],
+        os.path.join(FLAGS.workdir, "sweep"),
+        name="lopt_study_sweep",
+        title="Learned optimizer (MLPLOpt, digits): outer learning-rate sweep",
+      )
+      tuned = {m: tuned_rate(sweep, m, grid[m]) for m in methods}
+      # A best rate at the grid's edge may not be the best rate: the grid
+      # grows past it, one half-decade at a time.
+      edges = {
+        m: lr for m, lr in tuned.items() if lr in (min(grid[m]), max(grid[m]))
       }
-      finals = {lr: v for lr, v in finals.items() if v is not None}
-      tuned[method] = min(finals, key=finals.get)
+      if not edges:
+        break
+      for method, lr in edges.items():
+        grid[method].append(_next_rate(lr, up=lr == max(grid[method])))
+    plot_sweep(sweep, os.path.join(FLAGS.output_dir, "lopt_study_sweep.png"))
     state["tuned_learning_rate"] = tuned
     save()
   tuned = state["tuned_learning_rate"]
