@@ -10,7 +10,7 @@ held-out eval seeds, mean training loss). Wall-clock is the run's own
 `train_seconds` (its dispatches and checkpoint saves, not compilation or
 evaluation), which `lopt.train` logs at every log point; the compare config
 logs at every checkpoint. A finished run of the same config already in the
-workdir is reused, not rerun.
+workdir is reused, not rerun, and so is its scored curve (`curve.json`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,17 @@ def run(
   num_steps, interval = _budget_steps(config, per_update, budget, num_points)
   cfg = run_config(config, settings, seed, num_steps, interval)
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  # The scored curve of a finished run, kept beside it: scoring every
+  # checkpoint costs more than a short run's training.
+  curve_path = os.path.join(workdir, "curve.json")
+  saved_config = json.loads(cfg.to_json())
   if _is_finished(ckpt_dir, cfg, num_steps):
+    if os.path.exists(curve_path):
+      with open(curve_path) as f:
+        cached = json.load(f)
+      if cached["config"] == saved_config:
+        logging.info("Reusing the finished, scored run in %s", workdir)
+        return cached["curve"]
     logging.info("Reusing the finished run in %s", workdir)
   else:
     shutil.rmtree(workdir, ignore_errors=True)
@@ -175,7 +185,7 @@ def run(
   step_seconds = one_particle_step_seconds(
     config, settings, seed, data, dataset
   )
-  return {
+  curve = {
     "seed": seed,
     "workdir": workdir,
     "outer_steps": [s for s, _ in points],
@@ -190,6 +200,8 @@ def run(
     "burn_in_steps": est.burn_in_steps,
     "steps_per_update": per_update,
   }
+  jsonio.dump({"config": saved_config, "curve": curve}, curve_path)
+  return curve
 
 
 def one_particle_step_seconds(

@@ -195,24 +195,28 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
       request.config.cache.mkdir("jax_compilation_cache")
     ),
   )
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "lopt.compare",
-      "--config=configs/tiny.py",
-      "--estimators=nres",
-      "--seeds=0",
-      "--budget_outer_steps=2",
-      f"--output_dir={tmp_path}",
-      f"--workdir={tmp_path / 'runs'}",
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+
+  def run_compare():
+    return subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "lopt.compare",
+        "--config=configs/tiny.py",
+        "--estimators=nres",
+        "--seeds=0",
+        "--budget_outer_steps=2",
+        f"--output_dir={tmp_path}",
+        f"--workdir={tmp_path / 'runs'}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+
+  result = run_compare()
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| nres |" in result.stdout
   assert os.path.getsize(tmp_path / "tiny.png") > 10_000
@@ -241,6 +245,13 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   _, _, saved_config = export.load_theta(run["workdir"])
   assert saved_config["config"]["estimator"]["name"] == "nres"
   assert saved_config["config"]["outer"]["num_steps"] == 2
+
+  # Again: the finished run and its scored curve are reused, not redone.
+  again = run_compare()
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Reusing the finished, scored run" in again.stderr
+  rerun = json.loads((tmp_path / "tiny.json").read_text())
+  assert rerun["estimators"]["nres"]["runs"] == [run]
 
 
 def test_learned_optimizer_runs_get_every_outer_setting():
