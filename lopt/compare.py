@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -622,14 +623,17 @@ def main(f: dict[str, Any]) -> None:
       os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
     )[0]
   )
-  result = compare(
-    config,
-    labels,
-    seeds,
-    budget,
-    workdir=f["workdir"],
-    budget_scale=f["budget_scale"],
-  )
+  try:
+    result = compare(
+      config,
+      labels,
+      seeds,
+      budget,
+      workdir=f["workdir"],
+      budget_scale=f["budget_scale"],
+    )
+  except compare_lopt.Interrupted as e:
+    sys.exit(f"Stopped: {e}")
   json_path, png_path = write(result, f["output_dir"], name)
   table = format_table(result)
   print(table)

@@ -10,7 +10,9 @@ held-out eval seeds, mean training loss). Wall-clock is the run's own
 `train_seconds` (its dispatches and checkpoint saves, not compilation or
 evaluation), which `lopt.train` logs at every log point; the compare config
 logs at every checkpoint. A finished run of the same config already in the
-workdir is reused, not rerun, and so is its scored curve (`curve.json`).
+workdir is reused, not rerun, and so is its scored curve (`curve.json`); an
+interrupted one (SIGTERM) raises `Interrupted`, which ends the comparison,
+and is resumed by the next.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from lopt import (
   jsonio,
   metrics,
   optimizers,
+  sharding,
   train,
 )
 
@@ -93,17 +96,21 @@ def _budget_steps(
   return outer_steps, min(interval, outer_steps)
 
 
-def _is_finished(ckpt_dir: str, cfg, num_steps: int) -> bool:
-  """Whether `ckpt_dir` holds the finished run of exactly this config."""
+class Interrupted(RuntimeError):
+  """A run stopped before its budget (SIGTERM, preemption): not scored."""
+
+
+def _saved_step(ckpt_dir: str, cfg) -> int | None:
+  """The newest checkpoint's step if it is a run of exactly `cfg`."""
   if not os.path.isdir(ckpt_dir):
-    return False
+    return None
   try:
     meta, saved = checkpoint.load_meta(ckpt_dir)
   except (FileNotFoundError, ValueError, KeyError):
-    return False
-  return int(np.asarray(meta["step"])) == num_steps and saved.get(
-    "config"
-  ) == json.loads(cfg.to_json())
+    return None
+  if saved.get("config") != json.loads(cfg.to_json()):
+    return None
+  return int(np.asarray(meta["step"]))
 
 
 def run(
@@ -146,7 +153,8 @@ def run(
   # checkpoint costs more than a short run's training.
   curve_path = os.path.join(workdir, "curve.json")
   saved_config = json.loads(cfg.to_json())
-  if _is_finished(ckpt_dir, cfg, num_steps):
+  saved_step = _saved_step(ckpt_dir, cfg)
+  if saved_step == num_steps:
     if os.path.exists(curve_path):
       with open(curve_path) as f:
         cached = json.load(f)
@@ -155,8 +163,17 @@ def run(
         return cached["curve"]
     logging.info("Reusing the finished run in %s", workdir)
   else:
-    shutil.rmtree(workdir, ignore_errors=True)
-    train.train_and_evaluate(cfg, workdir)
+    if saved_step is None:  # another config's run, or none: start afresh
+      shutil.rmtree(workdir, ignore_errors=True)
+    # Otherwise an interrupted run of this config: train resumes it.
+    state = train.train_and_evaluate(cfg, workdir)
+    reached = int(sharding.to_host(state["step"]))
+    if reached < num_steps:
+      raise Interrupted(
+        f"The run in {workdir} stopped at outer step {reached} of "
+        f"{num_steps}; its checkpoint is kept, and running the comparison "
+        "again resumes it."
+      )
   logged = {}
   for row in metrics.read_metrics(workdir):
     if "train_seconds" in row:  # a resumed run repeats steps: keep the last

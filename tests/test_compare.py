@@ -9,8 +9,10 @@ with the notebook tests, which meta-train the same tiny config.
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -252,6 +254,47 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   assert "Reusing the finished, scored run" in again.stderr
   rerun = json.loads((tmp_path / "tiny.json").read_text())
   assert rerun["estimators"]["nres"]["runs"] == [run]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_stops_the_comparison_and_resumes(tmp_path):
+  """SIGTERM mid-run: no result from a short run; the next call resumes it."""
+  command = [
+    sys.executable,
+    "-m",
+    "lopt.compare",
+    "--config=configs/tiny.py",
+    "--estimators=nres",
+    "--seeds=0",
+    "--budget_outer_steps=3000",
+    f"--output_dir={tmp_path}",
+    f"--workdir={tmp_path / 'runs'}",
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  ckpt_dir = tmp_path / "runs" / "nres" / "seed0" / "checkpoints"
+  process = subprocess.Popen(
+    command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+  )
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if ckpt_dir.is_dir() and any(
+      (d / "commit_success.txt").exists() for d in ckpt_dir.iterdir()
+    ):
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode != 0, stderr[-3000:]
+  assert "Stopped: The run in" in stderr and "of 3000" in stderr
+  assert not (tmp_path / "tiny.json").exists()
+
+  result = subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming from the checkpoint of step" in result.stderr
+  run = json.loads((tmp_path / "tiny.json").read_text())["estimators"]["nres"]
+  assert run["runs"][0]["outer_steps"][-1] == 3000
 
 
 def test_learned_optimizer_runs_get_every_outer_setting():
