@@ -362,11 +362,21 @@ def plot_sweep(sweep, path: str) -> str:
   return path
 
 
+def gpes_title(result) -> str:
+  rate = next(iter(result["estimators"].values()))["settings"]["learning_rate"]
+  return f"GPES-K (W = 1) on digits, NRES's settings, outer rate {rate:g}"
+
+
+def plot_gpes(result, path: str) -> str:
+  return plots.comparison(result, path, title=gpes_title(result))
+
+
 def replot():
   """--plot_only: the PNGs again from the committed JSON."""
   for name, draw in (
     ("lopt_study", plot_main),
     ("lopt_study_sweep", plot_sweep),
+    ("lopt_study_gpes", plot_gpes),
   ):
     path = os.path.join(FLAGS.output_dir, f"{name}.json")
     if os.path.exists(path):
@@ -505,7 +515,7 @@ def main(argv):
       result,
       FLAGS.output_dir,
       "lopt_study_gpes",
-      title=f"GPES-K (W = 1) on digits, NRES's settings, outer rate {gpes_rate:g}",
+      title=gpes_title(result),
     )
     tables += ["", "## GPES-K, W = 1", "", compare.format_table(result)]
 

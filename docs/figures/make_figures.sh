@@ -75,15 +75,16 @@ fi
 # digits, NRES/PES/TES/FullES at tuned outer rates with equal time budgets
 # per run, against tuned Adam, and GPES-K). Not part of `all`: run it by
 # name. Extra flags go to the script. The README's run,
-#   bash docs/figures/make_figures.sh lopt_study --methods=nres,pes,tes \
-#     --run_seconds=120 --sweep_seconds=40
-# took about 45 min on 2 cores for the pilot, the sweep (wall_seconds 1133
-# in lopt_study_sweep.json) and the main runs (1069 in lopt_study.json);
-# its GPES-K phase was stopped before it finished (add it alone with
-# --phases=gpes). The defaults (FullES too, 150 s runs, 50 s sweep runs)
-# take over an hour; a bigger machine: --run_seconds=300
-# --sweep_seconds=100 --seeds=0,1,2,3,4. Redraw the PNGs from the JSON
-# alone (seconds) with --plot_only.
+#   bash docs/figures/make_figures.sh lopt_study --run_seconds=120 \
+#     --sweep_seconds=40
+# took about 1 h 40 min on 2 cores: the pilot 5 min, the sweep 30 min
+# (19 runs: FullES's grid grew by three rates), the main runs and the Adam
+# sweep 40 min, GPES-K 25 min. It was stopped and restarted twice on the
+# way; a restart reuses every finished run (and its scores) in --workdir
+# and resumes an interrupted one, so the JSONs' wall_seconds count only
+# the last start. A bigger machine: --run_seconds=300 --sweep_seconds=100
+# --seeds=0,1,2,3,4. Redraw the PNGs from the JSON alone (seconds) with
+# --plot_only.
 if [[ $what == lopt_study ]]; then
   "$PY" docs/figures/lopt_study.py --output_dir=$OUT "${@:2}"
 fi
