@@ -72,7 +72,9 @@ def comparison(
   machine and, where the runs have it, against the estimated wall-clock of
   a machine that runs every particle at once (`parallel_seconds`:
   sequential steps x the measured time of one step of one particle); mean
-  over seeds, min-max band, `result["targets"]` as dotted lines. With a
+  over seeds, min-max band, `result["targets"]` as dotted lines; for a
+  learned optimizer's log-scale meta-loss, at most 10x the worst starting
+  value is shown (diverged runs leave the top). With a
   known `theta_true`, one more panel against `theta_x` ('steps' or
   'outer_steps'): theta itself (scalar theta, the truth dashed) or the
   distance |theta - theta*|. At most three panels a row.
@@ -152,8 +154,21 @@ def comparison(
     if result.get("kind") == "toy"
     else "meta-loss: eval mean train loss"
   )
+  # A diverged learned-optimizer run climbs by orders of magnitude and
+  # would flatten every other curve: the axes stop at 10x the worst start.
+  starts = [
+    r["meta_loss"][0]
+    for e in result["estimators"].values()
+    for r in e["runs"]
+    if r["meta_loss"][0] is not None
+  ]
+  top = None
+  if result.get("kind") != "toy" and yscale == "log" and starts:
+    top = 10 * max(starts)
   for ax, (_, xlabel) in zip(axes, panels):
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale=yscale, xscale=xscale)
+    if top is not None and ax.get_ylim()[1] > top:
+      ax.set_ylim(top=top)
     for target in result.get("targets", ()):
       ax.axhline(target, color="gray", ls=":", lw=1)
   if truth is not None:
