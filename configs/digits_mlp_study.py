@@ -1,6 +1,6 @@
 """The learned-optimizer estimator study (docs/figures/lopt_study.py).
 
-    python docs/figures/lopt_study.py                     # ~1 h on 2 cores
+    python docs/figures/lopt_study.py                     # ~2 h on 2 cores
     python docs/figures/lopt_study.py --run_seconds=300   # the issue's 5 min
 
 The papers' MLPLOpt (`lopt.kind = 'mlp'`, d = 1762) meta-trained from

@@ -1,6 +1,6 @@
 """The learned-optimizer estimator study: NRES, PES, TES, FullES and GPES-K.
 
-    .venv/bin/python docs/figures/lopt_study.py                 # ~1 h, 2 cores
+    .venv/bin/python docs/figures/lopt_study.py                 # ~2 h, 2 cores
     .venv/bin/python docs/figures/lopt_study.py --run_seconds=300 \\
         --sweep_seconds=100 --seeds=0,1,2,3,4          # a bigger machine
 
