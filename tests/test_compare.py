@@ -60,6 +60,7 @@ def small_influence():
   return config
 
 
+@pytest.mark.slow
 def test_toy_json_and_png_have_every_curve(tmp_path):
   config = small_lorenz()
   labels = ["nres", "full_es", "tbptt"]
@@ -380,6 +381,7 @@ def test_piecewise_constant_schedule_is_checked(changes, field):
     experiment.make_outer_optimizer(settings)
 
 
+@pytest.mark.slow
 def test_labels_have_their_own_budgets_and_a_scale():
   config = small_lorenz()
   config.overrides.nres.budget_outer_steps = 6
@@ -458,6 +460,7 @@ def test_first_below_interval_and_to_target():
   assert "sequential_steps" not in got  # the runs have no such curve
 
 
+@pytest.mark.slow
 def test_targets_and_their_tables():
   config = small_lorenz()
   config.compare.targets = (1e9, 1e-9)

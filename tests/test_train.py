@@ -139,6 +139,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_a_stateless_estimator_checkpoints_and_resumes(tmp_path):
   """FullES keeps no estimator state: its run still saves and resumes.
 
