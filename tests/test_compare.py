@@ -190,6 +190,21 @@ def test_labels_and_budgets_are_checked():
     )
 
 
+def tiny_nres_command(tmp_path, outer_steps: int) -> list[str]:
+  """`lopt.compare` of NRES on the tiny config, seed 0, into `tmp_path`."""
+  return [
+    sys.executable,
+    "-m",
+    "lopt.compare",
+    "--config=configs/tiny.py",
+    "--estimators=nres",
+    "--seeds=0",
+    f"--budget_outer_steps={outer_steps}",
+    f"--output_dir={tmp_path}",
+    f"--workdir={tmp_path / 'runs'}",
+  ]
+
+
 def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
   env = dict(
     os.environ,
@@ -201,17 +216,7 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
 
   def run_compare():
     return subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "lopt.compare",
-        "--config=configs/tiny.py",
-        "--estimators=nres",
-        "--seeds=0",
-        "--budget_outer_steps=2",
-        f"--output_dir={tmp_path}",
-        f"--workdir={tmp_path / 'runs'}",
-      ],
+      tiny_nres_command(tmp_path, outer_steps=2),
       cwd=REPO,
       env=env,
       capture_output=True,
@@ -260,17 +265,7 @@ def test_learned_optimizer_config_from_the_command_line(tmp_path, request):
 @pytest.mark.slow
 def test_an_interrupted_run_stops_the_comparison_and_resumes(tmp_path):
   """SIGTERM mid-run: no result from a short run; the next call resumes it."""
-  command = [
-    sys.executable,
-    "-m",
-    "lopt.compare",
-    "--config=configs/tiny.py",
-    "--estimators=nres",
-    "--seeds=0",
-    "--budget_outer_steps=3000",
-    f"--output_dir={tmp_path}",
-    f"--workdir={tmp_path / 'runs'}",
-  ]
+  command = tiny_nres_command(tmp_path, outer_steps=3000)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   ckpt_dir = tmp_path / "runs" / "nres" / "seed0" / "checkpoints"
   process = subprocess.Popen(
