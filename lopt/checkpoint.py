@@ -533,10 +533,11 @@ class Checkpointer:
     abstract_meta, abstract_inner = _split_run_state(
       _restore_targets(abstract_run_state)
     )
-    where = str(self._directory / str(step))
+    step_dir = self._directory / str(step)
+    where = str(step_dir)
     # A stateless estimator's checkpoint has no estimator-state item.
     stateful = bool(jax.tree.leaves(abstract_inner))
-    if not stateful and (self._directory / str(step) / INNER).exists():
+    if not stateful and (step_dir / INNER).exists():
       raise ValueError(
         f"Checkpoint {where} holds an estimator state, but the run state "
         f"to restore has none ({ESTIMATOR_STATE} = {abstract_inner!r}): it "

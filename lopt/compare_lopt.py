@@ -100,15 +100,18 @@ class Interrupted(RuntimeError):
   """A run stopped before its budget (SIGTERM, preemption): not scored."""
 
 
-def _saved_step(ckpt_dir: str, cfg) -> int | None:
-  """The newest checkpoint's step if it is a run of exactly `cfg`."""
+def _saved_step(ckpt_dir: str, saved_config: dict) -> int | None:
+  """The newest checkpoint's step if it is a run of exactly this config.
+
+  `saved_config` is the run's config as JSON, as its checkpoints hold it.
+  """
   if not os.path.isdir(ckpt_dir):
     return None
   try:
     meta, saved = checkpoint.load_meta(ckpt_dir)
   except (FileNotFoundError, ValueError, KeyError):
     return None
-  if saved.get("config") != json.loads(cfg.to_json()):
+  if saved.get("config") != saved_config:
     return None
   return int(np.asarray(meta["step"]))
 
@@ -153,7 +156,7 @@ def run(
   # checkpoint costs more than a short run's training.
   curve_path = os.path.join(workdir, "curve.json")
   saved_config = json.loads(cfg.to_json())
-  saved_step = _saved_step(ckpt_dir, cfg)
+  saved_step = _saved_step(ckpt_dir, saved_config)
   if saved_step == num_steps:
     if os.path.exists(curve_path):
       with open(curve_path) as f:

@@ -126,14 +126,10 @@ def test_every_number_is_from_the_json(files, body):
   assert not unmatched, (
     f"README numbers not in {files} (as printed): {unmatched}"
   )
-  tables = [
-    compare.format_table(r).splitlines() for r in results if "to_target" in r
-  ]
-  made = {line for table in tables for line in table if line.startswith("|")}
-  made |= {line for line in markdown if line.startswith("|")}
-  labels = {
-    label for r in results if "to_target" in r for label in r["estimators"]
-  }
+  compared = [r for r in results if "to_target" in r]  # lopt.compare JSON
+  lines = [ln for r in compared for ln in compare.format_table(r).splitlines()]
+  made = {line for line in lines + markdown if line.startswith("|")}
+  labels = {label for r in compared for label in r["estimators"]}
   for line in body.splitlines():
     cells = line.split("|")
     if line.startswith("| ") and len(cells) > 2 and cells[1].strip() in labels:
