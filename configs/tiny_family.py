@@ -2,7 +2,8 @@
 
 Three groups of different architectures on digits (an MLP, a deeper tanh
 MLP with a smaller batch and a shorter horizon, and a CNN on 4x4 inputs),
-8 particles each so that they shard over 1, 2, 4 or 8 devices.
+8 particles each so that they shard over 1, 2, 4 or 8 devices. Like
+configs/generalist.py, the learned optimizer is the 'adaptive' kind.
 """
 
 import os
@@ -17,6 +18,7 @@ _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = load_config(_BASE, arg)
   config.estimator.num_particles = 8
+  config.lopt.kind = "adaptive"
   config.family = ml_collections.ConfigDict()
   config.family.normalizer = "adam"
   config.family.tasks = ml_collections.ConfigDict()

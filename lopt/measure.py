@@ -166,7 +166,9 @@ def analytic_matmul_flops(task, lopt_cfg, lopt_theta, batch_size: int) -> float:
   lopt_kernels = [
     list(x.shape) for x in jax.tree.leaves(lopt_theta) if len(x.shape) == 2
   ]
-  shared = len(optimizers.TIME_SCALES) + (lopt_cfg.kind == "nominal")
+  shared = len(optimizers.TIME_SCALES) + (
+    lopt_cfg.kind in optimizers.ADAM_KINDS
+  )
   lopt_kernels[0][0] -= shared
   learned = 2 * task.num_params * sum(a * b for a, b in lopt_kernels)
   return float(forward + backward + learned)
@@ -195,7 +197,7 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
 
   Counted from the shapes, every array float32, P the inner model's
   parameter count, B the batch size, K = 6 momenta, F the learned
-  optimizer's per-parameter feature rows (8, nominal kind 10), h_l its
+  optimizer's per-parameter feature rows (8, Adam kinds 10), h_l its
   hidden widths:
 
   | part | read | written |
@@ -203,7 +205,7 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   | inner data | the batch: B x (input + label) | |
   | inner model | parameters twice (forward, backward) | the gradient, P |
   | inner activations | each layer's output (B x width) once, its gradient once | the same |
-  | lopt state | parameters, gradient, K momenta (nominal: + v) | parameters, K momenta (+ v) |
+  | lopt state | parameters, gradient, K momenta (Adam kinds: + v; adaptive: + last step) | parameters, K momenta (+ v, + last step) |
   | lopt activations | features F x P, each hidden layer h_l x P, the output 2 x P, once each | the same |
 
   `min_bytes` is the sum: a step that writes each layer's activation to
@@ -225,13 +227,15 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
 
   p, b = task.num_params, task.batch_size
   momenta = len(optimizers.MOMENTUM_DECAYS)
-  nominal = lopt_cfg.kind == "nominal"
+  nominal = lopt_cfg.kind in optimizers.ADAM_KINDS
   feature_rows = 2 + momenta + 2 * nominal
+  # Extra per-parameter state: Adam's v; the adaptive kind's last step.
+  extra = nominal + (lopt_cfg.kind == "adaptive")
   parts = {
     "inner_data": b * (math.prod(task.input_shape) + 1),
     "inner_model": 2 * p + p,
     "inner_activations": 4 * b * sum(_layer_outputs(task)),
-    "lopt_state": (2 + momenta + nominal) * p + (1 + momenta + nominal) * p,
+    "lopt_state": (2 + momenta + extra) * p + (1 + momenta + extra) * p,
     "lopt_activations": 2 * p * (feature_rows + sum(lopt_cfg.hidden) + 2),
   }
   parts = {k: v * dtype_bytes for k, v in parts.items()}

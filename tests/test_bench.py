@@ -87,9 +87,10 @@ def test_linear_fit_recovers_a_line_and_its_largest_relative_residual():
   assert fit["max_relative_residual"] == pytest.approx(1 / 13)
 
 
-def _single_task_config(spec: family.TaskSpec):
+def _single_task_config(spec: family.TaskSpec, lopt_kind: str):
   """configs/tiny.py set to one family task's fields, without a family."""
   config = experiment.load_config(os.path.join(REPO, "configs", "tiny.py"))
+  config.lopt.kind = lopt_kind
   for field in ("model", "activation", "batch_size", "dataset", "image_size"):
     config.task[field] = getattr(spec, field)
   config.task.hidden = spec.hidden
@@ -113,7 +114,7 @@ def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
   # optimizer's state, the step and the key are the same as alone.
   for spec in family.task_specs(config):
     alone_exp, _, _, alone = bench_family.abstract_run_state(
-      _single_task_config(spec)
+      _single_task_config(spec, config.lopt.kind)
     )
     single = bench_family.run_state_bytes(alone_exp, alone)
     assert single["groups"] == {family.SINGLE: counted["groups"][spec.name]}

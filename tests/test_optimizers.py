@@ -1,4 +1,4 @@
-"""Tests for lopt.optimizers: features, MLPLOpt, the nominal kind, optax API.
+"""Tests for lopt.optimizers: features, MLPLOpt, the Adam kinds, optax API.
 
 Structure checks follow algorithms.md oracle O13 (parameter count, features,
 momenta, scale invariance, zero theta gives the identity optimizer).
@@ -18,6 +18,7 @@ from lopt import optimizers as opt
 
 MLP_CFG = opt.LOptConfig()
 NOM_CFG = opt.LOptConfig(kind="nominal")
+ADA_CFG = opt.LOptConfig(kind="adaptive")
 
 
 # Test data comes from numpy: every eager jax.random call of a new shape
@@ -198,10 +199,105 @@ def test_nominal_at_init_is_adam_with_linear_decay():
   np.testing.assert_array_equal(got["w"][num_steps:], 0.0)
 
 
+def _hypergradient_adam(lr0, beta, lo, hi, num_steps):
+  """Reference: optax Adam whose rate each tensor adapts by hypergradient.
+
+  Written from the formula, independently of lopt.optimizers: per tensor,
+  s <- clip(s + beta * cos(g_t, step_{t-1}), lo, hi), and the step is
+  lr0 * exp(s) * (1 - t / T) times the bias-corrected Adam direction.
+  """
+  adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return (adam.init(params), jax.tree.map(lambda _: 0.0, params), zeros, 0)
+
+  def update(grads, state, params=None):
+    adam_state, scales, last, t = state
+    direction, adam_state = adam.update(grads, adam_state)
+
+    def cos(g, s):
+      n = jnp.linalg.norm(g) * jnp.linalg.norm(s)
+      return jnp.where(n > 0, jnp.vdot(g, s) / jnp.where(n > 0, n, 1.0), 0.0)
+
+    scales = jax.tree.map(
+      lambda s, g, u: jnp.clip(s + beta * cos(g, u), lo, hi),
+      scales,
+      grads,
+      last,
+    )
+    decay = 1.0 - jnp.minimum(t, num_steps) / num_steps
+    step = jax.tree.map(
+      lambda a, s: lr0 * decay * jnp.exp(s) * a, direction, scales
+    )
+    updates = jax.tree.map(jnp.negative, step)
+    return updates, (adam_state, scales, step, t + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def test_adaptive_at_init_is_adam_with_hypergradient_rates():
+  """Untrained, the adaptive kind is exactly the reference above.
+
+  The gradients follow a fixed direction for most tensors (so their scale
+  must climb to the clip bound), and alternate sign for "w" (so its scale
+  must fall): both bounds and the free range are exercised.
+  """
+  num_steps = 40
+  cfg = opt.LOptConfig(
+    kind="adaptive", adaptive_lr=0.02, hyper_lr=0.3, lr_adapt_max=1.0
+  )
+  params = _params()
+  theta = opt.init_theta(cfg, jax.random.key(0))
+  np.testing.assert_allclose(np.exp(theta["log_lr"]), 0.02, rtol=1e-6)
+  np.testing.assert_allclose(np.exp(theta["log_hyper_lr"]), 0.3, rtol=1e-6)
+  learned = opt.learned_optimizer(theta, cfg, num_steps)
+  reference = _hypergradient_adam(0.02, 0.3, -3.0, 1.0, num_steps)
+  base = _grads(7, params)
+  signs = jnp.where(jnp.arange(num_steps + 5) % 2 == 0, 1.0, -1.0)
+  grads = jax.tree.map(
+    lambda g: jnp.ones((num_steps + 5, *jnp.shape(g))) * g, base
+  )
+  grads["w"] = grads["w"] * signs[:, None, None]
+
+  def run(tx):
+    def step(carry, g):
+      p, s = carry
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), u
+
+    return jax.lax.scan(step, (params, tx.init(params)), grads)
+
+  (_, state), got = jax.jit(lambda: run(learned))()
+  _, want = jax.jit(lambda: run(reference))()
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+  assert float(state.log_lr_scale["inner"]["v"]) == 1.0  # climbed to the top
+  assert float(state.log_lr_scale["w"]) < -2.0  # fell for the oscillation
+  np.testing.assert_array_equal(got["w"][num_steps:], 0.0)  # past T
+
+
+def test_adaptive_state_round_trips_through_scan_and_counts():
+  params = _params()
+  theta = opt.init_theta(ADA_CFG, jax.random.key(1))
+  tx = opt.learned_optimizer(theta, ADA_CFG, 10)
+  state = tx.init(params)
+  assert isinstance(state, opt.AdaptiveLOptState)
+  assert jax.tree.structure(state) == jax.tree.structure(
+    opt.init_state(ADA_CFG, params)
+  )
+  assert all(np.shape(s) == () for s in jax.tree.leaves(state.log_lr_scale))
+  updates, new = jax.jit(tx.update)(_grads(3, params), state, params)
+  # The new state's last step is the step just taken (params moved by -it).
+  for u, last in zip(jax.tree.leaves(updates), jax.tree.leaves(new.last_step)):
+    np.testing.assert_array_equal(-u, last)
+  assert opt.num_features(ADA_CFG) == opt.num_features(NOM_CFG) == 22
+
+
 def test_jit_vmap_over_thetas_and_param_kinds():
   params = _params()
   grads = _grads(1, params)
-  for cfg in (MLP_CFG, NOM_CFG):
+  for cfg in (MLP_CFG, NOM_CFG, ADA_CFG):
     thetas = jax.tree.map(
       lambda *xs: jnp.stack(xs),
       *[opt.init_theta(cfg, jax.random.key(i)) for i in range(3)],
@@ -274,6 +370,9 @@ def test_update_without_params_raises():
     (dict(step_mult=-1.0), "step_mult"),
     (dict(exp_mult=float("nan")), "exp_mult"),
     (dict(nominal_lr=0.0), "nominal_lr"),
+    (dict(hyper_lr=0.0), "hyper_lr"),
+    (dict(lr_adapt_min=0.5), "lr_adapt_min"),
+    (dict(lr_adapt_max=-1.0), "lr_adapt_max"),
   ],
 )
 def test_bad_config_field_raises_naming_it(kwargs, field):
