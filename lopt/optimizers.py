@@ -55,7 +55,9 @@ Two kinds share the feature code and the network:
   up to 2x in mean training loss, so one learned rate cannot serve a
   family; this lets each tensor find its own within the run. The cosine
   makes the update of s free of the gradient's scale. Extra state: s (one
-  scalar per tensor) and the last step.
+  scalar per tensor) and the last step. Its MLP is made odd in the
+  per-parameter features (`_reflection_symmetric`), so that its learned
+  corrections cannot push every parameter the same way.
 
 Performance: this is the hot path of meta-training. Features are computed
 per tensor (the normalisation is per tensor), then all tensors are
@@ -635,6 +637,32 @@ def _compute(
   return computed, p_leaves, treedef
 
 
+def _reflection_symmetric(
+  module: MLPLOpt, params: Theta, features: jax.Array, shared: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """The MLP made odd (direction) and even (log-magnitude) in its features.
+
+  Every per-parameter feature (g, p, the momenta, the Adam direction)
+  changes sign when the model is mirrored (p -> -p), and then the step
+  should too. With f the plain MLP and x the per-parameter features,
+
+      d(x) = (f_d(x) - f_d(-x)) / 2,    m(x) = (f_m(x) + f_m(-x)) / 2,
+
+  so the update is exactly odd under the mirror. Above all d(0) = 0: the
+  MLP's biases cannot add a constant push to every parameter. Such a push
+  is invisible in a short window but moves each weight by about
+  lr * bias * T over a run, and the near-pure-noise ES estimates (grad_snr
+  ~ 0) random-walk the biases: the nominal generalist's runs diverged at
+  the long horizons. The cost is the MLP run twice (on x and -x, as one
+  batch).
+  """
+  num = features.shape[1]
+  both = jnp.concatenate([features, -features], axis=1)
+  out = module.apply({"params": params}, both, shared)
+  pos, neg = out[:num], out[num:]
+  return 0.5 * (pos[:, 0] - neg[:, 0]), 0.5 * (pos[:, 1] + neg[:, 1])
+
+
 def compute_features(
   cfg: LOptConfig,
   grads: optax.Updates,
@@ -731,10 +759,15 @@ def learned_optimizer(
     c, p_leaves, treedef = _compute(
       cfg, updates, state, params, num_steps, hyper_lr
     )
-    out = module.apply(
-      {"params": theta["mlp"]}, c.param_features, c.shared_features
-    )
-    direction, magnitude = out[:, 0], out[:, 1]
+    if cfg.kind == "adaptive":
+      direction, magnitude = _reflection_symmetric(
+        module, theta["mlp"], c.param_features, c.shared_features
+      )
+    else:
+      out = module.apply(
+        {"params": theta["mlp"]}, c.param_features, c.shared_features
+      )
+      direction, magnitude = out[:, 0], out[:, 1]
     if cfg.kind == "mlp":
       step = cfg.step_mult * direction * jnp.exp(cfg.exp_mult * magnitude)
     else:

@@ -294,6 +294,59 @@ def test_adaptive_state_round_trips_through_scan_and_counts():
   assert opt.num_features(ADA_CFG) == opt.num_features(NOM_CFG) == 22
 
 
+def _random_output_layer(theta, seed):
+  """theta with its zero-initialised output layer replaced by random values."""
+  rng = np.random.default_rng(seed)
+  mlp = dict(theta["mlp"])
+  last = f"layer_{len(mlp) - 1}"
+  mlp[last] = jax.tree.map(
+    lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), mlp[last]
+  )
+  return {**theta, "mlp": mlp}
+
+
+def _mirror(state):
+  """The optimizer state of the mirrored model (p -> -p): odd parts negated."""
+  neg = lambda tree: jax.tree.map(jnp.negative, tree)  # noqa: E731
+  replace = dict(momenta=neg(state.momenta))
+  if isinstance(state, opt.AdaptiveLOptState):
+    replace["last_step"] = neg(state.last_step)
+  return state._replace(**replace)
+
+
+@pytest.mark.parametrize("cfg", [ADA_CFG, NOM_CFG], ids=["adaptive", "nominal"])
+def test_adaptive_update_is_odd_under_the_mirror(cfg):
+  """Mirroring the model (p, g, momenta, last step -> their negatives)
+  mirrors the adaptive kind's update exactly, for any theta: its learned
+  corrections have no constant push. The nominal kind has no such
+  guarantee: with zero gradient, momenta and params its MLP's biases still
+  move every parameter, which its case asserts.
+  """
+  params = _params()
+  theta = _random_output_layer(opt.init_theta(cfg, jax.random.key(0)), 1)
+  tx = opt.learned_optimizer(theta, cfg, 30)
+  state = tx.init(params)
+  for seed in range(3):  # non-trivial momenta, v, scales and last step
+    _, state = tx.update(_grads(seed, params), state, params)
+  grads = _grads(9, params)
+  neg = lambda tree: jax.tree.map(jnp.negative, tree)  # noqa: E731
+  updates, _ = tx.update(grads, state, params)
+  mirrored, _ = tx.update(neg(grads), _mirror(state), neg(params))
+  zero_updates, _ = tx.update(
+    jax.tree.map(jnp.zeros_like, grads),
+    opt.init_state(cfg, params),
+    jax.tree.map(jnp.zeros_like, params),
+  )
+  if cfg.kind == "nominal":
+    assert max(np.abs(u).max() for u in jax.tree.leaves(zero_updates)) > 0
+    return
+  for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(mirrored)):
+    np.testing.assert_allclose(b, -a, rtol=1e-5, atol=1e-9)
+  # With nothing to go on (zero gradient, momenta and params) it stays put.
+  for u in jax.tree.leaves(zero_updates):
+    np.testing.assert_array_equal(u, 0.0)
+
+
 def test_jit_vmap_over_thetas_and_param_kinds():
   params = _params()
   grads = _grads(1, params)
