@@ -411,7 +411,12 @@ def test_family_resumes_elastically_from_one_device_onto_eight(dirs, tmp_path):
   for name in a:
     if name.endswith(("counter", "noise")) or name in ("step", "rng"):
       np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-  assert_trees_close(a, b)
+  # The adaptive kind's per-tensor rates go through a cosine and a clip,
+  # which amplify float32 summation-order differences between device
+  # counts: measured 4e-4 of scale on the outer momentum of log_hyper_lr,
+  # against 1e-5 for the nominal kind. A wrong key, particle or reduction
+  # is off by order 1.
+  assert_trees_close(a, b, tol=1e-3)
   assert any(n.startswith("estimator_state.cnn.") for n in a)
 
 
