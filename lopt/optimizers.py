@@ -518,9 +518,21 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 
 def _cosine(x: jax.Array, y: jax.Array) -> jax.Array:
-  """cos(x, y) of two flat vectors; 0 when either is zero."""
-  norms = jnp.sqrt(jnp.sum(jnp.square(x)) * jnp.sum(jnp.square(y)))
-  return jnp.sum(x * y) / jnp.maximum(norms, 1e-30)
+  """cos(x, y) of two flat vectors, in [-1, 1]; 0 when either is zero.
+
+  Each vector is first divided by its largest magnitude, so that both norms
+  are at least 1: near a minimum the gradient's squares underflow float32
+  while its products with the last step do not, and the unscaled quotient
+  then leaves [-1, 1] by orders of magnitude (throwing the tensor's scale
+  to a clip bound in one step).
+  """
+  mx, my = jnp.max(jnp.abs(x)), jnp.max(jnp.abs(y))
+  ok = (mx > 0) & (my > 0)
+  x = x / jnp.where(ok, mx, 1.0)
+  y = y / jnp.where(ok, my, 1.0)
+  norms = jnp.sqrt(jnp.sum(jnp.square(x))) * jnp.sqrt(jnp.sum(jnp.square(y)))
+  cos = jnp.sum(x * y) / jnp.where(ok, norms, 1.0)
+  return jnp.where(ok, jnp.clip(cos, -1.0, 1.0), 0.0)
 
 
 def _compute(

@@ -277,6 +277,24 @@ def test_adaptive_at_init_is_adam_with_hypergradient_rates():
   np.testing.assert_array_equal(got["w"][num_steps:], 0.0)  # past T
 
 
+def test_adaptive_scales_move_at_most_beta_per_step_on_tiny_gradients():
+  """Near a minimum the gradient's squares underflow float32 while the last
+  step (carried by Adam's momentum) is still large; the cosine must stay in
+  [-1, 1], so each tensor's scale moves at most beta per step."""
+  cfg = opt.LOptConfig(kind="adaptive", hyper_lr=0.3)
+  params = _params()
+  tx = opt.learned_optimizer(opt.init_theta(cfg, jax.random.key(0)), cfg, 50)
+  update = jax.jit(tx.update)
+  _, state = update(_grads(4, params), tx.init(params), params)
+  tiny = jax.tree.map(lambda g: 1e-21 * g, _grads(5, params))
+  for _ in range(3):
+    before = [float(s) for s in jax.tree.leaves(state.log_lr_scale)]
+    _, state = update(tiny, state, params)
+    after = [float(s) for s in jax.tree.leaves(state.log_lr_scale)]
+    for a, b in zip(before, after):
+      assert abs(b - a) <= 0.3 + 1e-6
+
+
 def test_adaptive_state_round_trips_through_scan_and_counts():
   params = _params()
   theta = opt.init_theta(ADA_CFG, jax.random.key(1))
