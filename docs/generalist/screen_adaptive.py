@@ -18,6 +18,7 @@ meta-training starts from the best point of the grid by its own measure.
 Writes `screen_adaptive.json`.
 """
 
+import dataclasses
 import itertools
 import json
 import os
@@ -94,7 +95,7 @@ def main(argv) -> None:
     key=lambda r: r["aggregates"]["mean_ratio"],
   )
   result = {
-    "suite": [dataclass_dict(t) for t in tasks.tasks],
+    "suite": [dataclasses.asdict(t) for t in tasks.tasks],
     "seeds": list(tasks.seeds),
     "rows": rows,
     "best": {k: best[k] for k in ("adaptive_lr", "hyper_lr")},
@@ -104,10 +105,6 @@ def main(argv) -> None:
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"Best on the family: {result['best']}. Wrote {path}.")
-
-
-def dataclass_dict(task: suite_tasks.SuiteTask) -> dict:
-  return {**task.__dict__, "hidden": list(task.hidden)}
 
 
 if __name__ == "__main__":
