@@ -54,6 +54,7 @@ from lopt.validation import (  # noqa: F401  (re-exported: see above)
   check_outer,
   check_resume,
   compare_configs,
+  lopt_config,
 )
 
 #: Version of the checkpoint's JSON item; bump when its layout changes.
@@ -340,9 +341,7 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     The `Experiment`. With the `adam` normaliser this measures each task's
     reference loss (`family.REFERENCE_RATES`), a few seconds per task.
   """
-  lopt_cfg = optimizers.LOptConfig(
-    kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
-  )
+  lopt_cfg = lopt_config(config)
   normalizer = family.normalizer(config)
   groups = []
   for spec in family.task_specs(config):

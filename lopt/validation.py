@@ -124,6 +124,23 @@ def _check_real(
     _fail(field, value, f"a finite number {bound}")
 
 
+def lopt_config(config: ml_collections.ConfigDict) -> optimizers.LOptConfig:
+  """The learned optimizer's `LOptConfig` from `config.lopt`.
+
+  Every field of `LOptConfig` may be set there (kind and hidden are
+  required; the others default as the dataclass does).
+
+  Raises:
+    ConfigError: naming the field, its value and what is allowed.
+  """
+  fields = dict(config.lopt.to_dict())
+  fields["hidden"] = tuple(fields["hidden"])
+  try:
+    return optimizers.LOptConfig.from_dict(fields)
+  except ValueError as e:
+    raise ConfigError(f"lopt: {e}") from None
+
+
 def check_choice(field: str, value: Any, choices) -> None:
   # Names only: `in` on a dict of choices would raise for an unhashable value,
   # and a number could equal a key by accident.
@@ -291,6 +308,7 @@ def check_config(
   _check_int("inner.horizon", horizon, 1)
   check_choice("lopt.kind", get("lopt.kind"), LOPT_KINDS)
   _check_widths("lopt.hidden", get("lopt.hidden"), allow_empty=False)
+  lopt_config(config)
   # The optional settings (read with `.get` by the builders) are passed on
   # only when present, so that the checks default them as the builders do.
   est = _section(config, "estimator", ESTIMATOR_FIELDS, _OPTIONAL_ESTIMATOR)

@@ -207,3 +207,25 @@ def test_a_bad_value_on_the_command_line_is_one_clear_line(
   assert "must be" in errors[0]
   # Refused before anything was written.
   assert not workdir.exists()
+
+
+def test_every_lopt_config_field_can_be_set_from_the_config():
+  """`config.lopt` reaches the learned optimizer whole, not just its kind."""
+  config = default.get_config()
+  config.lopt.kind = "adaptive"
+  config.lopt.adaptive_lr = 0.05
+  config.lopt.lr_adapt_max = 1.0
+  experiment.check_config(config, num_devices=2)
+  cfg = experiment.lopt_config(config)
+  assert (cfg.kind, cfg.adaptive_lr, cfg.lr_adapt_max) == (
+    "adaptive",
+    0.05,
+    1.0,
+  )
+  for field, bad in [("hyper_lr", -0.1), ("lr_adapt_min", 0.5)]:
+    wrong = with_value(field=f"lopt.{field}", value=bad, base=config)
+    with pytest.raises(experiment.ConfigError, match=f"{field}.*{bad}"):
+      experiment.check_config(wrong, num_devices=2)
+  config.lopt.learning_rate = 0.1  # not a field of LOptConfig
+  with pytest.raises(experiment.ConfigError, match="learning_rate"):
+    experiment.check_config(config, num_devices=2)

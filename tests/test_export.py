@@ -107,19 +107,13 @@ def _assert_loss_goes_down(losses, factor=0.3):
   assert last < factor * first, (first, last)
 
 
-def _lopt_cfg(config):
-  return optimizers.LOptConfig(
-    kind=config.lopt.kind, hidden=tuple(config.lopt.hidden)
-  )
-
-
 def test_loaded_optimizer_is_bit_for_bit_the_meta_trained_one(run, digits):
   config, workdir, run_state = run
   horizon = config.inner.horizon
   tx = lopt.load_optimizer(workdir)
   assert isinstance(tx, optax.GradientTransformation)
   in_memory = optimizers.learned_optimizer(
-    run_state["theta"], _lopt_cfg(config), horizon
+    run_state["theta"], experiment.lopt_config(config), horizon
   )
   task = tasks.make_task(
     "mlp",
