@@ -3,7 +3,8 @@
 Three groups of different architectures on digits (an MLP, a deeper tanh
 MLP with a smaller batch and a shorter horizon, and a CNN on 4x4 inputs),
 8 particles each so that they shard over 1, 2, 4 or 8 devices. Like
-configs/generalist.py, the learned optimizer is the 'adaptive' kind.
+configs/generalist.py, the learned optimizer is the 'adaptive' kind and
+each episode draws its effective batch (`family.batch_fractions`).
 """
 
 import os
@@ -30,4 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tasks.cnn = ml_collections.ConfigDict(
     dict(model="cnn", hidden=(2,), image_size=4, horizon=15, weight=0.5)
   )
+  # As configs/generalist.py: every episode draws its effective batch, so
+  # the family tests checkpoint and resume that part of the state too.
+  config.family.batch_fractions = (1.0, 0.5)
   return config

@@ -242,6 +242,7 @@ class Experiment:
       max_loss=group.max_loss,
       loss_shift=group.loss_shift,
       loss_scale=group.loss_scale,
+      batch_fractions=family.batch_fractions(self.config),
     )
 
   def estimator(self, data):

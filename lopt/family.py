@@ -136,6 +136,20 @@ def normalizer(config) -> str:
   )
 
 
+def batch_fractions(config) -> tuple[float, ...]:
+  """The family's per-episode effective batch fractions ((1.0,): none).
+
+  `family.batch_fractions` is a task augmentation: every episode of every
+  group draws one fraction f of them and trains on the first round(f B)
+  examples of each batch of B (`lopt.inner.InnerTraining`). It keeps every
+  shape, so it costs nothing, and it widens the gradient noise the learned
+  optimizer meets beyond that of the family's batch sizes.
+  """
+  if not is_family(config):
+    return (1.0,)
+  return tuple(float(f) for f in config.family.get("batch_fractions", (1.0,)))
+
+
 def task_specs(config) -> tuple[TaskSpec, ...]:
   """The run's tasks: the family's, sorted by name, or the single task."""
   base_fields = {
@@ -169,7 +183,7 @@ def check_names(config) -> None:
   family = config.get("family")
   if family is None:
     return
-  allowed = ("tasks", "normalizer", "combine")
+  allowed = ("tasks", "normalizer", "combine", "batch_fractions")
   for key in family.keys():
     if key not in allowed:
       raise ValueError(

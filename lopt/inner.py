@@ -17,6 +17,14 @@ estimate. A non-finite loss stays non-finite, for the estimator to mask.
 Then `(L_t - loss_shift) / loss_scale` is what the estimator sees: the
 normalisation that makes the tasks of a family comparable (`lopt.family`).
 
+With `batch_fractions` other than (1.0,), each episode is augmented: its
+`init` draws one fraction f uniformly from them, and every step of that
+episode takes its gradient and L_t on the first max(1, round(f B)) of the
+B sampled examples (a uniform subsample, since they are drawn i.i.d.). The
+shapes stay those of batch B; only the gradient noise grows, by up to
+1/sqrt(f), so that a learned optimizer meta-trained on batches of 32-256
+also meets the noise of smaller ones (`family.batch_fractions`).
+
 The dataset enters as arrays held by the system. Build the system inside the
 jitted function from a data argument: arrays closed over by `jit` are baked
 into the compiled program as constants.
@@ -49,6 +57,8 @@ class InnerTraining:
     max_loss: the cap on L_t, or None.
     loss_shift: subtracted from the capped L_t.
     loss_scale: divides the shifted L_t (> 0).
+    batch_fractions: the effective batch fractions an episode draws from,
+      each in (0, 1]; (1.0,) (the default) does not augment.
   """
 
   task: tasks.Task
@@ -59,6 +69,7 @@ class InnerTraining:
   max_loss: float | None = None
   loss_shift: float = 0.0
   loss_scale: float = 1.0
+  batch_fractions: tuple[float, ...] = (1.0,)
 
   def __post_init__(self):
     if self.meta_loss not in META_LOSSES:
@@ -68,13 +79,36 @@ class InnerTraining:
       )
     if not self.loss_scale > 0:
       raise ValueError(f"loss_scale must be > 0, got {self.loss_scale!r}")
+    fractions = tuple(self.batch_fractions)
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+      raise ValueError(
+        f"batch_fractions must be fractions in (0, 1], got {fractions!r}"
+      )
+    object.__setattr__(self, "batch_fractions", fractions)
+
+  @property
+  def augmented(self) -> bool:
+    """Whether episodes draw an effective batch size (`batch_fractions`)."""
+    return self.batch_fractions != (1.0,)
+
+  def batch_counts(self) -> tuple[int, ...]:
+    """The effective batch sizes an episode draws from."""
+    b = self.task.batch_size
+    return tuple(max(1, round(f * b)) for f in self.batch_fractions)
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     params = self.task.init(key)
-    return {
+    state = {
       "params": params,
       "opt_state": optimizers.init_state(self.lopt, params),
     }
+    if self.augmented:
+      # A stream apart from the init's, so the model's init is unchanged.
+      counts = jnp.asarray(self.batch_counts(), jnp.int32)
+      state["batch_count"] = jax.random.choice(
+        jax.random.fold_in(key, 1), counts
+      )
+    return state
 
   def step(self, theta, state, t, key):
     del t  # the learned optimizer keeps its own step count
@@ -82,10 +116,19 @@ class InnerTraining:
     x, y = self.task.sample_batch(
       k_train, self.data["train_x"], self.data["train_y"]
     )
-    loss, grads = jax.value_and_grad(self.task.loss)(state["params"], x, y)
+    weights = None
+    if self.augmented:
+      weights = jnp.arange(self.task.batch_size) < state["batch_count"]
+      weights = weights.astype(jnp.float32)
+    loss, grads = jax.value_and_grad(self.task.loss)(
+      state["params"], x, y, weights
+    )
     tx = optimizers.learned_optimizer(theta, self.lopt, self.horizon)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    new_state = {"params": params, "opt_state": opt_state}
+    if self.augmented:
+      new_state["batch_count"] = state["batch_count"]
     if self.meta_loss == "validation":
       xv, yv = self.task.sample_batch(
         k_valid, self.data["valid_x"], self.data["valid_y"]
@@ -95,7 +138,7 @@ class InnerTraining:
       loss = jnp.minimum(loss, self.max_loss)
     if self.loss_shift or self.loss_scale != 1.0:
       loss = (loss - self.loss_shift) / self.loss_scale
-    return {"params": params, "opt_state": opt_state}, loss
+    return new_state, loss
 
 
 def train_model(

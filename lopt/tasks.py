@@ -174,7 +174,11 @@ class Task:
     return self.model.apply({"params": params}, images)
 
   def loss(
-    self, params: Params, images: jax.Array, labels: jax.Array
+    self,
+    params: Params,
+    images: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array | None = None,
   ) -> jax.Array:
     """Mean softmax cross-entropy of a batch.
 
@@ -182,14 +186,17 @@ class Task:
       params: model parameters.
       images: a batch of inputs, shape (batch, *input_shape).
       labels: integer class labels, shape (batch,).
+      weights: optional non-negative example weights, shape (batch,), not
+        all zero: the loss is then their weighted mean.
 
     Returns:
       A float32 scalar.
     """
     logits = self.apply(params, images)
-    return optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels
-    ).mean()
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if weights is None:
+      return losses.mean()
+    return jnp.sum(weights * losses) / jnp.sum(weights)
 
   def accuracy(
     self, params: Params, images: jax.Array, labels: jax.Array

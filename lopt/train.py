@@ -43,6 +43,7 @@ from lopt import (
   checkpoint,
   console,
   experiment,
+  family,
   metrics,
   optimizers,
   outer,
@@ -261,6 +262,12 @@ def _describe(exp: Experiment, dataset, mesh) -> None:
       f"{group.loss_scale:.4g}"
       if exp.is_family
       else "",
+    )
+  fractions = family.batch_fractions(config)
+  if fractions != (1.0,):
+    logging.info(
+      "Augmentation: each episode trains on %s of every batch",
+      " or ".join(f"{f:g}" for f in fractions),
     )
   num_particles = sum(g.spec.num_particles for g in exp.groups)
   logging.info(

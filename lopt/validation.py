@@ -366,6 +366,11 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
   check_choice(
     "family.combine", config.family.get("combine", "unit"), family.COMBINES
   )
+  fractions = config.family.get("batch_fractions", (1.0,))
+  if not (isinstance(fractions, (tuple, list)) and fractions):
+    _fail("family.batch_fractions", fractions, "a non-empty tuple of numbers")
+  for i, f in enumerate(fractions):
+    _check_real(f"family.batch_fractions[{i}]", f, low=0, strict=True, high=1)
   if not family.is_family(config):
     try:
       sharding.check_divisible(est["num_particles"], num_devices)

@@ -33,7 +33,16 @@ from test_sharding import (
 )
 from test_train import committed_steps, restore_final
 
-from lopt import estimators, experiment, family, inner, metrics, systems, train
+from lopt import (
+  estimators,
+  experiment,
+  family,
+  inner,
+  metrics,
+  optimizers,
+  systems,
+  train,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny_family.py")
@@ -90,6 +99,14 @@ def with_task_field(name, field, value):
     ),
     (lambda: family_config(**{"family.normalizer": "z"}), "family.normalizer"),
     (lambda: family_config(**{"family.combine": "sum"}), "family.combine"),
+    (
+      lambda: family_config(**{"family.batch_fractions": (1.0, 0.0)}),
+      "family.batch_fractions[1] = 0.0 is invalid",
+    ),
+    (
+      lambda: family_config(**{"family.batch_fractions": (1.5,)}),
+      "family.batch_fractions[0] = 1.5 is invalid",
+    ),
   ],
 )
 def test_bad_family_fields_fail_naming_the_task(make, message):
@@ -114,6 +131,71 @@ def test_family_tasks_inherit_the_base_task():
   assert specs["deep_tanh"].batch_size == 8
   assert specs["cnn"].model == "cnn" and specs["cnn"].image_size == 4
   assert specs["cnn"].weight == 0.5
+
+
+# -- the batch-fraction augmentation ------------------------------------------------
+
+
+def test_an_augmented_episode_trains_on_its_drawn_share_of_each_batch(built):
+  """Each episode draws one effective batch size and keeps it; each step's
+  gradient and loss are those of the first round(f B) examples only."""
+  exp, data = built
+  assert family.batch_fractions(exp.config) == (1.0, 0.5)
+  system = exp.system(exp.group_data(data, "mlp"), "mlp")
+  task, batch = system.task, system.task.batch_size
+  assert system.batch_counts() == (batch, batch // 2)
+
+  draws = np.asarray(
+    jax.vmap(lambda k: system.init(k)["batch_count"])(
+      jax.random.split(jax.random.key(0), 400)
+    )
+  )
+  assert set(np.unique(draws)) == {batch, batch // 2}
+  share = np.mean(draws == batch // 2)  # Binomial(400, 1/2): SE 0.025
+  assert abs(share - 0.5) < 5 * 0.025, share
+
+  theta = optimizers.init_theta(exp.lopt, jax.random.key(1))
+  state = system.init(jax.random.key(2))
+  state["batch_count"] = jnp.asarray(batch // 2, jnp.int32)
+  key = jax.random.key(3)
+  new_state, loss = system.step(theta, state, 0, key)
+  assert int(new_state["batch_count"]) == batch // 2  # kept for the episode
+  # The same step by hand on the first half of the same batch.
+  x, y = task.sample_batch(
+    jax.random.split(key)[0], system.data["train_x"], system.data["train_y"]
+  )
+  half = batch // 2
+  want_loss, grads = jax.value_and_grad(task.loss)(
+    state["params"], x[:half], y[:half]
+  )
+  tx = optimizers.learned_optimizer(theta, exp.lopt, system.horizon)
+  updates, _ = tx.update(grads, state["opt_state"], state["params"])
+  want = optax.apply_updates(state["params"], updates)
+  # The meta-loss is normalised ('lo'); undo it to compare.
+  raw = float(loss) * system.loss_scale + system.loss_shift
+  np.testing.assert_allclose(raw, min(float(want_loss), system.max_loss), 1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    new_state["params"],
+    want,
+  )
+  # The whole batch gives another step.
+  full = dict(state, batch_count=jnp.asarray(batch, jnp.int32))
+  other, _ = system.step(theta, full, 0, key)
+  differ = jax.tree.map(
+    lambda a, b: not np.allclose(a, b), other["params"], want
+  )
+  assert any(jax.tree.leaves(differ))
+
+
+def test_without_the_augmentation_the_state_has_no_batch_count():
+  config = family_config(**{"family.normalizer": "lo"})
+  del config.family["batch_fractions"]
+  data, datasets = experiment.load_data(config)
+  exp = experiment.build(config, datasets)
+  system = exp.system(exp.group_data(data, "mlp"), "mlp")
+  assert not system.augmented
+  assert set(system.init(jax.random.key(0))) == {"params", "opt_state"}
 
 
 # -- the combination --------------------------------------------------------------
@@ -349,6 +431,16 @@ def test_family_run_checkpoints_every_group_and_resumes_bit_exactly(tmp_path):
   a, b = restore_final(straight, config), restore_final(resumed, config)
   assert sorted(a["estimator_state"]) == sorted(NAMES)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  # Each particle's drawn effective batch is part of its persistent state.
+  for name in NAMES:
+    counts = [
+      leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(
+        a["estimator_state"][name]
+      )
+      if "batch_count" in jax.tree_util.keystr(path)
+    ]
+    assert counts and all(np.asarray(c).size >= 8 for c in counts), name
   rows = metrics.read_metrics(straight)
   logged = {k for row in rows for k in row}
   for name in NAMES:
