@@ -11,7 +11,10 @@ is divided by tuned Adam's mean loss on that task (`family.normalizer =
 'adam'`), so the meta-objective is the mean over tasks of the ratio to
 tuned Adam, which is what the held-out suite scores; each task's estimate
 is scaled to unit norm before they are averaged (`family.combine =
-'unit'`), so that no task's noise swamps the others'. The learned optimizer
+'unit'`), so that no task's noise swamps the others'. Each episode trains
+on all, half or a quarter of every batch (`family.batch_fractions`, a task
+augmentation that keeps shapes), so that the optimizer also meets the
+gradient noise of batches smaller than the family's. The learned optimizer
 is the 'adaptive' kind: the nominal Adam step (it knows t/T, so one theta
 can serve every horizon) with a learning rate that each tensor adapts by
 hypergradient descent. Tuned Adam's best rate differs by 10x across tasks,

@@ -4,7 +4,8 @@
         --config=configs/generalist_pod.py:devices=16,per_device=8
 
 configs/generalist.py's recipe (the `adam` loss normaliser, unit-norm
-combination, the 'adaptive' learned optimizer) over MNIST, Fashion-MNIST,
+combination, the batch-fraction augmentation, the 'adaptive' learned
+optimizer) over MNIST, Fashion-MNIST,
 KMNIST and CIFAR-10 at 8x8 to 32x32, MLPs and CNNs, batches of 64-256 and
 horizons of 1,000-4,000. Every task is a group of `devices * per_device`
 particles (the same for all, so that no group's estimate is noisier for
