@@ -110,14 +110,29 @@ def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
   counted = bench_family.run_state_bytes(exp, abstract)
   assert set(counted["groups"]) == {"cnn", "deep_tanh", "mlp"}
   assert counted["total"] == counted["shared"] + sum(counted["groups"].values())
-  # Each group holds what the same task alone would, and theta, the outer
-  # optimizer's state, the step and the key are the same as alone.
+  # Each group holds what the same task alone would plus its particles'
+  # drawn batch sizes (the family's batch-fraction augmentation, int32s),
+  # and theta, the outer optimizer's state, the step and the key are the
+  # same as alone.
+  assert family.batch_fractions(config) != (1.0,)
   for spec in family.task_specs(config):
     alone_exp, _, _, alone = bench_family.abstract_run_state(
       _single_task_config(spec, config.lopt.kind)
     )
     single = bench_family.run_state_bytes(alone_exp, alone)
-    assert single["groups"] == {family.SINGLE: counted["groups"][spec.name]}
+    counts = [
+      leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(
+        abstract["estimator_state"][spec.name]
+      )
+      if "batch_count" in jax.tree_util.keystr(path)
+    ]
+    assert counts and all(c.dtype == jnp.int32 for c in counts)
+    extra = bench_cases.tree_bytes(counts)
+    assert extra >= 4 * spec.num_particles
+    assert single["groups"] == {
+      family.SINGLE: counted["groups"][spec.name] - extra
+    }
     assert single["shared"] == counted["shared"]
   # By hand: the key is 2 uint32 words, the step an int32.
   assert bench_cases.tree_bytes(

@@ -61,14 +61,18 @@ def family_suite() -> suite_tasks.Suite:
   )
 
 
-def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
-  theta = optimizers.init_theta(cfg, jax.random.key(0))
+def score(theta, cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
+  """The suite's aggregates (and the mean ratio) and ratios of one theta."""
   summary = suite.evaluate_suite((theta, cfg), tasks)
   keys = ("win_fraction", "median_ratio", "iqm_ratio", "worst_ratio")
   ratios = {t["name"]: t["ratio"] for t in summary["tasks"]}
   aggregates = {k: summary["aggregates"][k] for k in keys}
   aggregates["mean_ratio"] = sum(ratios.values()) / len(ratios)
   return {"aggregates": aggregates, "ratios": ratios}
+
+
+def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
+  return score(optimizers.init_theta(cfg, jax.random.key(0)), cfg, tasks)
 
 
 def main(argv) -> None:

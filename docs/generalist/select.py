@@ -1,0 +1,83 @@
+"""Chooses which theta of a generalist run to ship, on the family alone.
+
+    python docs/generalist/select.py --workdir=/tmp/generalist \
+        --steps=500,1000,1500 [--output=docs/generalist]
+
+The outer loop's estimates are mostly noise, so theta random-walks around
+what it has learned: on the held-out suite single tasks move by up to 0.36
+between checkpoints 500 steps apart. Two standard answers are early
+stopping on a validation set and averaging the iterates (Polyak-Ruppert).
+Both need a validation set that is not the held-out suite: this script
+scores each checkpoint of `--steps`, and the mean of their thetas, on the
+family's own tasks with seeds that meta-training never drew
+(`screen_adaptive.family_suite`), like `lopt.evaluate --suite` scores an
+optimizer, and picks the lowest mean ratio to tuned Adam (the
+meta-objective). Writes `select.json`; the held-out suite is never read.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from lopt import console, export
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import screen_adaptive  # noqa: E402  (the family suite and its scoring)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
+_STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
+_OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
+
+
+def average_theta(workdir: str, steps) -> tuple:
+  """The mean of the thetas saved at `steps`, and their LOptConfig."""
+  thetas = [export.load_theta(workdir, s)[0] for s in steps]
+  cfg = export.load_theta(workdir, steps[-1])[1]
+  mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *thetas)
+  return mean, cfg
+
+
+def main(argv) -> None:
+  del argv
+  console.setup()
+  steps = [int(s) for s in _STEPS.value]
+  tasks = screen_adaptive.family_suite()
+  rows = []
+  candidates = [
+    (f"step {s}", export.load_theta(_WORKDIR.value, s)[:2]) for s in steps
+  ]
+  candidates.append(
+    (
+      "mean of " + ", ".join(map(str, steps)),
+      average_theta(_WORKDIR.value, steps),
+    )
+  )
+  for name, (theta, cfg) in candidates:
+    row = {"theta": name} | screen_adaptive.score(theta, cfg, tasks)
+    rows.append(row)
+    agg = row["aggregates"]
+    print(
+      f"{name}: family mean ratio {agg['mean_ratio']:.3f}, median "
+      f"{agg['median_ratio']:.3f}, worst {agg['worst_ratio']:.3f}"
+    )
+  best = min(rows, key=lambda r: r["aggregates"]["mean_ratio"])
+  result = {
+    "workdir": _WORKDIR.value,
+    "seeds": list(tasks.seeds),
+    "rows": rows,
+    "best": best["theta"],
+  }
+  os.makedirs(_OUTPUT.value, exist_ok=True)
+  path = os.path.join(_OUTPUT.value, "select.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"Best on the family: {best['theta']}. Wrote {path}.")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
