@@ -22,53 +22,21 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 
 import jax
 from absl import app, flags
 
-from lopt import console, experiment, family, optimizers, suite, suite_tasks
+from lopt import console, optimizers, suite_tasks
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from family_suite import family_suite, score  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
 _LRS = flags.DEFINE_list(
   "adaptive_lrs", ["0.01", "0.02", "0.03"], "Base rates."
 )
 _HYPER = flags.DEFINE_list("hyper_lrs", ["0.1", "0.2", "0.3"], "Hyper rates.")
-_CONFIG = os.path.join(
-  os.path.dirname(__file__), "..", "..", "configs", "generalist.py"
-)
-
-
-def family_suite() -> suite_tasks.Suite:
-  """configs/generalist.py's tasks as a suite (seeds new to meta-training)."""
-  config = experiment.load_config(_CONFIG)
-  return suite_tasks.Suite(
-    name="family",
-    description="the six meta-training tasks of configs/generalist.py",
-    seeds=(0, 1, 2),
-    tasks=tuple(
-      suite_tasks.SuiteTask(
-        spec.name,
-        spec.model,
-        spec.hidden,
-        spec.activation,
-        dataset=spec.dataset,
-        image_size=spec.image_size,
-        batch_size=spec.batch_size,
-        horizon=spec.horizon,
-      )
-      for spec in family.task_specs(config)
-    ),
-  )
-
-
-def score(theta, cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
-  """The suite's aggregates (and the mean ratio) and ratios of one theta."""
-  summary = suite.evaluate_suite((theta, cfg), tasks)
-  keys = ("win_fraction", "median_ratio", "iqm_ratio", "worst_ratio")
-  ratios = {t["name"]: t["ratio"] for t in summary["tasks"]}
-  aggregates = {k: summary["aggregates"][k] for k in keys}
-  aggregates["mean_ratio"] = sum(ratios.values()) / len(ratios)
-  return {"aggregates": aggregates, "ratios": ratios}
 
 
 def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:

@@ -1,18 +1,18 @@
 """Chooses which theta of a generalist run to ship, on the family alone.
 
-    python docs/generalist/select.py --workdir=/tmp/generalist \
+    python docs/generalist/choose_theta.py --workdir=/tmp/generalist \
         --steps=500,1000,1500 [--output=docs/generalist]
 
 The outer loop's estimates are mostly noise, so theta random-walks around
-what it has learned: on the held-out suite single tasks move by up to 0.36
+what it has learned: on the held-out suite single tasks move by up to 0.355
 between checkpoints 500 steps apart. Two standard answers are early
 stopping on a validation set and averaging the iterates (Polyak-Ruppert).
 Both need a validation set that is not the held-out suite: this script
 scores each checkpoint of `--steps`, and the mean of their thetas, on the
 family's own tasks with seeds that meta-training never drew
-(`screen_adaptive.family_suite`), like `lopt.evaluate --suite` scores an
+(`family_suite.py`), like `lopt.evaluate --suite` scores an
 optimizer, and picks the lowest mean ratio to tuned Adam (the
-meta-objective). Writes `select.json`; the held-out suite is never read.
+meta-objective). Writes `choose_theta.json`; the held-out suite is never read.
 """
 
 import json
@@ -26,7 +26,7 @@ from absl import app, flags
 from lopt import console, export
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import screen_adaptive  # noqa: E402  (the family suite and its scoring)
+from family_suite import family_suite, score  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
@@ -45,7 +45,7 @@ def main(argv) -> None:
   del argv
   console.setup()
   steps = [int(s) for s in _STEPS.value]
-  tasks = screen_adaptive.family_suite()
+  tasks = family_suite()
   rows = []
   candidates = [
     (f"step {s}", export.load_theta(_WORKDIR.value, s)[:2]) for s in steps
@@ -57,7 +57,7 @@ def main(argv) -> None:
     )
   )
   for name, (theta, cfg) in candidates:
-    row = {"theta": name} | screen_adaptive.score(theta, cfg, tasks)
+    row = {"theta": name} | score(theta, cfg, tasks)
     rows.append(row)
     agg = row["aggregates"]
     print(
@@ -72,7 +72,7 @@ def main(argv) -> None:
     "best": best["theta"],
   }
   os.makedirs(_OUTPUT.value, exist_ok=True)
-  path = os.path.join(_OUTPUT.value, "select.json")
+  path = os.path.join(_OUTPUT.value, "choose_theta.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"Best on the family: {best['theta']}. Wrote {path}.")

@@ -1,0 +1,47 @@
+"""The meta-training family of configs/generalist.py as a suite.
+
+Shared by screen_adaptive.py and choose_theta.py: both judge optimizers on
+the family's own tasks (with seeds meta-training never drew), never on the
+held-out suite.
+"""
+
+import os
+
+from lopt import experiment, family, optimizers, suite, suite_tasks
+
+_CONFIG = os.path.join(
+  os.path.dirname(__file__), "..", "..", "configs", "generalist.py"
+)
+
+
+def family_suite() -> suite_tasks.Suite:
+  """configs/generalist.py's tasks as a suite (seeds new to meta-training)."""
+  config = experiment.load_config(_CONFIG)
+  return suite_tasks.Suite(
+    name="family",
+    description="the six meta-training tasks of configs/generalist.py",
+    seeds=(0, 1, 2),
+    tasks=tuple(
+      suite_tasks.SuiteTask(
+        spec.name,
+        spec.model,
+        spec.hidden,
+        spec.activation,
+        dataset=spec.dataset,
+        image_size=spec.image_size,
+        batch_size=spec.batch_size,
+        horizon=spec.horizon,
+      )
+      for spec in family.task_specs(config)
+    ),
+  )
+
+
+def score(theta, cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
+  """The suite's aggregates (and the mean ratio) and ratios of one theta."""
+  summary = suite.evaluate_suite((theta, cfg), tasks)
+  keys = ("win_fraction", "median_ratio", "iqm_ratio", "worst_ratio")
+  ratios = {t["name"]: t["ratio"] for t in summary["tasks"]}
+  aggregates = {k: summary["aggregates"][k] for k in keys}
+  aggregates["mean_ratio"] = sum(ratios.values()) / len(ratios)
+  return {"aggregates": aggregates, "ratios": ratios}
