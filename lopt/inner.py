@@ -116,12 +116,14 @@ class InnerTraining:
     x, y = self.task.sample_batch(
       k_train, self.data["train_x"], self.data["train_y"]
     )
-    weights = None
+    # Only an augmented episode passes example weights, so that any task
+    # with a `loss(params, x, y)` works unaugmented.
+    weights = ()
     if self.augmented:
-      weights = jnp.arange(self.task.batch_size) < state["batch_count"]
-      weights = weights.astype(jnp.float32)
+      keep = jnp.arange(self.task.batch_size) < state["batch_count"]
+      weights = (keep.astype(jnp.float32),)
     loss, grads = jax.value_and_grad(self.task.loss)(
-      state["params"], x, y, weights
+      state["params"], x, y, *weights
     )
     tx = optimizers.learned_optimizer(theta, self.lopt, self.horizon)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
