@@ -45,6 +45,12 @@ weight's share whatever its loss scale or horizon; this sits between the
 equal weighting of `mean` and inverse-variance weighting (1/norm^2), and
 its slight bias (the norm is measured on the same estimate) is the price.
 
+`family.batch_fractions` (`batch_fractions`) is the one task augmentation:
+each episode trains on a drawn share of every batch, widening the gradient
+noise the optimizer meets. On the held-out suite it took the batch-16 MLP
+from 1.292 to 0.942 of tuned Adam and lowered the worst ratio at every
+budget (README, "What the generalist achieves").
+
 Each group's randomness comes from the step key folded with a hash of its
 name, so adding or removing a group does not change the draws of the
 others.
