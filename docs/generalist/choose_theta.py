@@ -15,7 +15,6 @@ optimizer, and picks the lowest mean ratio to tuned Adam (the
 meta-objective). Writes `choose_theta.json`; the held-out suite is never read.
 """
 
-import json
 import os
 import sys
 
@@ -23,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lopt import console, export
+from lopt import console, export, jsonio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from family_suite import family_suite, score  # noqa: E402
@@ -72,9 +71,7 @@ def main(argv) -> None:
     "best": best["theta"],
   }
   os.makedirs(_OUTPUT.value, exist_ok=True)
-  path = os.path.join(_OUTPUT.value, "choose_theta.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+  path = jsonio.dump(result, os.path.join(_OUTPUT.value, "choose_theta.json"))
   print(f"Best on the family: {best['theta']}. Wrote {path}.")
 
 

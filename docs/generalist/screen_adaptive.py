@@ -20,14 +20,13 @@ Writes `screen_adaptive.json`.
 
 import dataclasses
 import itertools
-import json
 import os
 import sys
 
 import jax
 from absl import app, flags
 
-from lopt import console, optimizers, suite_tasks
+from lopt import console, jsonio, optimizers, suite_tasks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from family_suite import family_suite, score  # noqa: E402
@@ -73,9 +72,9 @@ def main(argv) -> None:
     "best": {k: best[k] for k in ("adaptive_lr", "hyper_lr")},
   }
   os.makedirs(_OUTPUT.value, exist_ok=True)
-  path = os.path.join(_OUTPUT.value, "screen_adaptive.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+  path = jsonio.dump(
+    result, os.path.join(_OUTPUT.value, "screen_adaptive.json")
+  )
   print(f"Best on the family: {result['best']}. Wrote {path}.")
 
 
