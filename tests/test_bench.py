@@ -13,6 +13,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from test_family import batch_count_leaves
 
 from lopt import (
   bench,
@@ -120,13 +121,7 @@ def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
       _single_task_config(spec, config.lopt.kind)
     )
     single = bench_family.run_state_bytes(alone_exp, alone)
-    counts = [
-      leaf
-      for path, leaf in jax.tree_util.tree_leaves_with_path(
-        abstract["estimator_state"][spec.name]
-      )
-      if "batch_count" in jax.tree_util.keystr(path)
-    ]
+    counts = batch_count_leaves(abstract["estimator_state"][spec.name])
     assert counts and all(c.dtype == jnp.int32 for c in counts)
     extra = bench_cases.tree_bytes(counts)
     assert extra >= 4 * spec.num_particles

@@ -136,6 +136,15 @@ def test_family_tasks_inherit_the_base_task():
 # -- the batch-fraction augmentation ------------------------------------------------
 
 
+def batch_count_leaves(tree) -> list:
+  """The leaves of a run-state tree that hold drawn effective batch sizes."""
+  return [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    if "batch_count" in jax.tree_util.keystr(path)
+  ]
+
+
 def test_an_augmented_episode_trains_on_its_drawn_share_of_each_batch(built):
   """Each episode draws one effective batch size and keeps it; each step's
   gradient and loss are those of the first round(f B) examples only."""
@@ -439,13 +448,7 @@ def test_family_run_checkpoints_every_group_and_resumes_bit_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # Each particle's drawn effective batch is part of its persistent state.
   for name in NAMES:
-    counts = [
-      leaf
-      for path, leaf in jax.tree_util.tree_leaves_with_path(
-        a["estimator_state"][name]
-      )
-      if "batch_count" in jax.tree_util.keystr(path)
-    ]
+    counts = batch_count_leaves(a["estimator_state"][name])
     assert counts and all(np.asarray(c).size >= 8 for c in counts), name
   rows = metrics.read_metrics(straight)
   logged = {k for row in rows for k in row}
