@@ -32,14 +32,6 @@ _STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
 
 
-def average_theta(workdir: str, steps) -> tuple:
-  """The mean of the thetas saved at `steps`, and their LOptConfig."""
-  thetas = [export.load_theta(workdir, s)[0] for s in steps]
-  cfg = export.load_theta(workdir, steps[-1])[1]
-  mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *thetas)
-  return mean, cfg
-
-
 def main(argv) -> None:
   del argv
   console.setup()
@@ -49,11 +41,13 @@ def main(argv) -> None:
   candidates = [
     (f"step {s}", export.load_theta(_WORKDIR.value, s)[:2]) for s in steps
   ]
+  # The iterates' mean (Polyak-Ruppert); every checkpoint has one architecture.
+  mean = jax.tree.map(
+    lambda *xs: np.mean(np.stack(xs), axis=0),
+    *[theta for _, (theta, _) in candidates],
+  )
   candidates.append(
-    (
-      "mean of " + ", ".join(map(str, steps)),
-      average_theta(_WORKDIR.value, steps),
-    )
+    ("mean of " + ", ".join(map(str, steps)), (mean, candidates[-1][1][1]))
   )
   for name, (theta, cfg) in candidates:
     row = {"theta": name} | score(theta, cfg, tasks)
