@@ -55,7 +55,9 @@ Two kinds share the feature code and the network:
   up to 2x in mean training loss, so one learned rate cannot serve a
   family; this lets each tensor find its own within the run. The cosine
   makes the update of s free of the gradient's scale. Extra state: s (one
-  scalar per tensor) and the last step.
+  scalar per tensor) and the last step. Its MLP is made odd in the
+  per-parameter features (`lopt_network.reflection_symmetric`), so that its
+  learned corrections cannot push every parameter the same way.
 
   `hypergradient_metric='adam'` takes that cosine with the gradient
   preconditioned as Adam's step is, g_t / sqrt(v_hat_t), so that every
@@ -65,18 +67,10 @@ Two kinds share the feature code and the network:
   flat ones that still move consistently, so the greedy rule shrinks the
   rate too far: on configs/generalist.py's CNN the untrained optimizer was
   1.11x tuned Adam with it and 0.96x with the preconditioned cosine
-  (docs/generalist/screen_adaptive.json). Its MLP is made odd in the
-  per-parameter features (`_reflection_symmetric`), so that its learned
-  corrections cannot push every parameter the same way.
+  (docs/generalist/screen_adaptive.json).
 
-Performance: this is the hot path of meta-training. Features are computed
-per tensor (the normalisation is per tensor), then all tensors are
-concatenated into one channel-major (num_features, total_params) block so
-the MLP runs once on every parameter, and the result is split back into the
-parameter tree. Features that are the same for every parameter (the step
-and progress features) are not broadcast into that block: their product
-with the first layer's kernel is one vector, added to the first layer's
-bias. `_apply_layers` says how the layers are arranged for speed.
+The pieces: `lopt.lopt_features` builds the inputs and keeps the state,
+`lopt.lopt_network` is the MLP; this module is the public interface.
 """
 
 from __future__ import annotations
@@ -84,48 +78,36 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import lopt_network
+from lopt.lopt_features import (  # noqa: F401  (re-exported)
+  ADAM_KINDS,
+  HYPERGRADIENT_METRICS,
+  KINDS,
+  MOMENTUM_DECAYS,
+  NUM_PARAM_FEATURES,
+  NUM_SHARED_FEATURES,
+  TIME_SCALES,
+  AdaptiveLOptState,
+  LOptState,
+  MLPLOptState,
+  NominalLOptState,
+  check_num_steps,
+  compute,
+  compute_features,
+  init_state,
+  num_features,
+)
+from lopt.lopt_network import MLPLOpt  # noqa: F401  (re-exported)
+
 Theta = Any  # A nested dict of float32 arrays (the meta-parameters).
-
-KINDS = ("mlp", "nominal", "adaptive")
-# The kinds built on a nominal Adam step (its second moment, lr schedule and
-# progress feature).
-ADAM_KINDS = ("nominal", "adaptive")
-# The adaptive kind's hypergradient cosine: on g, or on g / sqrt(v_hat).
-HYPERGRADIENT_METRICS = ("euclidean", "adam")
-# Momentum decays of MLPLOpt (algorithms.md section 4).
-MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
-# Time scales tau of the tanh(it / tau - 1) step features.
-TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-NORM_EPS = 1e-5  # Per-tensor second-moment normalisation epsilon.
-# The nominal Adam step. Its first moment is the 0.9 momentum of the features.
-ADAM_B1 = 0.9
-ADAM_B2 = 0.999
-ADAM_EPS = 1e-8
-_ADAM_B1_INDEX = MOMENTUM_DECAYS.index(ADAM_B1)
-
-# Per-parameter feature channels: g, p and the momenta (all normalised); the
-# nominal kind adds the Adam direction, normalised and raw.
-_NUM_BASE_CHANNELS = 2 + len(MOMENTUM_DECAYS)
-_NUM_PARAM_FEATURES = {
-  "mlp": _NUM_BASE_CHANNELS,
-  "nominal": _NUM_BASE_CHANNELS + 2,
-  "adaptive": _NUM_BASE_CHANNELS + 2,
-}
-# Features shared by every parameter: step features (+ progress, nominal).
-_NUM_SHARED_FEATURES = {
-  "mlp": len(TIME_SCALES),
-  "nominal": len(TIME_SCALES) + 1,
-  "adaptive": len(TIME_SCALES) + 1,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,127 +233,6 @@ class LOptConfig:
     return cls(**d)
 
 
-def num_features(cfg: LOptConfig) -> int:
-  """Number of input features of the MLP (19 for MLPLOpt, 22 for nominal)."""
-  return _NUM_PARAM_FEATURES[cfg.kind] + _NUM_SHARED_FEATURES[cfg.kind]
-
-
-class _DenseParams(nn.Module):
-  """Creates one layer's `kernel` (in, out) and `bias` (out,); computes nothing.
-
-  The layers' arithmetic lives in `_apply_layers`, written for speed; this
-  module only names and initialises the parameters exactly as `nn.Dense`.
-  """
-
-  in_features: int
-  features: int
-  kernel_init: nn.initializers.Initializer
-
-  @nn.compact
-  def __call__(self) -> tuple[jax.Array, jax.Array]:
-    kernel = self.param(
-      "kernel", self.kernel_init, (self.in_features, self.features), jnp.float32
-    )
-    bias = self.param(
-      "bias", nn.initializers.zeros_init(), (self.features,), jnp.float32
-    )
-    return kernel, bias
-
-
-def _apply_layers(
-  layers: Sequence[tuple[jax.Array, jax.Array]],
-  features: jax.Array,
-  shared: jax.Array,
-) -> jax.Array:
-  """The MLP's arithmetic: (F - S, P) and (S,) features -> (P, 2).
-
-  Arranged for speed; a stack of `nn.Dense` on the (P, F) matrix computes
-  the same function:
-
-  * the shared features' product with the first kernel is one vector,
-    folded into the first bias (for MLPLOpt 11 of 19 input columns);
-  * the first layer, with its 8 (nominal kind: 10) per-parameter inputs, is
-    a sum of rank-one terms on the channel-major input, which XLA fuses
-    with the bias and ReLU into one elementwise loop. As a matmul of inner
-    dimension 8 it needed the input transposed and a separate pass for the
-    bias and ReLU, and ran at a third of the machine's matmul rate.
-
-  On the digits task (32 trajectories, 2 CPU cores) the rank-one first
-  layer cut the first layer from 2.2 to 0.8 ms per inner step of all
-  trajectories, and a whole inner step by about 15 %.
-
-  Args:
-    layers: (kernel, bias) per layer, kernels (in, out).
-    features: (F - S, P) per-parameter features, channel-major.
-    shared: (S,) features common to every parameter.
-
-  Returns:
-    (P, 2): the direction and the log-magnitude of each parameter's step.
-  """
-  kernel, bias = layers[0]
-  num_rows = features.shape[0]
-  bias = bias + shared @ kernel[num_rows:]
-  x = bias + sum(features[f][:, None] * kernel[f] for f in range(num_rows))
-  for kernel, bias in layers[1:]:
-    x = jax.nn.relu(x) @ kernel + bias
-  return x
-
-
-class MLPLOpt(nn.Module):
-  """The per-parameter MLP of the learned optimizer.
-
-  Maps features to (direction, log-magnitude), with ReLU between layers.
-  Parameters are `{'layer_0': {'kernel', 'bias'}, ...}`; hidden (32, 32) on
-  19 features gives 1,762 of them. Hidden layers are LeCun-normal
-  (truncated normal, variance 1/fan_in, close to the haiku default of the
-  paper's code), biases zero, and the output kernel is LeCun-normal times
-  `out_init_scale` (zero when it is 0).
-
-  Attributes:
-    hidden: hidden-layer widths.
-    out_init_scale: scale of the output layer's initial kernel.
-  """
-
-  hidden: Sequence[int] = (32, 32)
-  out_init_scale: float = 0.01
-
-  @nn.compact
-  def __call__(self, features: jax.Array, shared: jax.Array) -> jax.Array:
-    """Applies the MLP.
-
-    Args:
-      features: (F - S, P) per-parameter features of P parameters,
-        channel-major.
-      shared: (S,) features common to all parameters, logically the last S
-        input columns.
-
-    Returns:
-      (P, 2): direction and log-magnitude.
-    """
-    widths = (*self.hidden, 2)
-    fan_in = features.shape[0] + shared.shape[0]
-    layers = []
-    for i, width in enumerate(widths):
-      if i < len(widths) - 1:
-        kernel_init = nn.initializers.lecun_normal()
-      elif self.out_init_scale == 0:
-        kernel_init = nn.initializers.zeros_init()
-      else:
-        kernel_init = nn.initializers.variance_scaling(
-          self.out_init_scale**2, "fan_in", "truncated_normal"
-        )
-      layers.append(
-        _DenseParams(fan_in, width, kernel_init, name=f"layer_{i}")()
-      )
-      fan_in = width
-    return _apply_layers(layers, features, shared)
-
-
-def _module(cfg: LOptConfig) -> MLPLOpt:
-  scale = cfg.out_init_scale if cfg.kind == "mlp" else 0.0
-  return MLPLOpt(hidden=cfg.hidden, out_init_scale=scale)
-
-
 # Jitted (cfg is static and hashable) because the eager Flax init dispatches
 # dozens of small ops, each compiled on first use: one compile is faster.
 @functools.partial(jax.jit, static_argnums=0)
@@ -389,9 +250,9 @@ def init_theta(cfg: LOptConfig, key: jax.Array) -> Theta:
     scalars `'log_lr'` (log(adaptive_lr)) and `'log_hyper_lr'`
     (log(hyper_lr)).
   """
-  module = _module(cfg)
-  shared = jnp.zeros((_NUM_SHARED_FEATURES[cfg.kind],), jnp.float32)
-  per_param = jnp.zeros((_NUM_PARAM_FEATURES[cfg.kind], 1), jnp.float32)
+  module = lopt_network.module(cfg)
+  shared = jnp.zeros((NUM_SHARED_FEATURES[cfg.kind],), jnp.float32)
+  per_param = jnp.zeros((NUM_PARAM_FEATURES[cfg.kind], 1), jnp.float32)
   params = module.init(key, per_param, shared)["params"]
   theta = {
     "mlp": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
@@ -433,316 +294,6 @@ def _check_theta(theta: Theta, cfg: LOptConfig) -> None:
       )
 
 
-class MLPLOptState(NamedTuple):
-  """State of the 'mlp' kind.
-
-  Attributes:
-    count: int32 scalar, number of updates taken so far.
-    momenta: the parameter tree with each leaf of shape
-      (len(MOMENTUM_DECAYS), *param.shape), float32; row i is the momentum
-      with decay MOMENTUM_DECAYS[i].
-  """
-
-  count: jax.Array
-  momenta: optax.Updates
-
-
-class NominalLOptState(NamedTuple):
-  """State of the 'nominal' kind.
-
-  Attributes:
-    count: int32 scalar, number of updates taken so far.
-    momenta: as in `MLPLOptState` (row 2, decay 0.9, is Adam's first moment).
-    nu: Adam's second moment (decay ADAM_B2), float32, shaped like params.
-  """
-
-  count: jax.Array
-  momenta: optax.Updates
-  nu: optax.Updates
-
-
-class AdaptiveLOptState(NamedTuple):
-  """State of the 'adaptive' kind.
-
-  Attributes:
-    count, momenta, nu: as in `NominalLOptState`.
-    log_lr_scale: one float32 scalar per parameter tensor (a tree like the
-      params with scalar leaves), the per-tensor log learning-rate scale s,
-      initially 0.
-    last_step: the step taken last (positive: params moved by -last_step),
-      shaped like params; zero before the first.
-  """
-
-  count: jax.Array
-  momenta: optax.Updates
-  nu: optax.Updates
-  log_lr_scale: optax.Updates
-  last_step: optax.Updates
-
-
-LOptState = MLPLOptState | NominalLOptState | AdaptiveLOptState
-
-
-def _float_dtype(x: Any) -> jnp.dtype:
-  return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
-def init_state(cfg: LOptConfig, params: optax.Params) -> LOptState:
-  """The optimizer state for params (zeros, count 0), without needing theta.
-
-  Equal to `learned_optimizer(theta, cfg, T).init(params)` for any theta;
-  useful to build inner states before theta exists (e.g. inside `vmap`).
-
-  Args:
-    cfg: the architecture.
-    params: the parameter pytree (only shapes and dtypes are used).
-
-  Returns:
-    `MLPLOptState` for kind 'mlp', `NominalLOptState` for 'nominal',
-    `AdaptiveLOptState` for 'adaptive'.
-  """
-  n = len(MOMENTUM_DECAYS)
-  momenta = jax.tree.map(
-    lambda p: jnp.zeros((n, *jnp.shape(p)), _float_dtype(p)), params
-  )
-  count = jnp.zeros([], jnp.int32)
-  if cfg.kind == "mlp":
-    return MLPLOptState(count=count, momenta=momenta)
-  zeros = lambda p: jnp.zeros(jnp.shape(p), _float_dtype(p))  # noqa: E731
-  nu = jax.tree.map(zeros, params)
-  if cfg.kind == "nominal":
-    return NominalLOptState(count=count, momenta=momenta, nu=nu)
-  return AdaptiveLOptState(
-    count=count,
-    momenta=momenta,
-    nu=nu,
-    log_lr_scale=jax.tree.map(lambda p: jnp.zeros([], jnp.float32), params),
-    last_step=jax.tree.map(zeros, params),
-  )
-
-
-class _Computed(NamedTuple):
-  """Everything one update derives from (grads, state, params)."""
-
-  param_features: jax.Array  # (F_param, total_params), all leaves.
-  shared_features: jax.Array  # (F_shared,)
-  adam_direction: jax.Array | None  # (total_params,), Adam kinds only.
-  progress: jax.Array | None  # scalar min(t / T, 1), Adam kinds only.
-  # (total_params,) exp(s) of each parameter's tensor, adaptive kind only.
-  lr_scale: jax.Array | None
-  new_state: LOptState
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-  """Second-moment normalisation of each row of x (channels, elements)."""
-  ms = jnp.mean(jnp.square(x), axis=1, keepdims=True)
-  return x * jax.lax.rsqrt(NORM_EPS + ms)
-
-
-def _cosine(x: jax.Array, y: jax.Array) -> jax.Array:
-  """cos(x, y) of two flat vectors, in [-1, 1]; 0 when either is zero.
-
-  Each vector is first divided by its largest magnitude, so that both norms
-  are at least 1: near a minimum the gradient's squares underflow float32
-  while its products with the last step do not, and the unscaled quotient
-  then leaves [-1, 1] by orders of magnitude (throwing the tensor's scale
-  to a clip bound in one step).
-  """
-  mx, my = jnp.max(jnp.abs(x)), jnp.max(jnp.abs(y))
-  ok = (mx > 0) & (my > 0)
-  x = x / jnp.where(ok, mx, 1.0)
-  y = y / jnp.where(ok, my, 1.0)
-  norms = jnp.sqrt(jnp.sum(jnp.square(x))) * jnp.sqrt(jnp.sum(jnp.square(y)))
-  cos = jnp.sum(x * y) / jnp.where(ok, norms, 1.0)
-  return jnp.where(ok, jnp.clip(cos, -1.0, 1.0), 0.0)
-
-
-def _compute(
-  cfg: LOptConfig,
-  grads: optax.Updates,
-  state: LOptState,
-  params: optax.Params,
-  num_steps: int | jax.Array | None,
-  hyper_lr: jax.Array | None = None,
-) -> tuple[_Computed, list[Any], Any]:
-  """Updates the accumulators and builds the features of one step.
-
-  `hyper_lr` is the adaptive kind's beta (unused by the other kinds). The
-  returned state's `last_step` is still the previous step: the caller,
-  which computes the new step, stores it.
-  """
-  g_leaves, treedef = jax.tree.flatten(grads)
-  p_leaves = treedef.flatten_up_to(params)
-  m_leaves = treedef.flatten_up_to(state.momenta)
-  nominal = cfg.kind in ADAM_KINDS
-  adaptive = cfg.kind == "adaptive"
-  if nominal:
-    v_leaves = treedef.flatten_up_to(state.nu)
-  if adaptive:
-    s_leaves = treedef.flatten_up_to(state.log_lr_scale)
-    last_leaves = treedef.flatten_up_to(state.last_step)
-  it = state.count  # Before the increment, as in the paper.
-  new_count = optax.safe_increment(it)
-
-  decays = jnp.asarray(MOMENTUM_DECAYS, jnp.float32)[:, None]
-  if nominal:
-    # Bias corrections use the incremented count, exactly as optax.adam.
-    t1 = new_count.astype(jnp.float32)
-    bc1 = 1.0 - ADAM_B1**t1
-    bc2 = 1.0 - ADAM_B2**t1
-
-  blocks, adam_dirs, new_m, new_v, new_s, scales = [], [], [], [], [], []
-  for i, (g, p, m) in enumerate(zip(g_leaves, p_leaves, m_leaves)):
-    shape = jnp.shape(p)
-    # Scalars become (1,) vectors; every leaf is a flat row of elements.
-    g = jnp.reshape(g, (1, -1)).astype(jnp.float32)
-    p = jnp.reshape(p, (1, -1)).astype(jnp.float32)
-    m_dtype = m.dtype
-    m = jnp.reshape(m, (len(MOMENTUM_DECAYS), -1)).astype(jnp.float32)
-    m = decays * m + (1.0 - decays) * g  # Updated before the features.
-    # The state keeps its dtype so that it is a fixed point of lax.scan.
-    new_m.append(m.reshape((len(MOMENTUM_DECAYS), *shape)).astype(m_dtype))
-    channels = [g, p, m]
-    if nominal:
-      v_dtype = v_leaves[i].dtype
-      v = jnp.reshape(v_leaves[i], (1, -1)).astype(jnp.float32)
-      v = ADAM_B2 * v + (1.0 - ADAM_B2) * jnp.square(g)
-      new_v.append(v.reshape(shape).astype(v_dtype))
-      a = (m[_ADAM_B1_INDEX : _ADAM_B1_INDEX + 1] / bc1) / (
-        jnp.sqrt(v / bc2) + ADAM_EPS
-      )
-      adam_dirs.append(a[0])
-      channels += [a]
-    if adaptive:
-      # Hypergradient step on the tensor's log-scale, before this step uses
-      # it: d loss / d log lr of the last step is -lr * g_t . step_{t-1}.
-      last = jnp.reshape(last_leaves[i], (-1,)).astype(jnp.float32)
-      vote = g[0]
-      if cfg.hypergradient_metric == "adam":
-        vote = vote / (jnp.sqrt(v[0] / bc2) + ADAM_EPS)
-      scale = jnp.clip(
-        s_leaves[i] + hyper_lr * _cosine(vote, last),
-        cfg.lr_adapt_min,
-        cfg.lr_adapt_max,
-      )
-      new_s.append(scale)
-      scales.append(jnp.broadcast_to(jnp.exp(scale), (g.shape[1],)))
-    block = _normalize(jnp.concatenate(channels, axis=0))
-    if nominal:
-      # The raw Adam direction is already scale free; keep its magnitude
-      # (normalisation above discards it) since the step is lr * a.
-      block = jnp.concatenate([block, a], axis=0)
-    blocks.append(block)
-
-  # One (F, total_params) block for all leaves, so that the MLP below runs
-  # once on every parameter instead of once per tensor.
-  param_features = jnp.concatenate(blocks, axis=1)
-
-  itf = it.astype(jnp.float32)
-  shared = [jnp.tanh(itf / jnp.asarray(TIME_SCALES, jnp.float32) - 1.0)]
-  progress = None
-  if nominal:
-    progress = jnp.clip(itf / jnp.asarray(num_steps, jnp.float32), 0.0, 1.0)
-    shared.append(progress[None])
-  shared_features = jnp.concatenate(shared)
-
-  new_momenta = jax.tree.unflatten(treedef, new_m)
-  if adaptive:
-    new_state = AdaptiveLOptState(
-      count=new_count,
-      momenta=new_momenta,
-      nu=jax.tree.unflatten(treedef, new_v),
-      log_lr_scale=jax.tree.unflatten(treedef, new_s),
-      last_step=state.last_step,
-    )
-  elif nominal:
-    new_state = NominalLOptState(
-      count=new_count,
-      momenta=new_momenta,
-      nu=jax.tree.unflatten(treedef, new_v),
-    )
-  else:
-    new_state = MLPLOptState(count=new_count, momenta=new_momenta)
-  computed = _Computed(
-    param_features=param_features,
-    shared_features=shared_features,
-    adam_direction=jnp.concatenate(adam_dirs) if nominal else None,
-    progress=progress,
-    lr_scale=jnp.concatenate(scales) if adaptive else None,
-    new_state=new_state,
-  )
-  return computed, p_leaves, treedef
-
-
-def _reflection_symmetric(
-  module: MLPLOpt, params: Theta, features: jax.Array, shared: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-  """The MLP made odd (direction) and even (log-magnitude) in its features.
-
-  Every per-parameter feature (g, p, the momenta, the Adam direction)
-  changes sign when the model is mirrored (p -> -p), and then the step
-  should too. With f the plain MLP and x the per-parameter features,
-
-      d(x) = (f_d(x) - f_d(-x)) / 2,    m(x) = (f_m(x) + f_m(-x)) / 2,
-
-  so the update is exactly odd under the mirror. Above all d(0) = 0: the
-  MLP's biases cannot add a constant push to every parameter. Such a push
-  is invisible in a short window but moves each weight by about
-  lr * bias * T over a run, and the near-pure-noise ES estimates (grad_snr
-  ~ 0) random-walk the biases: the nominal generalist's runs diverged at
-  the long horizons. The cost is the MLP run twice (on x and -x, as one
-  batch).
-  """
-  num = features.shape[1]
-  both = jnp.concatenate([features, -features], axis=1)
-  out = module.apply({"params": params}, both, shared)
-  pos, neg = out[:num], out[num:]
-  return 0.5 * (pos[:, 0] - neg[:, 0]), 0.5 * (pos[:, 1] + neg[:, 1])
-
-
-def compute_features(
-  cfg: LOptConfig,
-  grads: optax.Updates,
-  state: LOptState,
-  params: optax.Params,
-  num_steps: int | None = None,
-) -> jax.Array:
-  """The MLP's full input features for one update (for tests and analysis).
-
-  Args:
-    cfg: the architecture.
-    grads: gradients, a tree like params.
-    state: the optimizer state before the update.
-    params: current parameters.
-    num_steps: the inner horizon T (needed by the Adam kinds).
-
-  Returns:
-    (total_params, num_features(cfg)) float32: leaves in `jax.tree.leaves`
-    order, each flattened; columns are g, p, the six momenta (all
-    normalised per tensor), then for the Adam kinds the normalised and raw
-    Adam direction, then the 11 step features and for the Adam kinds the
-    progress. (The adaptive kind's per-tensor scales are not features.)
-  """
-  _check_num_steps(cfg, num_steps)
-  c, _, _ = _compute(cfg, grads, state, params, num_steps, jnp.zeros([]))
-  rows = c.param_features.shape[1]
-  shared = jnp.broadcast_to(
-    c.shared_features, (rows, c.shared_features.shape[0])
-  )
-  return jnp.concatenate([c.param_features.T, shared], axis=1)
-
-
-def _check_num_steps(cfg: LOptConfig, num_steps: Any) -> None:
-  if cfg.kind in ADAM_KINDS:
-    if num_steps is None:
-      raise ValueError(
-        f"LOptConfig(kind={cfg.kind!r}) needs num_steps (the inner training "
-        "horizon) for its learning-rate schedule and progress feature."
-      )
-    if isinstance(num_steps, (int, float)) and num_steps <= 0:
-      raise ValueError(f"num_steps must be positive, got {num_steps}.")
-
-
 def learned_optimizer(
   theta: Theta,
   cfg: LOptConfig,
@@ -773,9 +324,9 @@ def learned_optimizer(
   """
   if not isinstance(cfg, LOptConfig):
     raise TypeError(f"cfg must be an LOptConfig, got {type(cfg).__name__}.")
-  _check_num_steps(cfg, num_steps)
+  check_num_steps(cfg, num_steps)
   _check_theta(theta, cfg)
-  module = _module(cfg)
+  module = lopt_network.module(cfg)
 
   def init_fn(params: optax.Params) -> LOptState:
     return init_state(cfg, params)
@@ -793,11 +344,11 @@ def learned_optimizer(
     hyper_lr = (
       jnp.exp(theta["log_hyper_lr"]) if cfg.kind == "adaptive" else None
     )
-    c, p_leaves, treedef = _compute(
+    c, p_leaves, treedef = compute(
       cfg, updates, state, params, num_steps, hyper_lr
     )
     if cfg.kind == "adaptive":
-      direction, magnitude = _reflection_symmetric(
+      direction, magnitude = lopt_network.reflection_symmetric(
         module, theta["mlp"], c.param_features, c.shared_features
       )
     else:
