@@ -5,10 +5,12 @@
 The untrained 'adaptive' learned optimizer (`lopt.optimizers`, its output
 layer at zero) is Adam whose learning rate each tensor adapts by
 hypergradient descent from a base rate `adaptive_lr` at speed `hyper_lr`.
-Those two numbers are theta's starting point for meta-training. This script
-picks them where a user could: on the six tasks of `configs/generalist.py`
-(new seeds), never on the held-out suite. Each (adaptive_lr, hyper_lr) of
-the grid, and the nominal kind's starting point (Adam at 0.03, decayed
+Those two numbers, and the metric of the hypergradient's cosine
+(`hypergradient_metric`: on the raw gradient, or on Adam's preconditioned
+one), are theta's starting point for meta-training. This script picks them
+where a user could: on the six tasks of `configs/generalist.py` (new
+seeds), never on the held-out suite. Each (metric, adaptive_lr, hyper_lr)
+of the grid, and the nominal kind's starting point (Adam at 0.03, decayed
 linearly), is scored like `lopt.evaluate --suite` scores an optimizer:
 its mean training loss over tuned Adam's, per task. The pick is the lowest
 mean ratio over the tasks: that is the generalist's meta-objective (each
@@ -36,6 +38,13 @@ _LRS = flags.DEFINE_list(
   "adaptive_lrs", ["0.01", "0.02", "0.03"], "Base rates."
 )
 _HYPER = flags.DEFINE_list("hyper_lrs", ["0.1", "0.2", "0.3"], "Hyper rates.")
+_METRICS = flags.DEFINE_list(
+  "metrics", list(optimizers.HYPERGRADIENT_METRICS), "Hypergradient metrics."
+)
+
+
+# The LOptConfig fields the screen chooses.
+_CHOSEN = ("hypergradient_metric", "adaptive_lr", "hyper_lr")
 
 
 def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
@@ -50,15 +59,20 @@ def main(argv) -> None:
     {"kind": "nominal", "nominal_lr": 0.03}
     | _score(optimizers.LOptConfig(kind="nominal"), tasks)
   ]
-  for lr, hyper in itertools.product(_LRS.value, _HYPER.value):
+  grid = itertools.product(_METRICS.value, _LRS.value, _HYPER.value)
+  for metric, lr, hyper in grid:
     cfg = optimizers.LOptConfig(
-      kind="adaptive", adaptive_lr=float(lr), hyper_lr=float(hyper)
+      kind="adaptive",
+      adaptive_lr=float(lr),
+      hyper_lr=float(hyper),
+      hypergradient_metric=metric,
     )
-    row = {"kind": "adaptive", "adaptive_lr": cfg.adaptive_lr}
-    rows.append(row | {"hyper_lr": cfg.hyper_lr} | _score(cfg, tasks))
+    row = {k: getattr(cfg, k) for k in _CHOSEN} | {"kind": "adaptive"}
+    rows.append(row | _score(cfg, tasks))
     agg = rows[-1]["aggregates"]
     print(
-      f"adaptive_lr={lr} hyper_lr={hyper}: mean {agg['mean_ratio']:.3f}, "
+      f"{metric} adaptive_lr={lr} hyper_lr={hyper}: "
+      f"mean {agg['mean_ratio']:.3f}, "
       f"median {agg['median_ratio']:.3f}, worst {agg['worst_ratio']:.3f}"
     )
   best = min(
@@ -69,7 +83,7 @@ def main(argv) -> None:
     "suite": [dataclasses.asdict(t) for t in tasks.tasks],
     "seeds": list(tasks.seeds),
     "rows": rows,
-    "best": {k: best[k] for k in ("adaptive_lr", "hyper_lr")},
+    "best": {k: best[k] for k in _CHOSEN},
   }
   os.makedirs(_OUTPUT.value, exist_ok=True)
   path = jsonio.dump(
