@@ -91,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     horizon=2000,
   )
   config.outer.num_steps = 50_000
+  # The outer rate is halved (generalist.py's decay_factor) every 10,000
+  # steps instead of every 500.
   config.outer.decay_steps = 10_000
   config.checkpoint.every_steps = 1000
   config.checkpoint.keep = 10
