@@ -234,9 +234,9 @@ def compute(
       v = jnp.reshape(v_leaves[i], (1, -1)).astype(jnp.float32)
       v = ADAM_B2 * v + (1.0 - ADAM_B2) * jnp.square(g)
       new_v.append(v.reshape(shape).astype(v_dtype))
-      a = (m[_ADAM_B1_INDEX : _ADAM_B1_INDEX + 1] / bc1) / (
-        jnp.sqrt(v / bc2) + ADAM_EPS
-      )
+      # Adam's preconditioner, shared by its step and the adaptive vote.
+      adam_denominator = jnp.sqrt(v / bc2) + ADAM_EPS
+      a = (m[_ADAM_B1_INDEX : _ADAM_B1_INDEX + 1] / bc1) / adam_denominator
       adam_dirs.append(a[0])
       channels += [a]
     if adaptive:
@@ -245,7 +245,7 @@ def compute(
       last = jnp.reshape(last_leaves[i], (-1,)).astype(jnp.float32)
       vote = g[0]
       if cfg.hypergradient_metric == "adam":
-        vote = vote / (jnp.sqrt(v[0] / bc2) + ADAM_EPS)
+        vote = vote / adam_denominator[0]
       scale = jnp.clip(
         s_leaves[i] + hyper_lr * _cosine(vote, last),
         cfg.lr_adapt_min,
