@@ -25,10 +25,10 @@ match; the adaptive kind's starting point was chosen on this family
 Sized for about 25 minutes on a 2-core CPU (1,000 outer steps); checkpoints
 are kept every 500 steps so that docs/generalist/budgets.py can score the
 optimizer at several meta-training budgets (`--config.outer.num_steps=1500`
-runs on to a third; the first 1,000 steps are the same). To add a task, add an entry
-under `config.family.tasks` with the fields that differ from `config.task`
-(see `lopt.family.TASK_FIELDS`); its particle count must be divisible by
-the number of devices.
+runs on to a third; the first 1,000 steps are the same). To add a task,
+add an entry under `config.family.tasks` with the fields that differ from
+`config.task` (see `lopt.family.TASK_FIELDS`); its particle count must be
+divisible by the number of devices.
 """
 
 import os

@@ -1,13 +1,12 @@
 """The learned optimizer's network: a per-parameter MLP (Flax linen).
 
-Performance: this is the hot path of meta-training. Features are computed
-per tensor (the normalisation is per tensor), then all tensors are
-concatenated into one channel-major (num_features, total_params) block so
-the MLP runs once on every parameter, and the result is split back into the
-parameter tree. Features that are the same for every parameter (the step
-and progress features) are not broadcast into that block: their product
-with the first layer's kernel is one vector, added to the first layer's
-bias. `_apply_layers` says how the layers are arranged for speed.
+Performance: this is the hot path of meta-training. The MLP runs once on
+every parameter of the model, on the channel-major (features, total_params)
+block that `lopt.lopt_features.compute` builds. The features shared by every
+parameter (the step and progress features) are not broadcast into that
+block: their product with the first layer's kernel is one vector, added to
+the first layer's bias. `_apply_layers` says how the layers are arranged for
+speed.
 """
 
 from __future__ import annotations
