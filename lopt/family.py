@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lopt.estimators import Estimator
+from lopt.estimators.base import snr
 
 PyTree = Any
 
@@ -295,50 +296,63 @@ class FamilyEstimator:
     grad is sum_g w_g u_g / sum_g w_g over the groups that had a valid
     step, with u_g the group's estimate (`mean`) or the estimate over its
     norm (`unit`); a group whose every step was masked for a non-finite
-    loss adds nothing, and its weight drops out. info holds the family's `loss`
+    loss, or whose estimate is exactly zero (every loss at its cap), adds
+    nothing, and its weight drops out. info holds the family's `loss`
     (the same weighted mean of the groups' normalised losses), `steps` and
     `nonfinite` (sums), `grad_var` and `grad_snr` (of the combined estimate,
     the groups being independent), and per group `<name>/loss`,
     `<name>/grad_norm`, `<name>/grad_snr`, `<name>/nonfinite`.
     """
-    grads, new_state, infos, weights = [], {}, {}, []
+    grads, new_state, infos, loss_weights, grad_weights = [], {}, {}, [], []
     for name, est, weight in self.groups:
       grad, new_state[name], info = est.estimate(
         theta, state[name], group_key(key, name)
       )
       entries = est.num_particles * est.unroll_length
-      valid = info["nonfinite"] < entries
       norm = _norm(grad)
+      # A group's loss counts if it had a finite step; its estimate counts
+      # if it is not exactly zero: every step masked, or every particle's
+      # loss at its cap (no pair of members differed) carries no direction
+      # and would only dilute the other groups'.
+      informative = norm > 0
       info = dict(info, grad_norm=norm)
       if self.combine == "unit":
-        # A zero estimate (nothing valid) stays zero.
-        grad = jax.tree.map(lambda g, n=norm: g / jnp.maximum(n, 1e-30), grad)
-        info["grad_var"] = info["grad_var"] / jnp.maximum(norm, 1e-30) ** 2
+        safe = jnp.where(informative, norm, 1.0)
+        grad = jax.tree.map(lambda g, n=safe: g / n, grad)
+        info["grad_var"] = info["grad_var"] / safe**2
       grads.append(grad)
-      weights.append(jnp.where(valid, weight, 0.0))
+      loss_weights.append(jnp.where(info["nonfinite"] < entries, weight, 0.0))
+      grad_weights.append(jnp.where(informative, weight, 0.0))
       infos[name] = info
-    total = jnp.maximum(sum(weights), 1e-30)
-    shares = [w / total for w in weights]
+    shares = _shares(grad_weights)
     grad = jax.tree.map(
       lambda *gs: sum(s * g for s, g in zip(shares, gs, strict=True)), *grads
     )
+    # where(): a dropped group's diagnostics (NaN with a single particle)
+    # stay out of the family's.
     variance = sum(
-      s**2 * info["grad_var"] for s, info in zip(shares, infos.values())
+      jnp.where(s > 0, s**2 * info["grad_var"], 0.0)
+      for s, info in zip(shares, infos.values(), strict=True)
     )
-    signal = _norm(grad) ** 2
     info = {
       "loss": sum(
-        s * info["loss"] for s, info in zip(shares, infos.values(), strict=True)
+        s * info["loss"]
+        for s, info in zip(_shares(loss_weights), infos.values(), strict=True)
       ),
       "steps": sum(info["steps"] for info in infos.values()),
       "nonfinite": sum(info["nonfinite"] for info in infos.values()),
       "grad_var": variance,
-      "grad_snr": signal / variance - 1,
+      "grad_snr": snr(_norm(grad) ** 2, variance),
     }
     for name, group_info in infos.items():
       for field in ("loss", "grad_norm", "grad_snr", "nonfinite"):
         info[f"{name}/{field}"] = group_info[field]
     return grad, new_state, info
+
+
+def _shares(weights: Sequence[jax.Array]) -> list[jax.Array]:
+  total = jnp.maximum(sum(weights), 1e-30)
+  return [w / total for w in weights]
 
 
 def _norm(tree: PyTree) -> jax.Array:

@@ -253,6 +253,8 @@ def test_masked_average_exact_value():
   for leaf in jax.tree.leaves(grad):
     np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
   assert int(info["nonfinite"]) == 12 and float(info["loss"]) == 0.0
+  # Nothing to spread: no noise and no signal, so an SNR of -1, not 0 / 0.
+  assert float(info["grad_var"]) == 0.0 and float(info["grad_snr"]) == -1.0
 
 
 @dataclasses.dataclass(frozen=True)

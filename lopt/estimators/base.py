@@ -512,7 +512,10 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
   |E grad|^2 / grad_var: since E|grad|^2 = |E grad|^2 + grad_var, it is
   |grad|^2 / grad_var - 1, about 0 (or below) when the estimate is pure
   noise. An SNR far below 1 says sigma or the particle count is off: the
-  update is mostly noise. Both are NaN with a single particle.
+  update is mostly noise. Both are NaN with a single particle. An estimate
+  that is exactly zero for every particle (every step masked, or every loss
+  at its cap, so that no pair of members saw a difference) has grad_var 0
+  and grad_snr -1, the value of an estimate without signal, not 0 / 0.
   """
   n = valid_counts.shape[0]
   per_step = jnp.maximum(valid_counts, 1)
@@ -525,4 +528,11 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
 
   variance = sum(spread(g) for g in jax.tree.leaves(grad_sums)) / n
   signal = sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))
-  return {"grad_var": variance, "grad_snr": signal / variance - 1}
+  return {"grad_var": variance, "grad_snr": snr(signal, variance)}
+
+
+def snr(signal: jax.Array, variance: jax.Array) -> jax.Array:
+  """|grad|^2 / grad_var - 1, and -1 (no signal) where grad_var is 0."""
+  spread_out = variance > 0
+  ratio = signal / jnp.where(spread_out, variance, 1.0) - 1
+  return jnp.where(spread_out, ratio, -1.0)
