@@ -20,7 +20,7 @@ import shutil
 import ml_collections
 from absl import app, flags
 
-from lopt import console, experiment, export, plots, suite, train
+from lopt import console, experiment, export, jsonio, plots, suite, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["0"], "Outer steps to score (0: init).")
@@ -74,13 +74,10 @@ def main(argv) -> None:
   result = {
     "workdir": workdir,
     "suite": _SUITE.value,
-    "config": json.loads(
-      json.dumps(export.load_theta(workdir)[2]["config"], default=str)
-    ),
+    "config": export.load_theta(workdir)[2]["config"],
     "budgets": rows,
   }
-  with open(os.path.join(output, "budgets.json"), "w") as f:
-    json.dump(result, f, indent=1, default=str)
+  jsonio.dump(result, os.path.join(output, "budgets.json"))
 
   minutes = [r["train_seconds"] / 60 for r in rows]
   plt = plots.pyplot()

@@ -12,7 +12,11 @@ scores each checkpoint of `--steps`, and the mean of their thetas, on the
 family's own tasks with seeds that meta-training never drew
 (`family_suite.py`), like `lopt.evaluate --suite` scores an
 optimizer, and picks the lowest mean ratio to tuned Adam (the
-meta-objective). Writes `choose_theta.json`; the held-out suite is never read.
+meta-objective). Each mean ratio comes with a 95% bootstrap interval, and
+so does its difference from the chosen one's: every task's seeds are
+resampled, the same draw for every candidate, since they share seeds, inits
+and batches (a paired comparison). Writes `choose_theta.json`; the held-out
+suite is never read.
 """
 
 import os
@@ -30,6 +34,33 @@ from family_suite import family_suite, score  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
+
+
+NUM_BOOTSTRAP = 2000
+
+
+def add_intervals(rows: list[dict], best: dict) -> None:
+  """Sets each row's `mean_ratio_ci95` and `minus_best_ci95` (paired)."""
+  names = sorted(best["per_seed"])
+
+  def resampled_mean_ratios(row, idx):
+    learned, adam = (
+      np.asarray([row["per_seed"][n][which] for n in names], np.float64)
+      for which in ("learned", "adam")
+    )
+    tasks = np.arange(len(names))[None, :, None]
+    ratios = learned[tasks, idx].mean(-1) / adam[tasks, idx].mean(-1)
+    return ratios.mean(-1)
+
+  num_seeds = len(best["per_seed"][names[0]]["learned"])
+  rng = np.random.default_rng(0)
+  idx = rng.integers(0, num_seeds, (NUM_BOOTSTRAP, len(names), num_seeds))
+  reference = resampled_mean_ratios(best, idx)
+  for row in rows:
+    boot = resampled_mean_ratios(row, idx)
+    quantiles = (0.025, 0.975)
+    row["aggregates"]["mean_ratio_ci95"] = np.quantile(boot, quantiles)
+    row["minus_best_ci95"] = np.quantile(boot - reference, quantiles)
 
 
 def main(argv) -> None:
@@ -50,14 +81,19 @@ def main(argv) -> None:
     ("mean of " + ", ".join(map(str, steps)), (mean, candidates[-1][1][1]))
   )
   for name, (theta, cfg) in candidates:
-    row = {"theta": name} | score(theta, cfg, tasks)
-    rows.append(row)
-    agg = row["aggregates"]
-    print(
-      f"{name}: family mean ratio {agg['mean_ratio']:.3f}, median "
-      f"{agg['median_ratio']:.3f}, worst {agg['worst_ratio']:.3f}"
-    )
+    rows.append({"theta": name} | score(theta, cfg, tasks))
   best = min(rows, key=lambda r: r["aggregates"]["mean_ratio"])
+  add_intervals(rows, best)
+  for row in rows:
+    agg = row["aggregates"]
+    low, high = agg["mean_ratio_ci95"]
+    d_low, d_high = row["minus_best_ci95"]
+    print(
+      f"{row['theta']}: family mean ratio {agg['mean_ratio']:.3f} "
+      f"[{low:.3f}, {high:.3f}] ({d_low:+.3f} to {d_high:+.3f} against the "
+      f"best), median {agg['median_ratio']:.3f}, worst "
+      f"{agg['worst_ratio']:.3f}"
+    )
   result = {
     "workdir": _WORKDIR.value,
     "seeds": list(tasks.seeds),

@@ -38,10 +38,18 @@ def family_suite() -> suite_tasks.Suite:
 
 
 def score(theta, cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
-  """The suite's aggregates (and the mean ratio) and ratios of one theta."""
+  """The suite's aggregates (and the mean ratio), ratios and per-seed mean
+  training losses (learned and best tuned Adam) of one theta."""
   summary = suite.evaluate_suite((theta, cfg), tasks)
   keys = ("win_fraction", "median_ratio", "iqm_ratio", "worst_ratio")
   ratios = {t["name"]: t["ratio"] for t in summary["tasks"]}
   aggregates = {k: summary["aggregates"][k] for k in keys}
   aggregates["mean_ratio"] = sum(ratios.values()) / len(ratios)
-  return {"aggregates": aggregates, "ratios": ratios}
+  per_seed = {
+    t["name"]: {
+      "learned": t["learned"]["per_seed_mean_train_loss"],
+      "adam": t["adam"]["best"]["per_seed_mean_train_loss"],
+    }
+    for t in summary["tasks"]
+  }
+  return {"aggregates": aggregates, "ratios": ratios, "per_seed": per_seed}
