@@ -296,8 +296,9 @@ class FamilyEstimator:
     grad is sum_g w_g u_g / sum_g w_g over the groups that had a valid
     step, with u_g the group's estimate (`mean`) or the estimate over its
     norm (`unit`); a group whose every step was masked for a non-finite
-    loss, or whose estimate is exactly zero (every loss at its cap), adds
-    nothing, and its weight drops out. info holds the family's `loss`
+    loss, or whose estimate is exactly zero (no pair of members differed:
+    every loss exactly 0, or at its cap), adds nothing, and its weight
+    drops out. info holds the family's `loss`
     (the same weighted mean of the groups' normalised losses), `steps` and
     `nonfinite` (sums), `grad_var` and `grad_snr` (of the combined estimate,
     the groups being independent), and per group `<name>/loss`,
@@ -311,9 +312,10 @@ class FamilyEstimator:
       entries = est.num_particles * est.unroll_length
       norm = _norm(grad)
       # A group's loss counts if it had a finite step; its estimate counts
-      # if it is not exactly zero: every step masked, or every particle's
-      # loss at its cap (no pair of members differed) carries no direction
-      # and would only dilute the other groups'.
+      # if it is not exactly zero. A zero one (every step masked, or no pair
+      # of members differed: the generalist's T = 2000 MLP fits its batches
+      # to a loss of exactly 0 late in its episodes, for all 8 particles at
+      # once at times) carries no direction and would dilute the others'.
       informative = norm > 0
       info = dict(info, grad_norm=norm)
       if self.combine == "unit":

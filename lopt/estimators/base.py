@@ -513,9 +513,10 @@ def noise_diagnostics(grad, grad_sums, valid_counts):
   |grad|^2 / grad_var - 1, about 0 (or below) when the estimate is pure
   noise. An SNR far below 1 says sigma or the particle count is off: the
   update is mostly noise. Both are NaN with a single particle. An estimate
-  that is exactly zero for every particle (every step masked, or every loss
-  at its cap, so that no pair of members saw a difference) has grad_var 0
-  and grad_snr -1, the value of an estimate without signal, not 0 / 0.
+  that is exactly zero for every particle (every step masked, or no pair
+  of members saw a difference: every loss exactly 0 on memorised batches,
+  or at its cap) has grad_var 0 and grad_snr -1, the value of an estimate
+  without signal, not 0 / 0.
   """
   n = valid_counts.shape[0]
   per_step = jnp.maximum(valid_counts, 1)
