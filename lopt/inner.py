@@ -31,7 +31,7 @@ into the compiled program as constants.
 """
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -149,6 +149,7 @@ def train_model(
   data: Mapping[str, jax.Array],
   key: jax.Array,
   num_steps: int,
+  trace: Callable[[optax.OptState], Any] | None = None,
 ):
   """Trains one fresh model with any optax optimizer; pure and jit-able.
 
@@ -162,10 +163,14 @@ def train_model(
     data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
     key: the seed of the model's init and its batches.
     num_steps: training steps.
+    trace: optional; maps the optimizer state after each step to a pytree
+      of arrays (e.g. the adaptive kind's per-tensor rates), returned
+      stacked over the steps as `trace`.
 
   Returns:
     A dict: `losses` (the training-batch loss before each step, shape
-    [num_steps]), `test_loss` and `test_accuracy` of the final parameters.
+    [num_steps]), `test_loss` and `test_accuracy` of the final parameters,
+    and `trace` when asked for.
   """
   k_init, k_steps = jax.random.split(key)
   params = task.init(k_init)
@@ -175,13 +180,17 @@ def train_model(
     x, y = task.sample_batch(step_key, data["train_x"], data["train_y"])
     loss, grads = jax.value_and_grad(task.loss)(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    traced = () if trace is None else trace(opt_state)
+    return (optax.apply_updates(params, updates), opt_state), (loss, traced)
 
-  (params, _), losses = jax.lax.scan(
+  (params, _), (losses, traced) = jax.lax.scan(
     step, (params, tx.init(params)), jax.random.split(k_steps, num_steps)
   )
-  return {
+  out = {
     "losses": losses,
     "test_loss": task.loss(params, data["test_x"], data["test_y"]),
     "test_accuracy": task.accuracy(params, data["test_x"], data["test_y"]),
   }
+  if trace is not None:
+    out["trace"] = traced
+  return out

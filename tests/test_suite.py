@@ -294,6 +294,37 @@ def test_adam_grid_scores_every_config_and_keeps_the_best(digits):
   )
 
 
+def test_train_model_traces_the_optimizer_state_without_changing_the_run(
+  digits,
+):
+  """`trace` returns one entry per step, taken after that step's update:
+  here the adaptive kind's step count and per-tensor rate log-scales."""
+  data, ds = digits
+  task = suite_tasks.build_task(_TINY.tasks[0], ds.image_shape, ds.num_classes)
+  cfg = optimizers.LOptConfig(kind="adaptive")
+  tx = optimizers.learned_optimizer(
+    optimizers.init_theta(cfg, jax.random.key(0)), cfg, 20
+  )
+  key = jax.random.key(1)
+  plain = inner.train_model(task, tx, data, key, 20)
+  traced = inner.train_model(
+    task,
+    tx,
+    data,
+    key,
+    20,
+    trace=lambda state: (state.count, state.log_lr_scale),
+  )
+  np.testing.assert_array_equal(traced["losses"], plain["losses"])
+  counts, scales = traced["trace"]
+  np.testing.assert_array_equal(counts, np.arange(1, 21))
+  for leaf in jax.tree.leaves(scales):
+    assert leaf.shape == (20,)
+  # The rates adapt: some tensor's log-scale moves off 0 within the run.
+  assert any(np.abs(leaf[-1]) > 0 for leaf in jax.tree.leaves(scales))
+  assert "trace" not in plain
+
+
 def test_adam_cache_hit_and_missed_when_anything_changes(tmp_path, monkeypatch):
   calls = []
 

@@ -16,10 +16,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 
-from lopt import console, export, jsonio, optimizers, suite, suite_tasks
+from lopt import console, export, inner, jsonio, optimizers, suite, suite_tasks
 from lopt import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
@@ -27,26 +26,6 @@ _STEP = flags.DEFINE_integer("step", None, "Its checkpoint (default: last).")
 _TASK = flags.DEFINE_string("task", "cnn4x8_elu", "A held-out suite task.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
 NUM_SPANS = 8
-
-
-def train(task, tx, data, key, num_steps, track_scales: bool):
-  """Per step: the loss and (with `track_scales`) every tensor's s."""
-  k_init, k_steps = jax.random.split(key)
-  params = task.init(k_init)
-
-  def step(carry, k):
-    params, state = carry
-    x, y = task.sample_batch(k, data["train_x"], data["train_y"])
-    loss, grads = jax.value_and_grad(task.loss)(params, x, y)
-    updates, state = tx.update(grads, state, params)
-    scales = (
-      jnp.stack(jax.tree.leaves(state.log_lr_scale)) if track_scales else loss
-    )
-    return (optax.apply_updates(params, updates), state), (loss, scales)
-
-  init = (params, tx.init(params))
-  _, out = jax.lax.scan(step, init, jax.random.split(k_steps, num_steps))
-  return out
 
 
 def main(argv) -> None:
@@ -60,16 +39,30 @@ def main(argv) -> None:
   heldout = suite_tasks.SUITES["heldout"]
   spec = next(t for t in heldout.tasks if t.name == _TASK.value)
   ds = data_lib.load_dataset(spec.dataset, image_size=spec.image_size)
-  data = {
-    "train_x": jnp.asarray(ds.train.images),
-    "train_y": jnp.asarray(ds.train.labels),
-  }
+  data = jax.device_put(
+    {
+      "train_x": ds.train.images,
+      "train_y": ds.train.labels,
+      "test_x": ds.test.images,
+      "test_y": ds.test.labels,
+    }
+  )
   task = suite_tasks.build_task(spec, ds.image_shape, ds.num_classes)
   keys = suite_tasks.task_keys(heldout.seeds)
   learned = optimizers.learned_optimizer(theta, cfg, spec.horizon)
-  losses, scales = jax.jit(
-    jax.vmap(lambda k: train(task, learned, data, k, spec.horizon, True))
+  out = jax.jit(
+    jax.vmap(
+      lambda k: inner.train_model(
+        task,
+        learned,
+        data,
+        k,
+        spec.horizon,
+        trace=lambda state: jnp.stack(jax.tree.leaves(state.log_lr_scale)),
+      )
+    )
   )(keys)
+  losses, scales = np.asarray(out["losses"]), np.asarray(out["trace"])
   adam_ = suite.tuned_adam(
     spec,
     task,
@@ -79,18 +72,14 @@ def main(argv) -> None:
     suite.DEFAULT_ADAM_CACHE_DIR,
   )
   best = adam_["sweep"][adam_["best"]]
-  adam_losses, _ = jax.jit(
-    jax.vmap(
-      lambda k: train(
-        task,
-        suite.adam(best["learning_rate"], spec.horizon, best["schedule"]),
-        data,
-        k,
-        spec.horizon,
-        False,
+  adam_tx = suite.adam(best["learning_rate"], spec.horizon, best["schedule"])
+  adam_losses = np.asarray(
+    jax.jit(
+      jax.vmap(
+        lambda k: inner.train_model(task, adam_tx, data, k, spec.horizon)
       )
-    )
-  )(keys)
+    )(keys)["losses"]
+  )
   shapes = [
     list(x.shape) for x in jax.tree.leaves(jax.eval_shape(task.init, keys[0]))
   ]
