@@ -30,6 +30,9 @@ Two kinds of config, each with its runner:
 Steps and seconds exclude the estimator's burn-in (the T-step warm-up of
 step-unlocked particles in `init`); the JSON records its cost separately as
 `burn_in_steps` (and `burn_in_seconds` for toy systems).
+
+The statistics over seeds are `lopt.compare_stats`, the JSON, figure and
+tables `lopt.compare_report`; this module re-exports both.
 """
 
 from __future__ import annotations
@@ -54,8 +57,19 @@ from lopt import (
   console,
   estimators,
   experiment,
-  jsonio,
-  plots,
+)
+from lopt.compare_report import (  # noqa: F401  (re-exported)
+  fmt_interval,
+  format_table,
+  write,
+)
+from lopt.compare_stats import (  # noqa: F401  (re-exported)
+  AXES,
+  CI_LEVEL,
+  first_below,
+  interval,
+  summarize,
+  to_target,
 )
 
 #: What the JSON says the meta-loss is, per kind of config.
@@ -125,18 +139,6 @@ BUDGET_FIELDS = {
   "budget_steps": "steps",
   "budget_outer_steps": "outer_steps",
 }
-
-#: The x axes that steps-to-target is reported on: curve key -> description.
-AXES = {
-  "outer_steps": "outer steps",
-  "steps": "total inner steps",
-  "sequential_steps": "sequential inner steps",
-  "seconds": "seconds (this machine)",
-  "parallel_seconds": "est. parallel seconds",
-}
-
-#: Confidence level of every interval in the summaries.
-CI_LEVEL = 0.95
 
 
 def label_budget(
@@ -313,220 +315,6 @@ def targets(config: ml_collections.ConfigDict, result) -> list[float]:
     start = float(np.mean(starts))
     chosen.append(float(f"{start - progress * (start - min(finals)):.3g}"))
   return chosen
-
-
-def first_below(xs, losses, target: float) -> float | None:
-  """Where a curve first gets below `target`: linear between its points.
-
-  The crossing is interpolated between the last point at or above the
-  target and the first below it (the first point, if that is already
-  below). None if it never gets below. A missing (non-finite) loss counts
-  as above.
-  """
-  prev = None
-  for x, loss in zip(xs, losses):
-    if loss is not None and np.isfinite(loss) and loss < target:
-      if prev is None:
-        return float(x)
-      (x0, l0) = prev
-      frac = (l0 - target) / (l0 - loss) if np.isfinite(l0) else 1.0
-      return float(x0 + frac * (x - x0))
-    prev = (x, np.inf if loss is None or not np.isfinite(loss) else loss)
-  return None
-
-
-def interval(values, level: float = CI_LEVEL) -> dict[str, Any]:
-  """Mean and Student-t interval of the mean of the finite values.
-
-  Returns {"mean", "low", "high", "n"}; low/high are None for fewer than
-  two values, and everything but n is None for none.
-  """
-  from scipy import stats  # scikit-learn's dependency; imported on use
-
-  x = np.asarray(
-    [v for v in values if v is not None and np.isfinite(v)], np.float64
-  )
-  out = {"mean": None, "low": None, "high": None, "n": int(x.size)}
-  if x.size:
-    out["mean"] = float(x.mean())
-  if x.size >= 2:
-    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1)
-    half /= np.sqrt(x.size)
-    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
-  return out
-
-
-def to_target(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
-  """Steps- and time-to-target of every seed, with their interval per axis.
-
-  Returns {"target", "reached": seeds that got below it, "num_runs",
-  axis: {"values": per seed (None if not reached), "mean", "low", "high",
-  "n"}} for every axis of `AXES` the runs have; the mean and interval are
-  over the seeds that reached the target.
-  """
-  out = {
-    "target": float(target),
-    "num_runs": len(runs),
-    "reached": sum(
-      first_below(r["steps"], r["meta_loss"], target) is not None for r in runs
-    ),
-  }
-  for axis in AXES:
-    if not all(axis in r for r in runs):
-      continue
-    values = [first_below(r[axis], r["meta_loss"], target) for r in runs]
-    out[axis] = {"values": values, **interval(values)}
-  return out
-
-
-def _stats(values) -> dict[str, Any]:
-  """Mean, std, min and max of the finite values (None where there are none)."""
-  values = np.asarray([np.nan if v is None else v for v in values], np.float64)
-  finite = values[np.isfinite(values)]
-  if not finite.size:
-    return dict.fromkeys(("mean", "std", "min", "max"), None) | {
-      "num_finite": 0
-    }
-  return {
-    "mean": float(finite.mean()),
-    "std": float(finite.std()),
-    "min": float(finite.min()),
-    "max": float(finite.max()),
-    "num_finite": int(finite.size),
-  }
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-  """Final values over seeds: mean, std, min, max."""
-
-  def best(curve):
-    finite = [v for v in curve if v is not None and np.isfinite(v)]
-    return min(finite) if finite else None
-
-  summary = {
-    "final_meta_loss": _stats([r["meta_loss"][-1] for r in runs]),
-    "final_meta_loss_ci": interval([r["meta_loss"][-1] for r in runs]),
-    "best_meta_loss": _stats([best(r["meta_loss"]) for r in runs]),
-    "total_steps": _stats([r["steps"][-1] for r in runs]),
-    "total_seconds": _stats([r["seconds"][-1] for r in runs]),
-    "total_outer_steps": _stats([r["outer_steps"][-1] for r in runs]),
-  }
-  if all("sequential_steps" in r for r in runs):
-    summary["total_sequential_steps"] = _stats(
-      [r["sequential_steps"][-1] for r in runs]
-    )
-  if all("parallel_seconds" in r for r in runs):
-    summary["total_parallel_seconds"] = _stats(
-      [r["parallel_seconds"][-1] for r in runs]
-    )
-    summary["step_seconds"] = _stats([r["step_seconds"] for r in runs])
-  if "theta" in runs[0]:
-    thetas = np.asarray([r["theta"][-1] for r in runs], np.float64)
-    summary["final_theta_mean"] = jsonio.plain(thetas.mean(axis=0))
-    summary["final_theta_std"] = jsonio.plain(thetas.std(axis=0))
-  return summary
-
-
-def write(
-  result: dict[str, Any], output_dir: str, name: str, title: str = ""
-) -> tuple[str, str]:
-  """Writes `<name>.json` and `<name>.png`; returns their paths."""
-  os.makedirs(output_dir, exist_ok=True)
-  json_path = jsonio.dump(result, os.path.join(output_dir, f"{name}.json"))
-  config = result.get("config", {})
-  plot_cfg = config.get("plot", {}) or {}
-  if not title and result.get("kind") == "lopt":
-    task = config.get("task", {})
-    title = (
-      f"Learned-optimizer meta-training, {task.get('dataset')} "
-      f"{task.get('model')} {tuple(task.get('hidden', ()))}, "
-      f"T = {config.get('inner', {}).get('horizon')}"
-    )
-  png_path = plots.comparison(
-    result,
-    os.path.join(output_dir, f"{name}.png"),
-    title=title or plot_cfg.get("title", name),
-    yscale=plot_cfg.get("yscale", "log"),
-    xscale=plot_cfg.get("xscale", "linear"),
-    theta_x=plot_cfg.get("theta_x", "steps"),
-  )
-  return json_path, png_path
-
-
-def fmt_interval(d: dict[str, Any] | None, digits: int = 3) -> str:
-  """`mean [low, high]` with `digits` significant digits; `n/a` if unset."""
-  if not d or d["mean"] is None:
-    return "n/a"
-  if d["low"] is None:
-    return f"{d['mean']:.{digits}g}"
-  return (
-    f"{d['mean']:.{digits}g} [{d['low']:.{digits}g}, {d['high']:.{digits}g}]"
-  )
-
-
-def format_table(result: dict[str, Any]) -> str:
-  """The final numbers per estimator as a Markdown table.
-
-  Then, for every target of `result["targets"]`, a table of how far each
-  label got before its meta-loss fell below it, on every axis of `AXES`:
-  the mean over the seeds that got there and its 95 % interval, with how
-  many seeds did.
-  """
-
-  def fmt(d: dict[str, Any], spread: bool = True) -> str:
-    if d["mean"] is None:
-      return "n/a"
-    if spread:
-      return f"{d['mean']:.4g} ± {d['std']:.2g}"
-    return f"{d['mean']:.4g}"
-
-  lines = [
-    "| estimator | final meta-loss (mean ± std) | 95 % interval | "
-    "best meta-loss | outer steps | inner steps | seconds | final theta |",
-    "|---|---|---|---|---|---|---|---|",
-  ]
-  for label, entry in result["estimators"].items():
-    s = entry["summary"]
-    theta = s.get("final_theta_mean")
-    theta = (
-      ""
-      if theta is None
-      else "("
-      + ", ".join("nan" if t is None else f"{t:.4g}" for t in theta)
-      + ")"
-    )
-    ci = s.get("final_meta_loss_ci")
-    ci = (
-      "n/a"
-      if not ci or ci["low"] is None
-      else f"[{ci['low']:.4g}, {ci['high']:.4g}]"
-    )
-    lines.append(
-      f"| {label} | {fmt(s['final_meta_loss'])} | {ci} | "
-      f"{fmt(s['best_meta_loss'], False)} | "
-      f"{fmt(s['total_outer_steps'], False)} | "
-      f"{fmt(s['total_steps'], False)} | "
-      f"{fmt(s['total_seconds'], False)} | {theta} |"
-    )
-  for i, target in enumerate(result.get("targets", ())):
-    rows = {label: r[i] for label, r in result["to_target"].items()}
-    axes = [a for a in AXES if all(a in r for r in rows.values())]
-    lines += [
-      "",
-      f"Meta-loss below {target:.4g}: mean over the seeds that got there "
-      f"[{CI_LEVEL:.0%} interval]",
-      "",
-      "| estimator | seeds | " + " | ".join(AXES[a] for a in axes) + " |",
-      "|---|---|" + "---|" * len(axes),
-    ]
-    for label, r in rows.items():
-      cells = [fmt_interval(r[a]) for a in axes]
-      lines.append(
-        f"| {label} | {r['reached']}/{r['num_runs']} | "
-        + " | ".join(cells)
-        + " |"
-      )
-  return "\n".join(lines)
 
 
 # -- command line -------------------------------------------------------------
