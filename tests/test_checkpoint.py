@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from lopt import checkpoint, checkpoint_format
+from lopt import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_async_save_survives_donation_and_waits_for_the_next_call(tmp_path):
     tmp_path / "sync", every_steps=1, keep=1, async_save=False
   ) as ckpt:
     assert ckpt.save(3, state, CONFIG)
-    assert checkpoint_format.is_finalized(tmp_path / "sync" / "3")
+    assert checkpoint._is_finalized(tmp_path / "sync" / "3")
 
 
 def test_stateless_estimator_round_trip(tmp_path):
