@@ -123,6 +123,21 @@ def train_models(task, make_tx, data, keys, num_steps, hypers):
   return jax.tree.map(np.asarray, out)
 
 
+def load_data(spec: SuiteTask, data_dir: str | None = None):
+  """`(arrays, dataset)`: the arrays `train_models` reads, on the devices,
+  and the host-side `Dataset` of the task's dataset and image size."""
+  ds = data_lib.load_dataset(
+    spec.dataset, data_dir=data_dir, image_size=spec.image_size
+  )
+  arrays = {
+    "train_x": ds.train.images,
+    "train_y": ds.train.labels,
+    "test_x": ds.test.images,
+    "test_y": ds.test.labels,
+  }
+  return jax.device_put(arrays), ds
+
+
 def choose_best(sweep: Sequence[dict]) -> int:
   """Index of the config with the lowest seed-mean training loss.
 
@@ -287,16 +302,7 @@ def evaluate_suite(
     progress.step(spec.name)
     where = (spec.dataset, spec.image_size)
     if where not in datasets:
-      ds = data_lib.load_dataset(
-        spec.dataset, data_dir=data_dir, image_size=spec.image_size
-      )
-      arrays = {
-        "train_x": ds.train.images,
-        "train_y": ds.train.labels,
-        "test_x": ds.test.images,
-        "test_y": ds.test.labels,
-      }
-      datasets[where] = (jax.device_put(arrays), ds)
+      datasets[where] = load_data(spec, data_dir)
     data, ds = datasets[where]
     task = build_task(spec, ds.image_shape, ds.num_classes)
     t0 = time.perf_counter()

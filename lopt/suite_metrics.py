@@ -85,6 +85,27 @@ def _stats(ratios: np.ndarray) -> dict[str, np.ndarray]:
   }
 
 
+def resample_seeds(
+  num_tasks: int, num_seeds: int, num_bootstrap: int = NUM_BOOTSTRAP
+) -> np.ndarray:
+  """[num_bootstrap, num_tasks, num_seeds] seed indices, drawn per task
+  with replacement (fixed generator: every call draws the same)."""
+  rng = np.random.default_rng(0)
+  return rng.integers(0, num_seeds, (num_bootstrap, num_tasks, num_seeds))
+
+
+def resampled_ratios(learned, adam_, idx: np.ndarray) -> np.ndarray:
+  """[num_bootstrap, tasks] ratios of the seed means under the draws `idx`.
+
+  `learned` and `adam_` are per-seed mean losses [tasks, seeds]; one draw
+  serves both (their runs share inits and batches), and passing the same
+  `idx` for two optimizers pairs their comparison.
+  """
+  learned, adam_ = np.asarray(learned), np.asarray(adam_)
+  rows = np.arange(learned.shape[0])[None, :, None]
+  return learned[rows, idx].mean(-1) / adam_[rows, idx].mean(-1)
+
+
 def aggregate(tasks: Sequence[dict], num_bootstrap: int = NUM_BOOTSTRAP):
   """Aggregates over the tasks' scores, with bootstrap intervals.
 
@@ -99,13 +120,11 @@ def aggregate(tasks: Sequence[dict], num_bootstrap: int = NUM_BOOTSTRAP):
   )
   ratios = np.asarray([t["ratio"] for t in tasks], np.float64)
   out = {k: float(v) for k, v in _stats(ratios).items()}
-  rng = np.random.default_rng(0)
-  idx = rng.integers(0, learned.shape[1], (num_bootstrap, *learned.shape))
-  rows = np.arange(learned.shape[0])[None, :, None]
+  idx = resample_seeds(*learned.shape, num_bootstrap)
   # Diverged runs make inf and NaN ratios: quantiles of them are fine as
   # inf or NaN (null in the JSON), not worth a warning.
   with np.errstate(invalid="ignore", divide="ignore"):
-    boot = learned[rows, idx].mean(-1) / adam_[rows, idx].mean(-1)
+    boot = resampled_ratios(learned, adam_, idx)
     for k, v in _stats(boot).items():
       out[f"{k}_ci95"] = [float(np.quantile(v, q)) for q in (0.025, 0.975)]
     for t, lo, hi in zip(tasks, *np.quantile(boot, [0.025, 0.975], axis=0)):

@@ -19,7 +19,6 @@ import optax
 import pytest
 from flax import nnx
 
-from lopt import data as data_lib
 from lopt import evaluate, experiment, inner, optimizers, suite, suite_tasks
 from lopt.suite_tasks import Suite, SuiteTask
 
@@ -264,14 +263,7 @@ _TINY = Suite(
 
 @pytest.fixture(scope="module")
 def digits():
-  ds = data_lib.load_dataset("digits")
-  arrays = {
-    "train_x": ds.train.images,
-    "train_y": ds.train.labels,
-    "test_x": ds.test.images,
-    "test_y": ds.test.labels,
-  }
-  return jax.device_put(arrays), ds
+  return suite.load_data(_TINY.tasks[0])
 
 
 def test_adam_grid_scores_every_config_and_keeps_the_best(digits):

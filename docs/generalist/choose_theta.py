@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lopt import console, export, jsonio
+from lopt import console, export, jsonio, suite_metrics
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from family_suite import family_suite, score  # noqa: E402
@@ -36,25 +36,19 @@ _STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
 
 
-NUM_BOOTSTRAP = 2000
-
-
 def add_intervals(rows: list[dict], best: dict) -> None:
   """Sets each row's `mean_ratio_ci95` and `minus_best_ci95` (paired)."""
   names = sorted(best["per_seed"])
 
   def resampled_mean_ratios(row, idx):
     learned, adam = (
-      np.asarray([row["per_seed"][n][which] for n in names], np.float64)
+      [row["per_seed"][n][which] for n in names]
       for which in ("learned", "adam")
     )
-    tasks = np.arange(len(names))[None, :, None]
-    ratios = learned[tasks, idx].mean(-1) / adam[tasks, idx].mean(-1)
-    return ratios.mean(-1)
+    return suite_metrics.resampled_ratios(learned, adam, idx).mean(-1)
 
   num_seeds = len(best["per_seed"][names[0]]["learned"])
-  rng = np.random.default_rng(0)
-  idx = rng.integers(0, num_seeds, (NUM_BOOTSTRAP, len(names), num_seeds))
+  idx = suite_metrics.resample_seeds(len(names), num_seeds)
   reference = resampled_mean_ratios(best, idx)
   for row in rows:
     boot = resampled_mean_ratios(row, idx)

@@ -7,7 +7,7 @@ Trains the held-out suite's task with the workdir's theta (the suite's
 seeds) and records, per parameter tensor, the log-scale s of its rate (the
 rate is exp(theta['log_lr'] + s) times the linear decay) averaged over the
 seeds and over spans of the run, next to the training loss of the learned
-optimizer and of tuned Adam's best configuration (from the suite's cache).
+optimizer and of tuned Adam's best configuration (the suite's cached curve).
 Writes `lr_scales_<task>.json` and prints the table.
 """
 
@@ -19,7 +19,6 @@ import numpy as np
 from absl import app, flags
 
 from lopt import console, export, inner, jsonio, optimizers, suite, suite_tasks
-from lopt import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Its checkpoint (default: last).")
@@ -38,15 +37,7 @@ def main(argv) -> None:
     )
   heldout = suite_tasks.SUITES["heldout"]
   spec = next(t for t in heldout.tasks if t.name == _TASK.value)
-  ds = data_lib.load_dataset(spec.dataset, image_size=spec.image_size)
-  data = jax.device_put(
-    {
-      "train_x": ds.train.images,
-      "train_y": ds.train.labels,
-      "test_x": ds.test.images,
-      "test_y": ds.test.labels,
-    }
-  )
+  data, ds = suite.load_data(spec)
   task = suite_tasks.build_task(spec, ds.image_shape, ds.num_classes)
   keys = suite_tasks.task_keys(heldout.seeds)
   learned = optimizers.learned_optimizer(theta, cfg, spec.horizon)
@@ -72,14 +63,7 @@ def main(argv) -> None:
     suite.DEFAULT_ADAM_CACHE_DIR,
   )
   best = adam_["sweep"][adam_["best"]]
-  adam_tx = suite.adam(best["learning_rate"], spec.horizon, best["schedule"])
-  adam_losses = np.asarray(
-    jax.jit(
-      jax.vmap(
-        lambda k: inner.train_model(task, adam_tx, data, k, spec.horizon)
-      )
-    )(keys)["losses"]
-  )
+  adam_curve = adam_["best_curve"]  # the seed-mean loss per step
   shapes = [
     list(x.shape) for x in jax.tree.leaves(jax.eval_shape(task.init, keys[0]))
   ]
@@ -90,7 +74,7 @@ def main(argv) -> None:
       {
         "steps": [int(lo), int(hi)],
         "learned_loss": float(np.mean(losses[:, lo:hi])),
-        "adam_loss": float(np.mean(adam_losses[:, lo:hi])),
+        "adam_loss": float(np.mean(adam_curve[lo:hi])),
         "log_lr_scale": np.mean(scales[:, lo:hi], axis=(0, 1)),
       }
     )
@@ -106,7 +90,7 @@ def main(argv) -> None:
     },
     "tensor_shapes": shapes,
     "spans": spans,
-    "mean_ratio": float(np.mean(losses) / np.mean(adam_losses)),
+    "mean_ratio": float(np.mean(losses) / np.mean(adam_curve)),
   }
   os.makedirs(_OUTPUT.value, exist_ok=True)
   path = jsonio.dump(
