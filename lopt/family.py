@@ -293,15 +293,15 @@ class FamilyEstimator:
   def estimate(self, theta: PyTree, state: Mapping[str, PyTree], key):
     """Returns `(grad, state, info)` over every group in one call.
 
-    grad is sum_g w_g u_g / sum_g w_g over the groups that had a valid
-    step, with u_g the group's estimate (`mean`) or the estimate over its
-    norm (`unit`); a group whose every step was masked for a non-finite
-    loss, or whose estimate is exactly zero (no pair of members differed:
-    every loss exactly 0, or at its cap), adds nothing, and its weight
-    drops out. info holds the family's `loss`
-    (the same weighted mean of the groups' normalised losses), `steps` and
-    `nonfinite` (sums), `grad_var` and `grad_snr` (of the combined estimate,
-    the groups being independent), and per group `<name>/loss`,
+    grad is sum_g w_g u_g / sum_g w_g over the groups with a non-zero
+    estimate, with u_g the group's estimate (`mean`) or the estimate over
+    its norm (`unit`); a group whose every step was masked for a
+    non-finite loss, or whose estimate is exactly zero (no pair of members
+    differed: every loss exactly 0, or at its cap), adds nothing, and its
+    weight drops out. info holds the family's `loss` (the weighted mean of
+    the normalised losses of the groups that had a finite step), `steps`
+    and `nonfinite` (sums), `grad_var` and `grad_snr` (of the combined
+    estimate, the groups being independent), and per group `<name>/loss`,
     `<name>/grad_norm`, `<name>/grad_snr`, `<name>/nonfinite`.
     """
     grads, new_state, infos, loss_weights, grad_weights = [], {}, {}, [], []
