@@ -14,7 +14,9 @@ Validation lives in `lopt.validation` and is re-exported here: the valid
 names of every choice (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
 `OUTER_OPTIMIZERS`, ...), `check_config`, which reports a bad value as one
 `ConfigError` naming the field, the value and what is allowed, before any
-data is loaded or anything is compiled, and `check_resume`.
+data is loaded or anything is compiled; and from `lopt.resume_policy`,
+`check_resume`, which refuses to continue a checkpoint under a config that
+computes something else.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ import optax
 
 from lopt import data as data_lib
 from lopt import estimators, family, inner, optimizers, sharding, systems, tasks
+from lopt.resume_policy import (  # noqa: F401  (re-exported: see above)
+  NOT_SET,
+  RESUMABLE_FIELDS,
+  ConfigChange,
+  check_resume,
+  compare_configs,
+)
 from lopt.validation import (  # noqa: F401  (re-exported: see above)
   ACTIVATIONS,
   ESTIMATOR_FIELDS,
@@ -42,18 +51,13 @@ from lopt.validation import (  # noqa: F401  (re-exported: see above)
   LOPT_KINDS,
   META_LOSSES,
   MODELS,
-  NOT_SET,
   OUTER_FIELDS,
   OUTER_OPTIMIZERS,
-  RESUMABLE_FIELDS,
-  ConfigChange,
   ConfigError,
   check_choice,
   check_config,
   check_estimator,
   check_outer,
-  check_resume,
-  compare_configs,
   lopt_config,
 )
 
