@@ -12,12 +12,12 @@ Every dataset goes through tensorflow-datasets (tfds), read from `data_dir`
 with downloads off:
 
 * `digits`, the default, is the 1,797 real 8x8 handwritten digits that
-  scikit-learn bundles. `Digits` below is a tfds builder for it; importing this
-  module registers it, and `load_dataset` prepares it into `data_dir` on first
-  use, offline, in the `array_record` file format (`tfrecord` under a gs://
-  `data_dir`: array_record reads local files only). After that it is a
-  prepared tfds dataset like any other (`tfds.data_source("digits",
-  data_dir=...)` reads it too).
+  scikit-learn bundles. `lopt.digits.Digits` is a tfds builder for it;
+  importing this module registers it, and `load_dataset` prepares it into
+  `data_dir` on first use, offline, in the `array_record` file format
+  (`tfrecord` under a gs:// `data_dir`: array_record reads local files
+  only). After that it is a prepared tfds dataset like any other
+  (`tfds.data_source("digits", data_dir=...)` reads it too).
 * `mnist`, `fashion_mnist`, ... (see `DATASETS`) must already be prepared in
   `data_dir`; otherwise `DatasetNotFoundError` says how to get them.
 * `tfds:<name>` loads any other registered tfds dataset with an image and a
@@ -59,10 +59,9 @@ Pixels are scaled to [0, 1] (uint8 / 255; digits are 0..16 / 16), and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,13 +69,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+# Importing lopt.digits registers its tfds builder under the name "digits".
+from lopt.digits import (  # noqa: F401  (re-exported)
+  DIGITS_NUM_EXAMPLES,
+  DIGITS_NUM_TRAIN,
+  Digits,
+)
+
 # Name prefix that selects an arbitrary registered tfds dataset.
 TFDS_PREFIX = "tfds:"
-
-# Split rows of sklearn's digits: tfds `train` is rows [0, 1500), `test` is
-# rows [1500, 1797). See the module docstring.
-DIGITS_NUM_TRAIN = 1500
-DIGITS_NUM_EXAMPLES = 1797
 
 # The file format lopt prepares datasets in (on local disk), and recommends:
 # random access, read without TensorFlow (tfrecord, tfds's default, needs
@@ -168,83 +169,6 @@ class Dataset:
   def image_shape(self) -> tuple[int, int, int]:
     """(height, width, channels) of every image."""
     return tuple(self.train.images.shape[1:])
-
-
-# ---------------------------------------------------------------------------
-# The offline `digits` builder.
-
-
-class Digits(tfds.core.GeneratorBasedBuilder):
-  """scikit-learn's bundled 8x8 handwritten digits, as a tfds dataset.
-
-  Images are float32 (8, 8, 1) equal to the original 0..16 counts / 16;
-  labels are ClassLabel(10). Examples are stored in sklearn's row order:
-  `train` holds rows [0, 1500), `test` rows [1500, 1797). Preparing it reads
-  the copy inside the scikit-learn wheel, so it needs no network, and (for
-  this Tensor feature) no TensorFlow; `load_dataset` prepares it as
-  `array_record` so that reading needs none either.
-  """
-
-  name = "digits"
-  # 1.1.0 holds the same examples as 1.0.0. The new version makes data_dirs
-  # that hold a 1.0.0 prepared as tfrecord (lopt <= 0.1.0 did that) prepare
-  # it again, as array_record, instead of reading it through TensorFlow.
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES: ClassVar[dict[str, str]] = {
-    "1.0.0": "Rows 0-1499 train, 1500-1796 test.",
-    "1.1.0": "Same examples; lopt prepares it as array_record (no TF).",
-  }
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # An in-repo builder must build DatasetInfo itself:
-    # `dataset_info_from_configs` looks for metadata files next to the module
-    # (style.md D.1).
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        "The 1,797 8x8 handwritten digits bundled with scikit-learn "
-        "(sklearn.datasets.load_digits; a copy of the test set of the UCI "
-        "Optical Recognition of Handwritten Digits data set), pixels "
-        "scaled from 0..16 to [0, 1]."
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
-          "label": tfds.features.ClassLabel(num_classes=10),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      homepage=(
-        "https://archive.ics.uci.edu/dataset/80/"
-        "optical+recognition+of+handwritten+digits"
-      ),
-      # Keep sklearn's row order on disk (tfds otherwise shuffles examples
-      # by key hash), so the splits are documented row ranges.
-      disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    return {
-      "train": self._generate_examples(0, DIGITS_NUM_TRAIN),
-      "test": self._generate_examples(DIGITS_NUM_TRAIN, DIGITS_NUM_EXAMPLES),
-    }
-
-  def _generate_examples(self, start: int, stop: int):
-    images, labels = _sklearn_digits()
-    for i in range(start, stop):
-      yield i, {"image": images[i], "label": int(labels[i])}
-
-
-@functools.cache
-def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-  """All of sklearn's digits: float32 (1797, 8, 8, 1) in [0, 1], int labels."""
-  # Imported here: sklearn costs about 1 s and only preparing needs it.
-  from sklearn.datasets import load_digits
-
-  digits = load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  return images, digits.target
 
 
 # ---------------------------------------------------------------------------
