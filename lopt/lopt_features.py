@@ -96,7 +96,8 @@ class AdaptiveLOptState(NamedTuple):
       params with scalar leaves), the per-tensor log learning-rate scale s,
       initially 0.
     last_step: the step taken last (positive: params moved by -last_step),
-      shaped like params; zero before the first.
+      shaped like params; zero before the first. With
+      `hypergradient_decay=d > 0`, the trace d * last_step + step instead.
   """
 
   count: jax.Array

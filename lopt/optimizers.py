@@ -69,6 +69,18 @@ Two kinds share the feature code and the network:
   1.11x tuned Adam with it and 0.96x with the preconditioned cosine
   (docs/generalist/screen_adaptive.json).
 
+  `hypergradient_decay=d > 0` takes the cosine with a trace of the past
+  steps, trace_t = d * trace_{t-1} + step_t, instead of the last step: the
+  parameters' sensitivity to the log-rate over the last ~1 / (1 - d) steps,
+  as in Sutton's IDBD ("Adapting bias by gradient descent", AAAI 1992),
+  with curvature's decay of that sensitivity replaced by d. The one-step
+  vote is greedy, and greedy rates are too small over a long run (Wu et
+  al., "Understanding short-horizon bias in stochastic meta-optimization",
+  ICLR 2018): the part of a step that followed its batch's noise raises the
+  next batch's loss, so noise alone votes the rate down. Over a trace the
+  noise of many steps partly cancels while their shared direction adds up. The state keeps the trace in
+  `last_step` (the last step when d = 0).
+
 The pieces: `lopt.lopt_features` builds the inputs and keeps the state,
 `lopt.lopt_network` is the MLP; this module is the public interface.
 """
@@ -141,6 +153,9 @@ class LOptConfig:
       step, taken on the raw gradient ('euclidean', the default, so that
       checkpoints saved before the field existed keep their behaviour) or
       on the gradient preconditioned by Adam's second moment ('adam').
+    hypergradient_decay: the adaptive kind compares g_t with a trace of
+      its past steps, trace <- decay * trace + step, in [0, 1); 0 (the
+      default) compares it with the last step alone.
   """
 
   kind: str = "mlp"
@@ -156,6 +171,7 @@ class LOptConfig:
   lr_adapt_min: float = -3.0
   lr_adapt_max: float = 2.0
   hypergradient_metric: str = "euclidean"
+  hypergradient_decay: float = 0.0
 
   def __post_init__(self):
     if self.hypergradient_metric not in HYPERGRADIENT_METRICS:
@@ -178,6 +194,17 @@ class LOptConfig:
       )
     # A list (e.g. from JSON) becomes a tuple so that the config hashes.
     object.__setattr__(self, "hidden", hidden)
+    decay = self.hypergradient_decay
+    if (
+      not isinstance(decay, (int, float, np.floating, np.integer))
+      or isinstance(decay, bool)
+      or not 0.0 <= decay < 1.0
+    ):
+      raise ValueError(
+        "LOptConfig.hypergradient_decay must be a number in [0, 1), got "
+        f"{decay!r}."
+      )
+    object.__setattr__(self, "hypergradient_decay", float(decay))
     positive = ("step_mult", "nominal_lr", "adaptive_lr", "hyper_lr")
     non_negative = (
       "exp_mult",
@@ -376,11 +403,16 @@ def learned_optimizer(
     ]
     new_state = c.new_state
     if cfg.kind == "adaptive":
+      decay = cfg.hypergradient_decay
       last = treedef.flatten_up_to(state.last_step)
-      new_state = new_state._replace(
-        last_step=jax.tree.unflatten(
-          treedef, [x.astype(y.dtype) for x, y in zip(steps, last)]
+      trace = [
+        (x if decay == 0.0 else decay * y.astype(jnp.float32) + x).astype(
+          y.dtype
         )
+        for x, y in zip(steps, last)
+      ]
+      new_state = new_state._replace(
+        last_step=jax.tree.unflatten(treedef, trace)
       )
     return jax.tree.unflatten(treedef, new_updates), new_state
 

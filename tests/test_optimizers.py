@@ -199,14 +199,18 @@ def test_nominal_at_init_is_adam_with_linear_decay():
   np.testing.assert_array_equal(got["w"][num_steps:], 0.0)
 
 
-def _hypergradient_adam(lr0, beta, lo, hi, num_steps, metric="euclidean"):
+def _hypergradient_adam(
+  lr0, beta, lo, hi, num_steps, metric="euclidean", decay=0.0
+):
   """Reference: optax Adam whose rate each tensor adapts by hypergradient.
 
   Written from the formula, independently of lopt.optimizers: per tensor,
-  s <- clip(s + beta * cos(g_t, step_{t-1}), lo, hi), and the step is
-  lr0 * exp(s) * (1 - t / T) times the bias-corrected Adam direction. With
-  metric 'adam' the cosine takes g_t / (sqrt(v_hat_t) + eps) instead of g_t,
-  v_hat_t being optax Adam's bias-corrected second moment after this step.
+  s <- clip(s + beta * cos(g_t, trace_{t-1}), lo, hi), and the step is
+  lr0 * exp(s) * (1 - t / T) times the bias-corrected Adam direction, with
+  trace_t = decay * trace_{t-1} + step_t (the last step when decay is 0).
+  With metric 'adam' the cosine takes g_t / (sqrt(v_hat_t) + eps) instead
+  of g_t, v_hat_t being optax Adam's bias-corrected second moment after
+  this step.
   """
   adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
 
@@ -236,18 +240,20 @@ def _hypergradient_adam(lr0, beta, lo, hi, num_steps, metric="euclidean"):
       votes,
       last,
     )
-    decay = 1.0 - jnp.minimum(t, num_steps) / num_steps
+    schedule = 1.0 - jnp.minimum(t, num_steps) / num_steps
     step = jax.tree.map(
-      lambda a, s: lr0 * decay * jnp.exp(s) * a, direction, scales
+      lambda a, s: lr0 * schedule * jnp.exp(s) * a, direction, scales
     )
     updates = jax.tree.map(jnp.negative, step)
-    return updates, (adam_state, scales, step, t + 1)
+    trace = jax.tree.map(lambda a, b: decay * a + b, last, step)
+    return updates, (adam_state, scales, trace, t + 1)
 
   return optax.GradientTransformation(init, update)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.5])
 @pytest.mark.parametrize("metric", opt.HYPERGRADIENT_METRICS)
-def test_adaptive_at_init_is_adam_with_hypergradient_rates(metric):
+def test_adaptive_at_init_is_adam_with_hypergradient_rates(metric, decay):
   """Untrained, the adaptive kind is exactly the reference above.
 
   The gradients follow a fixed direction for most tensors (so their scale
@@ -263,13 +269,16 @@ def test_adaptive_at_init_is_adam_with_hypergradient_rates(metric):
     hyper_lr=0.3,
     lr_adapt_max=1.0,
     hypergradient_metric=metric,
+    hypergradient_decay=decay,
   )
   params = _params()
   theta = opt.init_theta(cfg, jax.random.key(0))
   np.testing.assert_allclose(np.exp(theta["log_lr"]), 0.02, rtol=1e-6)
   np.testing.assert_allclose(np.exp(theta["log_hyper_lr"]), 0.3, rtol=1e-6)
   learned = opt.learned_optimizer(theta, cfg, num_steps)
-  reference = _hypergradient_adam(0.02, 0.3, -3.0, 1.0, num_steps, metric)
+  reference = _hypergradient_adam(
+    0.02, 0.3, -3.0, 1.0, num_steps, metric, decay
+  )
   base = _grads(7, params)
   signs = jnp.where(jnp.arange(num_steps + 5) % 2 == 0, 1.0, -1.0)
   grads = jax.tree.map(
@@ -496,6 +505,9 @@ def test_update_without_params_raises():
     (dict(lr_adapt_min=0.5), "lr_adapt_min"),
     (dict(lr_adapt_max=-1.0), "lr_adapt_max"),
     (dict(hypergradient_metric="l1"), "hypergradient_metric"),
+    (dict(hypergradient_decay=1.0), "hypergradient_decay"),
+    (dict(hypergradient_decay=-0.1), "hypergradient_decay"),
+    (dict(hypergradient_decay="0.9"), "hypergradient_decay"),
   ],
 )
 def test_bad_config_field_raises_naming_it(kwargs, field):

@@ -1,16 +1,21 @@
 """Chooses the adaptive kind's initial rates on the meta-training family.
 
     python docs/generalist/screen_adaptive.py [--output=docs/generalist]
+    python docs/generalist/screen_adaptive.py --metrics=adam \
+        --decays=0,0.5,0.9,0.95,0.97,0.99 --adaptive_lrs=0.02 \
+        --hyper_lrs=0.3,0.5 --output=docs/generalist/trace
 
 The untrained 'adaptive' learned optimizer (`lopt.optimizers`, its output
 layer at zero) is Adam whose learning rate each tensor adapts by
 hypergradient descent from a base rate `adaptive_lr` at speed `hyper_lr`.
-Those two numbers, and the metric of the hypergradient's cosine
+Those two numbers, the metric of the hypergradient's cosine
 (`hypergradient_metric`: on the raw gradient, or on Adam's preconditioned
-one), are theta's starting point for meta-training. This script picks them
+one) and the decay of the trace of past steps it is taken with
+(`hypergradient_decay`; 0, the default grid, is the last step alone) are
+theta's starting point for meta-training. This script picks them
 where a user could: on the six tasks of `configs/generalist.py` (new
-seeds), never on the held-out suite. Each (metric, adaptive_lr, hyper_lr)
-of the grid, and the nominal kind's starting point (Adam at 0.03, decayed
+seeds), never on the held-out suite. Each (metric, decay, adaptive_lr,
+hyper_lr) of the grid, and the nominal kind's starting point (Adam at 0.03, decayed
 linearly), is scored like `lopt.evaluate --suite` scores an optimizer:
 its mean training loss over tuned Adam's, per task. The pick is the lowest
 mean ratio over the tasks: that is the generalist's meta-objective (each
@@ -41,10 +46,18 @@ _HYPER = flags.DEFINE_list("hyper_lrs", ["0.1", "0.2", "0.3"], "Hyper rates.")
 _METRICS = flags.DEFINE_list(
   "metrics", list(optimizers.HYPERGRADIENT_METRICS), "Hypergradient metrics."
 )
+_DECAYS = flags.DEFINE_list(
+  "decays", ["0.0"], "Decays of the trace of steps the vote compares with."
+)
 
 
 # The LOptConfig fields the screen chooses.
-_CHOSEN = ("hypergradient_metric", "adaptive_lr", "hyper_lr")
+_CHOSEN = (
+  "hypergradient_metric",
+  "hypergradient_decay",
+  "adaptive_lr",
+  "hyper_lr",
+)
 
 
 def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
@@ -59,19 +72,22 @@ def main(argv) -> None:
     {"kind": "nominal", "nominal_lr": 0.03}
     | _score(optimizers.LOptConfig(kind="nominal"), tasks)
   ]
-  grid = itertools.product(_METRICS.value, _LRS.value, _HYPER.value)
-  for metric, lr, hyper in grid:
+  grid = itertools.product(
+    _METRICS.value, _DECAYS.value, _LRS.value, _HYPER.value
+  )
+  for metric, decay, lr, hyper in grid:
     cfg = optimizers.LOptConfig(
       kind="adaptive",
       adaptive_lr=float(lr),
       hyper_lr=float(hyper),
       hypergradient_metric=metric,
+      hypergradient_decay=float(decay),
     )
     row = {k: getattr(cfg, k) for k in _CHOSEN} | {"kind": "adaptive"}
     rows.append(row | _score(cfg, tasks))
     agg = rows[-1]["aggregates"]
     print(
-      f"{metric} adaptive_lr={lr} hyper_lr={hyper}: "
+      f"{metric} decay={decay} adaptive_lr={lr} hyper_lr={hyper}: "
       f"mean {agg['mean_ratio']:.3f}, "
       f"median {agg['median_ratio']:.3f}, worst {agg['worst_ratio']:.3f}"
     )
