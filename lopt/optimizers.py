@@ -78,8 +78,8 @@ Two kinds share the feature code and the network:
   al., "Understanding short-horizon bias in stochastic meta-optimization",
   ICLR 2018): the part of a step that followed its batch's noise raises the
   next batch's loss, so noise alone votes the rate down. Over a trace the
-  noise of many steps partly cancels while their shared direction adds up. The state keeps the trace in
-  `last_step` (the last step when d = 0).
+  noise of many steps partly cancels while their shared direction adds up.
+  The state keeps the trace in `last_step` (the last step when d = 0).
 
 The pieces: `lopt.lopt_features` builds the inputs and keeps the state,
 `lopt.lopt_network` is the MLP; this module is the public interface.
@@ -120,6 +120,31 @@ from lopt.lopt_features import (  # noqa: F401  (re-exported)
 from lopt.lopt_network import MLPLOpt  # noqa: F401  (re-exported)
 
 Theta = Any  # A nested dict of float32 arrays (the meta-parameters).
+
+
+def _positive(x):
+  return x > 0
+
+
+def _non_negative(x):
+  return x >= 0
+
+
+# LOptConfig's numeric fields: (whether a value is allowed, how the error
+# message says so).
+_NUMBER_BOUNDS = {
+  "step_mult": (_positive, "> 0"),
+  "nominal_lr": (_positive, "> 0"),
+  "adaptive_lr": (_positive, "> 0"),
+  "hyper_lr": (_positive, "> 0"),
+  "exp_mult": (_non_negative, ">= 0"),
+  "out_init_scale": (_non_negative, ">= 0"),
+  "nominal_dir_mult": (_non_negative, ">= 0"),
+  "nominal_exp_mult": (_non_negative, ">= 0"),
+  "lr_adapt_max": (_non_negative, ">= 0"),
+  "lr_adapt_min": (lambda x: x <= 0, "<= 0"),
+  "hypergradient_decay": (lambda x: 0 <= x < 1, "in [0, 1)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,38 +219,14 @@ class LOptConfig:
       )
     # A list (e.g. from JSON) becomes a tuple so that the config hashes.
     object.__setattr__(self, "hidden", hidden)
-    decay = self.hypergradient_decay
-    if (
-      not isinstance(decay, (int, float, np.floating, np.integer))
-      or isinstance(decay, bool)
-      or not 0.0 <= decay < 1.0
-    ):
-      raise ValueError(
-        "LOptConfig.hypergradient_decay must be a number in [0, 1), got "
-        f"{decay!r}."
-      )
-    object.__setattr__(self, "hypergradient_decay", float(decay))
-    positive = ("step_mult", "nominal_lr", "adaptive_lr", "hyper_lr")
-    non_negative = (
-      "exp_mult",
-      "out_init_scale",
-      "nominal_dir_mult",
-      "nominal_exp_mult",
-      "lr_adapt_max",
-    )
-    for name in positive + non_negative + ("lr_adapt_min",):
+    for name, (within, bound) in _NUMBER_BOUNDS.items():
       value = getattr(self, name)
       ok = (
         isinstance(value, (int, float, np.floating, np.integer))
         and not isinstance(value, bool)
         and math.isfinite(value)
+        and within(value)
       )
-      bound = "> 0" if name in positive else ">= 0"
-      if name == "lr_adapt_min":
-        bound = "<= 0"
-        ok = ok and value <= 0
-      elif ok:
-        ok = value > 0 if name in positive else value >= 0
       if not ok:
         raise ValueError(
           f"LOptConfig.{name} must be a finite number {bound}, got {value!r}."

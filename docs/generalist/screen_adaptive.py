@@ -12,10 +12,10 @@ Those two numbers, the metric of the hypergradient's cosine
 (`hypergradient_metric`: on the raw gradient, or on Adam's preconditioned
 one) and the decay of the trace of past steps it is taken with
 (`hypergradient_decay`; 0, the default grid, is the last step alone) are
-theta's starting point for meta-training. This script picks them
-where a user could: on the six tasks of `configs/generalist.py` (new
-seeds), never on the held-out suite. Each (metric, decay, adaptive_lr,
-hyper_lr) of the grid, and the nominal kind's starting point (Adam at 0.03, decayed
+theta's starting point for meta-training. This script picks them where a
+user could: on the six tasks of `configs/generalist.py` (new seeds), never
+on the held-out suite. Each (metric, decay, adaptive_lr, hyper_lr) of the
+grid, and the nominal kind's starting point (Adam at 0.03, decayed
 linearly), is scored like `lopt.evaluate --suite` scores an optimizer:
 its mean training loss over tuned Adam's, per task. The pick is the lowest
 mean ratio over the tasks: that is the generalist's meta-objective (each
