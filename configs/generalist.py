@@ -3,7 +3,7 @@
     python -m lopt.main --config=configs/generalist.py --workdir=/tmp/generalist
     python -m lopt.evaluate --workdir=/tmp/generalist --suite=heldout
 
-The family (`lopt.family`) spans what a user's small vision model may look
+The family (`lopt.tasks.family`) spans what a user's small vision model may look
 like: 1-4 hidden layers of 16-128 units, gelu/relu/tanh, a CNN, batches of
 32-256, horizons T of 500-2000 and 8x8 and upscaled 16x16 inputs. Every
 task is a group of 8 particles with its own NRES state; each per-step loss
@@ -27,7 +27,7 @@ checkpoint is kept, so that docs/generalist/budgets.py can score the
 optimizer at several meta-training budgets (`--config.outer.num_steps=1500`
 runs on to two more; the first 500 steps are the same). To add a task,
 add an entry under `config.family.tasks` with the fields that differ from
-`config.task` (see `lopt.family.TASK_FIELDS`); its particle count must be
+`config.task` (see `lopt.tasks.family.TASK_FIELDS`); its particle count must be
 divisible by the number of devices.
 """
 
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.estimator.num_particles = 8
   config.lopt.kind = "adaptive"
   # Each tensor's rate follows the cosine of Adam's preconditioned gradient
-  # with its last step (see lopt.optimizers), the best of
+  # with its last step (see lopt.learned.optimizers), the best of
   # docs/generalist/screen_adaptive.py's grid on this family: on its CNN the
   # untrained optimizer goes from 1.11x to 0.96x tuned Adam.
   config.lopt.hypergradient_metric = "adam"

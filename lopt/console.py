@@ -154,8 +154,8 @@ def run_program(
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     setup()
     # Imported here: the console itself must not pull in the training stack.
-    from lopt.checkpoint import CorruptCheckpointError
-    from lopt.experiment import ConfigError
+    from lopt.checkpoint.digests import CorruptCheckpointError
+    from lopt.validation import ConfigError
 
     try:
       main({name: holder.value for name, holder in holders.items()})

@@ -28,8 +28,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from lopt import console, experiment, export, family, jsonio, optimizers, plots
-from lopt import suite as suite_lib
+from lopt import console, experiment, export, jsonio, plots, validation
+from lopt.learned import optimizers
+from lopt.suite import evaluation as suite_lib
+from lopt.suite import report as suite_report
+from lopt.suite import tasks as suite_tasks
+from lopt.tasks import family
 
 #: Adam learning rates of the sweep: 1e-4 .. 1e-1, three per decade.
 LEARNING_RATES = tuple(
@@ -155,7 +159,7 @@ def define_flags() -> dict[str, flags.FlagHolder]:
       "suite",
       "",
       "Score on this held-out suite against per-task tuned Adam instead "
-      f"(one of {sorted(suite_lib.SUITES)}); --num_seeds/--num_steps are "
+      f"(one of {sorted(suite_tasks.SUITES)}); --num_seeds/--num_steps are "
       "then the suite's.",
     ),
     "adam_cache_dir": flags.DEFINE_string(
@@ -168,7 +172,7 @@ def define_flags() -> dict[str, flags.FlagHolder]:
 
 def run_suite(f: dict) -> None:
   """`--suite`: the held-out suite, its table and where the outputs went."""
-  experiment.check_choice("--suite", f["suite"], suite_lib.SUITES)
+  validation.check_choice("--suite", f["suite"], suite_tasks.SUITES)
   output = f["output"] or f["workdir"]
   summary = suite_lib.evaluate_suite(
     f["workdir"],
@@ -176,9 +180,9 @@ def run_suite(f: dict) -> None:
     output=output,
     adam_cache_dir=f["adam_cache_dir"] or None,
   )
-  print(suite_lib.format_table(summary))
+  print(suite_report.format_table(summary))
   print()
-  print(suite_lib.summary_line(summary))
+  print(suite_report.summary_line(summary))
   paths = summary["outputs"]
   print(
     f"Outputs ({console.duration(summary['seconds'])}): {paths['md']}, "

@@ -14,7 +14,7 @@ Validation lives in `lopt.validation` and is re-exported here: the valid
 names of every choice (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
 `OUTER_OPTIMIZERS`, ...), `check_config`, which reports a bad value as one
 `ConfigError` naming the field, the value and what is allowed, before any
-data is loaded or anything is compiled; and from `lopt.resume_policy`,
+data is loaded or anything is compiled; and from `lopt.checkpoint.resume_policy`,
 `check_resume`, which refuses to continue a checkpoint under a config that
 computes something else.
 """
@@ -35,31 +35,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from lopt import data as data_lib
-from lopt import estimators, family, inner, optimizers, sharding, systems, tasks
-from lopt.resume_policy import (  # noqa: F401  (re-exported: see above)
-  NOT_SET,
-  RESUMABLE_FIELDS,
-  ConfigChange,
-  check_resume,
-  compare_configs,
-)
-from lopt.validation import (  # noqa: F401  (re-exported: see above)
-  ACTIVATIONS,
-  ESTIMATOR_FIELDS,
-  ESTIMATORS,
-  LOPT_KINDS,
-  META_LOSSES,
-  MODELS,
-  OUTER_FIELDS,
-  OUTER_OPTIMIZERS,
-  ConfigError,
-  check_choice,
-  check_config,
-  check_estimator,
-  check_outer,
-  lopt_config,
-)
+from lopt import estimators, sharding, systems, validation
+from lopt.learned.config import LOptConfig
+from lopt.tasks import data as data_lib
+from lopt.tasks import family, inner, models
 
 #: Version of the checkpoint's JSON item; bump when its layout changes.
 FORMAT_VERSION = 1
@@ -134,7 +113,7 @@ def make_outer_optimizer(
   previous piece); after clipping the gradient to a global norm of `clip`
   when that is set (0 = off).
   """
-  check_outer(settings)
+  validation.check_outer(settings)
   rate = settings["learning_rate"]
   if settings.get("boundaries", ()):
     starts = np.asarray(settings["boundaries"], np.int32)
@@ -153,7 +132,7 @@ def make_outer_optimizer(
       decay_rate=settings.get("decay_factor", 1.0),
       staircase=True,
     )
-  tx = OUTER_OPTIMIZERS[settings["optimizer"]](rate)
+  tx = validation.OUTER_OPTIMIZERS[settings["optimizer"]](rate)
   if settings.get("clip", 0.0):
     tx = optax.chain(optax.clip_by_global_norm(settings["clip"]), tx)
   return tx
@@ -163,7 +142,7 @@ def make_system(config: ml_collections.ConfigDict, **changes):
   """The toy system of `config.system`, with `changes` applied."""
   fields = dict(config.system)
   name = fields.pop("name")
-  check_choice("system.name", name, SYSTEMS)
+  validation.check_choice("system.name", name, SYSTEMS)
   fields.update(changes)
   fields = {
     k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
@@ -176,11 +155,11 @@ class Group:
   """One inner task of a run and how its per-step losses are normalised.
 
   `inner.InnerTraining` sees `(min(L_t, max_loss) - loss_shift) /
-  loss_scale` (see `lopt.family` for the normalisers).
+  loss_scale` (see `lopt.tasks.family` for the normalisers).
   """
 
   spec: family.TaskSpec
-  task: tasks.Task
+  task: models.Task
   max_loss: float | None = None
   loss_shift: float = 0.0
   loss_scale: float = 1.0
@@ -198,7 +177,7 @@ class Group:
 class Experiment:
   """Everything static about a learned-optimizer run, built from the config.
 
-  A run meta-trains on one task or on a family (`lopt.family`); `groups`
+  A run meta-trains on one task or on a family (`lopt.tasks.family`); `groups`
   has one entry per task either way (the single task is named
   `family.SINGLE`). For a family the run's data arrays are a dict keyed by
   task name, and `estimator` is a `family.FamilyEstimator`; for a single
@@ -207,8 +186,8 @@ class Experiment:
   """
 
   config: ml_collections.ConfigDict
-  task: tasks.Task  # the first group's task
-  lopt: optimizers.LOptConfig
+  task: models.Task  # the first group's task
+  lopt: LOptConfig
   outer_tx: optax.GradientTransformation
   #: The particle mesh (`lopt.sharding.make_mesh`); None runs the particles
   #: with a plain vmap, on whatever devices the inputs are on.
@@ -346,7 +325,7 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     The `Experiment`. With the `adam` normaliser this measures each task's
     reference loss (`family.REFERENCE_RATES`), a few seconds per task.
   """
-  lopt_cfg = lopt_config(config)
+  lopt_cfg = validation.lopt_config(config)
   normalizer = family.normalizer(config)
   groups = []
   for spec in family.task_specs(config):
@@ -374,9 +353,9 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   )
 
 
-def make_task(spec: family.TaskSpec, dataset: data_lib.Dataset) -> tasks.Task:
+def make_task(spec: family.TaskSpec, dataset: data_lib.Dataset) -> models.Task:
   """The inner model of `spec` on `dataset` (its shapes and class count)."""
-  return tasks.make_task(
+  return models.make_task(
     spec.model,
     hidden=spec.hidden,
     num_classes=dataset.num_classes,
@@ -387,7 +366,7 @@ def make_task(spec: family.TaskSpec, dataset: data_lib.Dataset) -> tasks.Task:
 
 
 def reference_loss(
-  task: tasks.Task, dataset: data_lib.Dataset, horizon: int, seed: int
+  task: models.Task, dataset: data_lib.Dataset, horizon: int, seed: int
 ) -> float:
   """The `adam` normaliser's L_ref: tuned Adam's mean training loss over T.
 
@@ -416,7 +395,7 @@ def reference_loss(
   means = np.asarray(sweep(arrays, rates, family.reference_keys(seed)))
   finite = means[np.isfinite(means)]
   if not finite.size:
-    raise ConfigError(
+    raise validation.ConfigError(
       f"the adam normaliser's reference runs diverged at every learning "
       f"rate {list(family.REFERENCE_RATES)} for a task of {task.num_params} "
       "parameters; use family.normalizer = 'lo' or 'none'"

@@ -16,7 +16,9 @@ import os
 import jax
 import optax
 
-from lopt import checkpoint, optimizers
+from lopt import checkpoint
+from lopt.learned import optimizers
+from lopt.learned.config import LOptConfig
 
 
 def _checkpoint_dir(path: str) -> str:
@@ -41,7 +43,7 @@ def load_theta(path: str, step: int | None = None):
       f"{path} holds a checkpoint, but not of a lopt learned optimizer: "
       f"its config has keys {sorted(saved)} and its state {sorted(meta)}."
     )
-  cfg = optimizers.LOptConfig.from_dict(saved["lopt"])
+  cfg = LOptConfig.from_dict(saved["lopt"])
   theta = jax.tree.map(jax.numpy.asarray, meta["theta"])
   try:  # learned_optimizer checks that theta's shapes fit the architecture
     optimizers.learned_optimizer(theta, cfg, saved.get("horizon", 1))

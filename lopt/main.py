@@ -22,7 +22,8 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from lopt import console, train
+from lopt import console
+from lopt.train import loop as train
 
 
 def define_flags() -> dict[str, flags.FlagHolder]:

@@ -2,7 +2,7 @@
 
 `check_config` turns each bad value into one `ConfigError` that names the
 field, the value and what is allowed, before any data is loaded or anything
-is compiled (what a resumed run may change is `lopt.resume_policy`). The
+is compiled (what a resumed run may change is `lopt.checkpoint.resume_policy`). The
 valid names of every choice are the
 module constants below (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
 `OUTER_OPTIMIZERS`, ...). `lopt.experiment` re-exports all of it: callers
@@ -20,14 +20,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from lopt import data as data_lib
-from lopt import estimators, family, inner, optimizers, sharding, tasks
+from lopt import estimators, sharding
+from lopt.learned.config import KINDS, LOptConfig
+from lopt.tasks import data as data_lib
+from lopt.tasks import family, inner, models
 
 #: Valid names, per choice.
-MODELS = tasks.MODELS
-ACTIVATIONS = tasks.ACTIVATIONS
+MODELS = models.MODELS
+ACTIVATIONS = models.ACTIVATIONS
 META_LOSSES = inner.META_LOSSES
-LOPT_KINDS = optimizers.KINDS
+LOPT_KINDS = KINDS
 ESTIMATORS = tuple(sorted(estimators.REGISTRY))
 OUTER_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
   "adam": optax.adam,
@@ -122,7 +124,7 @@ def _check_real(
     _fail(field, value, f"a finite number {bound}")
 
 
-def lopt_config(config: ml_collections.ConfigDict) -> optimizers.LOptConfig:
+def lopt_config(config: ml_collections.ConfigDict) -> LOptConfig:
   """The learned optimizer's `LOptConfig` from `config.lopt`.
 
   Every field of `LOptConfig` may be set there (kind and hidden are
@@ -134,7 +136,7 @@ def lopt_config(config: ml_collections.ConfigDict) -> optimizers.LOptConfig:
   fields = dict(config.lopt.to_dict())
   fields["hidden"] = tuple(fields["hidden"])
   try:
-    return optimizers.LOptConfig.from_dict(fields)
+    return LOptConfig.from_dict(fields)
   except ValueError as e:
     raise ConfigError(f"lopt: {e}") from None
 

@@ -46,7 +46,9 @@ while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
 
 import lopt
-from lopt import experiment, inner, metrics, tasks, train
+from lopt import experiment, metrics
+from lopt.tasks import inner, models
+from lopt.train import loop as train
 
 logging.set_verbosity(logging.WARNING)  # keep the training log short
 
@@ -122,7 +124,7 @@ num_steps = 200
 tx = lopt.load_optimizer(workdir, num_steps=num_steps)
 # The run's dataset (digits), as every lopt entry point loads it.
 arrays, digits = experiment.load_data(config)
-task = tasks.make_task(
+task = models.make_task(
   "mlp",
   hidden=(32, 32),
   num_classes=10,

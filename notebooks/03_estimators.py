@@ -39,7 +39,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from lopt import analysis, estimators, outer, systems
+from lopt import analysis, estimators, systems
+from lopt.train import outer
 
 jax.config.update("jax_enable_x64", True)  # exact oracles need float64
 

@@ -24,7 +24,7 @@ def tfds_data_dir(tmp_path_factory):
   Tests that load data without a `data_dir` (a config's `task.data_dir = ""`,
   `load_dataset("digits")` in a notebook, ...) would otherwise prepare digits
   into the user's ~/tensorflow_datasets (or their $TFDS_DATA_DIR). Both
-  `lopt.data.default_data_dir` and tfds itself read TFDS_DATA_DIR when called,
+  `lopt.tasks.data.default_data_dir` and tfds itself read TFDS_DATA_DIR when called,
   not at import, and subprocesses inherit it with the environment. An
   autouse session fixture runs before every other fixture, so no test sees
   the user's directory. Deliberately not `setdefault`: the tests must not

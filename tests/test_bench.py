@@ -15,16 +15,13 @@ import jax.numpy as jnp
 import pytest
 from test_family import batch_count_leaves
 
-from lopt import (
-  bench,
-  bench_cases,
-  bench_family,
-  experiment,
-  family,
-  measure,
-  optimizers,
-  tasks,
-)
+from lopt import experiment
+from lopt.bench import cases as bench_cases
+from lopt.bench import family as bench_family
+from lopt.bench import measure
+from lopt.bench import run as bench
+from lopt.learned.config import LOptConfig
+from lopt.tasks import family, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,10 +29,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_inner_step_bytes_by_hand():
   # configs/tiny.py: MLP 64-8-10 on 8x8 digits, batch 16; nominal learned
   # optimizer with one hidden layer of 4. P = 64*8 + 8 + 8*10 + 10 = 610.
-  task = tasks.make_task(
+  task = models.make_task(
     "mlp", hidden=(8,), num_classes=10, input_shape=(8, 8, 1), batch_size=16
   )
-  lopt = optimizers.LOptConfig(kind="nominal", hidden=(4,))
+  lopt = LOptConfig(kind="nominal", hidden=(4,))
   assert task.num_params == 610
   expected = {
     "inner_data": 16 * (64 + 1),  # the batch and its labels

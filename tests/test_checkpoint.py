@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from lopt import checkpoint
+from lopt.checkpoint import manager as checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -313,7 +313,7 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from lopt import checkpoint
+    from lopt.checkpoint import manager as checkpoint
     from tests.test_checkpoint import CONFIG, assert_identical, make_run_state
 
     mode, directory, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])

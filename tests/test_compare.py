@@ -20,15 +20,12 @@ import numpy as np
 import pytest
 
 from configs import influence_balancing, lorenz, tiny
-from lopt import (
-  compare,
-  compare_lopt,
-  compare_toy,
-  experiment,
-  export,
-  metrics,
-  outer,
-)
+from lopt import experiment, export, metrics, validation
+from lopt.compare import learned as compare_lopt
+from lopt.compare import run as compare
+from lopt.compare import toy as compare_toy
+from lopt.compare.budget import Budget, label_budget
+from lopt.train import outer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CURVE_KEYS = {
@@ -64,7 +61,7 @@ def small_influence():
 def test_toy_json_and_png_have_every_curve(tmp_path):
   config = small_lorenz()
   labels = ["nres", "full_es", "tbptt"]
-  result = compare.compare(config, labels, [0, 1], compare.Budget(steps=4000))
+  result = compare.compare(config, labels, [0, 1], Budget(steps=4000))
   json_path, png_path = compare.write(result, str(tmp_path), "lorenz")
   assert os.path.getsize(png_path) > 10_000
   with open(json_path) as f:
@@ -132,7 +129,7 @@ def test_steps_are_the_estimators_own_count(label, name, unroll_length):
   assert runner.settings["name"] == name
   assert runner.estimator.unroll_length == unroll_length
   run = runner.run(
-    5, compare.Budget(outer_steps=30), compare_toy.make_evaluator(config)
+    5, Budget(outer_steps=30), compare_toy.make_evaluator(config)
   )
   assert run["outer_steps"][-1] == 30
   _, history = outer.meta_train(
@@ -158,9 +155,7 @@ def test_seconds_budget_and_unbiased_estimators_move_theta_right():
   # NRES rather than PES: on this endless horizon PES's accumulated credit
   # grows with every step, so how far it gets in 0.5 s would depend on the
   # machine's speed.
-  result = compare.compare(
-    config, ["nres", "tbptt"], [0], compare.Budget(seconds=0.5)
-  )
+  result = compare.compare(config, ["nres", "tbptt"], [0], Budget(seconds=0.5))
   for label, entry in result["estimators"].items():
     seconds = entry["runs"][0]["seconds"]
     # It stops once the budget is spent, not before; how many points fit in
@@ -183,11 +178,9 @@ def test_labels_and_budgets_are_checked():
   with pytest.raises(ValueError, match="learning_rte"):
     compare.settings(config, "bad")
   with pytest.raises(ValueError, match="budget"):
-    compare.Budget()
+    Budget()
   with pytest.raises(ValueError, match="budget_seconds"):
-    compare.compare(
-      tiny.get_config(), ["nres"], [0], compare.Budget(seconds=1.0)
-    )
+    compare.compare(tiny.get_config(), ["nres"], [0], Budget(seconds=1.0))
 
 
 def tiny_nres_command(tmp_path, outer_steps: int) -> list[str]:
@@ -372,7 +365,7 @@ def test_piecewise_constant_schedule():
 )
 def test_piecewise_constant_schedule_is_checked(changes, field):
   settings = {"optimizer": "sgd", "learning_rate": 1e-5, **changes}
-  with pytest.raises(experiment.ConfigError, match=field):
+  with pytest.raises(validation.ConfigError, match=field):
     experiment.make_outer_optimizer(settings)
 
 
@@ -382,7 +375,7 @@ def test_labels_have_their_own_budgets_and_a_scale():
   config.overrides.nres.budget_outer_steps = 6
   config.overrides.full_es.budget_outer_steps = 3
   result = compare.compare(
-    config, ["nres", "full_es", "tes"], [0], compare.Budget(outer_steps=4)
+    config, ["nres", "full_es", "tes"], [0], Budget(outer_steps=4)
   )
   last = {
     label: e["runs"][0]["outer_steps"][-1]
@@ -395,7 +388,7 @@ def test_labels_have_their_own_budgets_and_a_scale():
     config,
     ["nres", "full_es", "tes"],
     [0],
-    compare.Budget(outer_steps=4),
+    Budget(outer_steps=4),
     budget_scale=0.5,
   )
   last = {
@@ -405,7 +398,7 @@ def test_labels_have_their_own_budgets_and_a_scale():
   assert last == {"nres": 3, "full_es": 2, "tes": 2}
   assert scaled["budget_scale"] == 0.5
   with pytest.raises(ValueError, match="scale"):
-    compare.Budget(steps=1).scaled(0.0)
+    Budget(steps=1).scaled(0.0)
 
 
 def test_first_below_interval_and_to_target():
@@ -461,7 +454,7 @@ def test_targets_and_their_tables():
   config.compare.targets = (1e9, 1e-9)
   config.compare.target_near_best = 0.1
   result = compare.compare(
-    config, ["nres", "full_es"], [0, 1], compare.Budget(outer_steps=4)
+    config, ["nres", "full_es"], [0, 1], Budget(outer_steps=4)
   )
   best = min(
     e["summary"]["final_meta_loss"]["mean"]
@@ -522,7 +515,7 @@ def test_every_toy_config_builds_its_estimators():
         s = compare.settings(config, label)
         experiment.make_estimator(s, system)
         experiment.make_outer_optimizer(s)
-      compare.Budget(
+      Budget(
         seconds=config.compare.get("budget_seconds", 0.0),
         steps=config.compare.get("budget_steps", 0.0),
         outer_steps=config.compare.get("budget_outer_steps", 0),
@@ -547,7 +540,7 @@ def test_every_toy_config_builds_its_estimators():
   }
   # The paper's iteration budgets, seeds and targets.
   budgets = {
-    k: compare.label_budget(compare.Budget(steps=1), compare.settings(paper, k))
+    k: label_budget(Budget(steps=1), compare.settings(paper, k))
     for k in paper.compare.estimators
   }
   assert {k: b.outer_steps for k, b in budgets.items()} == {

@@ -18,7 +18,7 @@ import ml_collections
 import pytest
 
 from configs import default
-from lopt import experiment
+from lopt import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
@@ -96,7 +96,7 @@ def with_value(field, value, base=None):
 
 
 def test_the_default_and_every_leaf_are_covered():
-  experiment.check_config(default.get_config(), num_devices=2)
+  validation.check_config(default.get_config(), num_devices=2)
   # A new field must come with wrong values here, or a reason it has none.
   assert all(wrong_values(f, v) for f, v in FIELDS.items())
   assert len(FIELDS) >= 30
@@ -105,8 +105,8 @@ def test_the_default_and_every_leaf_are_covered():
 @pytest.mark.parametrize("field,bad", CASES)
 def test_a_wrong_value_is_a_config_error_naming_the_field(field, bad):
   config = with_value(field, bad)
-  with pytest.raises(experiment.ConfigError) as error:
-    experiment.check_config(config, num_devices=2)
+  with pytest.raises(validation.ConfigError) as error:
+    validation.check_config(config, num_devices=2)
   message = str(error.value)
   assert field in message, message
   if bad is not None:
@@ -124,10 +124,10 @@ def test_a_missing_field_is_a_config_error_naming_it(field):
   config = ml_collections.ConfigDict(tree)
   if field in OPTIONAL:
     # The builders default these (`.get`); the rest must still check out.
-    experiment.check_config(config, num_devices=2)
+    validation.check_config(config, num_devices=2)
     return
-  with pytest.raises(experiment.ConfigError) as error:
-    experiment.check_config(config, num_devices=2)
+  with pytest.raises(validation.ConfigError) as error:
+    validation.check_config(config, num_devices=2)
   message = str(error.value)
   # Missing from the config; or, for sigma, required by the estimator.
   assert f"{field} is missing" in message or (
@@ -154,22 +154,22 @@ def test_a_missing_field_is_a_config_error_naming_it(field):
 )
 def test_settings_the_estimator_ignores_are_still_checked(name, field, bad):
   config = with_value(field, bad, with_value("estimator.name", name))
-  with pytest.raises(experiment.ConfigError, match=field.replace(".", r"\.")):
-    experiment.check_config(config, num_devices=2)
+  with pytest.raises(validation.ConfigError, match=field.replace(".", r"\.")):
+    validation.check_config(config, num_devices=2)
 
 
 def test_optional_outer_settings_are_checked_when_given():
   config = default.get_config()
   config.outer.decay_steps = -1
-  with pytest.raises(experiment.ConfigError, match="outer.decay_steps"):
-    experiment.check_config(config)
+  with pytest.raises(validation.ConfigError, match="outer.decay_steps"):
+    validation.check_config(config)
   config.outer.decay_steps = 100
   config.outer.decay_factor = 1.5
-  with pytest.raises(experiment.ConfigError, match="outer.decay_factor"):
-    experiment.check_config(config)
+  with pytest.raises(validation.ConfigError, match="outer.decay_factor"):
+    validation.check_config(config)
   config.outer.decay_factor = math.nan
-  with pytest.raises(experiment.ConfigError, match="outer.decay_factor"):
-    experiment.check_config(config)
+  with pytest.raises(validation.ConfigError, match="outer.decay_factor"):
+    validation.check_config(config)
 
 
 @pytest.mark.parametrize(
@@ -215,8 +215,8 @@ def test_every_lopt_config_field_can_be_set_from_the_config():
   config.lopt.kind = "adaptive"
   config.lopt.adaptive_lr = 0.05
   config.lopt.lr_adapt_max = 1.0
-  experiment.check_config(config, num_devices=2)
-  cfg = experiment.lopt_config(config)
+  validation.check_config(config, num_devices=2)
+  cfg = validation.lopt_config(config)
   assert (cfg.kind, cfg.adaptive_lr, cfg.lr_adapt_max) == (
     "adaptive",
     0.05,
@@ -224,8 +224,8 @@ def test_every_lopt_config_field_can_be_set_from_the_config():
   )
   for field, bad in [("hyper_lr", -0.1), ("lr_adapt_min", 0.5)]:
     wrong = with_value(field=f"lopt.{field}", value=bad, base=config)
-    with pytest.raises(experiment.ConfigError, match=f"{field}.*{bad}"):
-      experiment.check_config(wrong, num_devices=2)
+    with pytest.raises(validation.ConfigError, match=f"{field}.*{bad}"):
+      validation.check_config(wrong, num_devices=2)
   config.lopt.learning_rate = 0.1  # not a field of LOptConfig
-  with pytest.raises(experiment.ConfigError, match="learning_rate"):
-    experiment.check_config(config, num_devices=2)
+  with pytest.raises(validation.ConfigError, match="learning_rate"):
+    validation.check_config(config, num_devices=2)

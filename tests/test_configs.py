@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lopt import experiment
+from lopt import validation
 
 CONFIGS = sorted(
   f[:-3]
@@ -23,7 +23,7 @@ CONFIGS = [
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_is_valid(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  experiment.check_config(config)
+  validation.check_config(config)
 
 
 def test_paper_settings():

@@ -23,7 +23,8 @@ from test_checkpoint import CONFIG, assert_identical, make_run_state
 from test_train import restore_final, run_main
 
 from configs import tiny
-from lopt import checkpoint, digests
+from lopt.checkpoint import digests
+from lopt.checkpoint import manager as checkpoint
 
 CorruptCheckpointError = checkpoint.CorruptCheckpointError
 

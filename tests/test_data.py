@@ -1,4 +1,4 @@
-"""Tests for lopt.data: real tfds loading, offline, with no mocks.
+"""Tests for lopt.tasks.data: real tfds loading, offline, with no mocks.
 
 The digits builder is prepared for real into a temporary data_dir. For the
 path real datasets take (prepared elsewhere, read with download=False), the
@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lopt import data
+from lopt.tasks import data, digits
 
 
 class LoptTestTinyGray(tfds.core.GeneratorBasedBuilder):
@@ -174,7 +174,7 @@ def test_digits_second_load_reuses_prepared_data(digits_dir):
     }
 
   before = snapshot()
-  version = str(data.Digits.VERSION)
+  version = str(digits.Digits.VERSION)
   assert os.path.join(digits_dir, "digits", version, "dataset_info.json") in (
     before
   )
@@ -359,7 +359,7 @@ def test_default_data_dir(monkeypatch):
 
 
 def test_import_does_not_load_tensorflow():
-  code = "import sys, lopt.data; assert 'tensorflow' not in sys.modules"
+  code = "import sys, lopt.tasks.data; assert 'tensorflow' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -371,7 +371,7 @@ def test_digits_and_array_record_load_without_tensorflow(
   # builder that interpreter does not know (tfds reads it from its files).
   code = f"""
 import sys
-from lopt import data
+from lopt.tasks import data
 digits = data.load_dataset("digits", data_dir={str(tmp_path)!r}, image_size=4)
 assert digits.train.images.shape == (1200, 4, 4, 1)
 tiny = data.load_dataset(

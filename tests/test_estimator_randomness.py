@@ -29,8 +29,10 @@ import pytest
 from test_estimators import episode_averages
 
 from configs import tiny
-from lopt import estimators, experiment, metrics, outer, systems, train
+from lopt import estimators, experiment, metrics, systems
 from lopt.estimators import base
+from lopt.train import loop as train
+from lopt.train import outer
 
 ES = ["nres", "pes", "gpes", "tes", "full_es"]
 UNBIASED = ["nres", "pes", "gpes", "full_es"]

@@ -15,7 +15,8 @@ import optax
 import pytest
 from scipy import stats
 
-from lopt import estimators, outer, systems
+from lopt import estimators, systems
+from lopt.train import outer
 
 THETA = (0.2, 0.1)
 SIGMA = 0.1

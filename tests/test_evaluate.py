@@ -17,7 +17,9 @@ import pytest
 
 import lopt
 from configs import tiny
-from lopt import evaluate, experiment, inner, optimizers
+from lopt import evaluate, experiment
+from lopt.learned import optimizers
+from lopt.tasks import inner
 
 _NUM_SEEDS = 2
 _NUM_STEPS = 20

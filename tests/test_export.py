@@ -24,16 +24,12 @@ from flax import nnx
 
 import lopt
 from configs import tiny
-from lopt import (
-  checkpoint,
-  evaluate,
-  experiment,
-  export,
-  optimizers,
-  tasks,
-  train,
-)
-from lopt import data as data_lib
+from lopt import checkpoint, evaluate, experiment, export, validation
+from lopt.learned import optimizers
+from lopt.learned.config import ADAM_KINDS
+from lopt.tasks import data as data_lib
+from lopt.tasks import models
+from lopt.train import loop as train
 
 # Batches come from numpy: eager jax.random calls of new shapes compile.
 _BATCH = 32
@@ -113,9 +109,9 @@ def test_loaded_optimizer_is_bit_for_bit_the_meta_trained_one(run, digits):
   tx = lopt.load_optimizer(workdir)
   assert isinstance(tx, optax.GradientTransformation)
   in_memory = optimizers.learned_optimizer(
-    run_state["theta"], experiment.lopt_config(config), horizon
+    run_state["theta"], validation.lopt_config(config), horizon
   )
-  task = tasks.make_task(
+  task = models.make_task(
     "mlp",
     hidden=tuple(config.task.hidden),
     num_classes=10,
@@ -171,7 +167,7 @@ def test_trains_a_linen_mlp_it_was_not_meta_trained_on(run, digits):
   _, workdir, _ = run
   num_steps = 100
   tx = lopt.load_optimizer(workdir, num_steps=num_steps)
-  model = tasks.MLP(hidden=(16, 16), num_classes=10)
+  model = models.MLP(hidden=(16, 16), num_classes=10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
 
   def loss_fn(params, x, y):
@@ -183,7 +179,7 @@ def test_trains_a_linen_mlp_it_was_not_meta_trained_on(run, digits):
 
 def test_num_steps_sets_the_length_of_the_schedule(run, digits):
   config, workdir, _ = run
-  if config.lopt.kind not in optimizers.ADAM_KINDS:
+  if config.lopt.kind not in ADAM_KINDS:
     pytest.skip("only the Adam kinds have a learning-rate schedule")
   horizon = config.inner.horizon
   params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros((10,))}

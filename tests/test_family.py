@@ -33,16 +33,10 @@ from test_sharding import (
 )
 from test_train import committed_steps, restore_final
 
-from lopt import (
-  estimators,
-  experiment,
-  family,
-  inner,
-  metrics,
-  optimizers,
-  systems,
-  train,
-)
+from lopt import estimators, experiment, metrics, systems, validation
+from lopt.learned import optimizers
+from lopt.tasks import family, inner
+from lopt.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny_family.py")
@@ -110,16 +104,16 @@ def with_task_field(name, field, value):
   ],
 )
 def test_bad_family_fields_fail_naming_the_task(make, message):
-  with pytest.raises(experiment.ConfigError, match=None) as error:
-    experiment.check_config(make(), num_devices=4)
+  with pytest.raises(validation.ConfigError, match=None) as error:
+    validation.check_config(make(), num_devices=4)
   assert message in str(error.value), str(error.value)
 
 
 def test_task_names_must_be_identifiers():
   config = family_config()
   config.family.tasks["Big-Net"] = ml_collections.ConfigDict({"hidden": (4,)})
-  with pytest.raises(experiment.ConfigError, match="family.tasks.Big-Net"):
-    experiment.check_config(config, num_devices=1)
+  with pytest.raises(validation.ConfigError, match="family.tasks.Big-Net"):
+    validation.check_config(config, num_devices=1)
 
 
 def test_family_tasks_inherit_the_base_task():

@@ -42,7 +42,8 @@ from test_sharding import (
 from test_train import committed_steps
 
 from configs import tiny
-from lopt import checkpoint, experiment, metrics, sharding, train
+from lopt import checkpoint, experiment, metrics, sharding
+from lopt.train import loop as train
 
 # Each test starts several jax.distributed processes: minutes on 2 cores.
 pytestmark = pytest.mark.slow

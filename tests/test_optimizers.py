@@ -1,4 +1,4 @@
-"""Tests for lopt.optimizers: features, MLPLOpt, the Adam kinds, optax API.
+"""Tests for lopt.learned.optimizers: features, MLPLOpt, the Adam kinds, optax API.
 
 Structure checks follow algorithms.md oracle O13 (parameter count, features,
 momenta, scale invariance, zero theta gives the identity optimizer).
@@ -14,11 +14,13 @@ import optax
 import pytest
 from flax import nnx
 
-from lopt import optimizers as opt
+from lopt.learned import features
+from lopt.learned import optimizers as opt
+from lopt.learned.config import HYPERGRADIENT_METRICS, LOptConfig
 
-MLP_CFG = opt.LOptConfig()
-NOM_CFG = opt.LOptConfig(kind="nominal")
-ADA_CFG = opt.LOptConfig(kind="adaptive")
+MLP_CFG = LOptConfig()
+NOM_CFG = LOptConfig(kind="nominal")
+ADA_CFG = LOptConfig(kind="adaptive")
 
 
 # Test data comes from numpy: every eager jax.random call of a new shape
@@ -68,11 +70,11 @@ def test_feature_shapes():
     state = opt.learned_optimizer(
       opt.init_theta(cfg, jax.random.key(0)), cfg, 100
     ).init(params)
-    feats = jax.jit(opt.compute_features, static_argnums=(0, 4))(
+    feats = jax.jit(features.compute_features, static_argnums=(0, 4))(
       cfg, grads, state, params, 100
     )
     assert feats.shape == (_num(params), num)
-    assert opt.num_features(cfg) == num
+    assert features.num_features(cfg) == num
     assert np.all(np.isfinite(feats))
 
 
@@ -85,13 +87,13 @@ def test_momenta_after_one_step_from_zero():
   state = tx.init(params)
   assert state.count.dtype == jnp.int32 and int(state.count) == 0
   assert jax.tree.all(
-    jax.tree.map(np.array_equal, state, opt.init_state(MLP_CFG, params))
+    jax.tree.map(np.array_equal, state, features.init_state(MLP_CFG, params))
   )
   _, state = jax.jit(tx.update)(grads, state, params)
   assert int(state.count) == 1
   for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(state.momenta)):
     assert m.shape == (6, *jnp.shape(g))
-    for i, beta in enumerate(opt.MOMENTUM_DECAYS):
+    for i, beta in enumerate(features.MOMENTUM_DECAYS):
       np.testing.assert_allclose(m[i], (1 - beta) * g, rtol=1e-6, atol=1e-7)
 
 
@@ -106,18 +108,18 @@ def test_features_invariant_to_positive_scaling(what):
   # Momenta as after a long run: right after a first step the slow momenta
   # (1e-4 * g) sit below the epsilon, which then dominates.
   state = state._replace(momenta=_grads(2, state.momenta, scale=100.0))
-  features = jax.jit(opt.compute_features, static_argnums=0)
-  base = features(MLP_CFG, grads, state, params)
+  compute = jax.jit(features.compute_features, static_argnums=0)
+  base = compute(MLP_CFG, grads, state, params)
   for c in (2.0, 10.0):
     if what == "grads":
       # Scaling every gradient so far scales the momenta too.
       scaled = jax.tree.map(lambda x, c=c: c * x, (grads, state.momenta))
-      feats = features(
+      feats = compute(
         MLP_CFG, scaled[0], state._replace(momenta=scaled[1]), params
       )
     else:
       scaled = jax.tree.map(lambda p, c=c: c * p, params)
-      feats = features(MLP_CFG, grads, state, scaled)
+      feats = compute(MLP_CFG, grads, state, scaled)
     np.testing.assert_allclose(feats, base, rtol=1e-5, atol=1e-5)
 
 
@@ -152,14 +154,14 @@ def test_update_matches_mlp_on_full_features():
   plain dense MLP on all 19 features."""
   params = _params()
   grads = _grads(1, params)
-  cfg = opt.LOptConfig(out_init_scale=1.0, step_mult=0.1, exp_mult=0.5)
+  cfg = LOptConfig(out_init_scale=1.0, step_mult=0.1, exp_mult=0.5)
   theta = opt.init_theta(cfg, jax.random.key(3))
   tx = opt.learned_optimizer(theta, cfg)
 
   @jax.jit
   def both(state):
     _, state = tx.update(grads, state, params)  # Non-trivial momenta, count.
-    feats = opt.compute_features(cfg, grads, state, params)
+    feats = features.compute_features(cfg, grads, state, params)
     out = _reference_mlp(theta["mlp"], feats)
     expected = -0.1 * out[:, 0] * jnp.exp(0.5 * out[:, 1])
     updates, _ = tx.update(grads, state, params)
@@ -204,7 +206,7 @@ def _hypergradient_adam(
 ):
   """Reference: optax Adam whose rate each tensor adapts by hypergradient.
 
-  Written from the formula, independently of lopt.optimizers: per tensor,
+  Written from the formula, independently of lopt.learned.optimizers: per tensor,
   s <- clip(s + beta * cos(g_t, trace_{t-1}), lo, hi), and the step is
   lr0 * exp(s) * (1 - t / T) times the bias-corrected Adam direction, with
   trace_t = decay * trace_{t-1} + step_t (the last step when decay is 0).
@@ -252,7 +254,7 @@ def _hypergradient_adam(
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.5])
-@pytest.mark.parametrize("metric", opt.HYPERGRADIENT_METRICS)
+@pytest.mark.parametrize("metric", HYPERGRADIENT_METRICS)
 def test_adaptive_at_init_is_adam_with_hypergradient_rates(metric, decay):
   """Untrained, the adaptive kind is exactly the reference above.
 
@@ -263,7 +265,7 @@ def test_adaptive_at_init_is_adam_with_hypergradient_rates(metric, decay):
   cosines differ.
   """
   num_steps = 40
-  cfg = opt.LOptConfig(
+  cfg = LOptConfig(
     kind="adaptive",
     adaptive_lr=0.02,
     hyper_lr=0.3,
@@ -307,7 +309,7 @@ def test_adaptive_scales_move_at_most_beta_per_step_on_tiny_gradients():
   """Near a minimum the gradient's squares underflow float32 while the last
   step (carried by Adam's momentum) is still large; the cosine must stay in
   [-1, 1], so each tensor's scale moves at most beta per step."""
-  cfg = opt.LOptConfig(kind="adaptive", hyper_lr=0.3)
+  cfg = LOptConfig(kind="adaptive", hyper_lr=0.3)
   params = _params()
   tx = opt.learned_optimizer(opt.init_theta(cfg, jax.random.key(0)), cfg, 50)
   update = jax.jit(tx.update)
@@ -334,7 +336,7 @@ def test_adam_metric_lets_flat_directions_raise_the_rate():
   start = {"w": jnp.asarray([0.05] + [1.0] * 15)}
 
   def flat_loss_and_scales(metric):
-    cfg = opt.LOptConfig(kind="adaptive", hypergradient_metric=metric)
+    cfg = LOptConfig(kind="adaptive", hypergradient_metric=metric)
     tx = opt.learned_optimizer(opt.init_theta(cfg, jax.random.key(0)), cfg, 200)
     grad = jax.grad(lambda p: 0.5 * jnp.sum(curvature * p["w"] ** 2))
 
@@ -359,16 +361,16 @@ def test_adaptive_state_round_trips_through_scan_and_counts():
   theta = opt.init_theta(ADA_CFG, jax.random.key(1))
   tx = opt.learned_optimizer(theta, ADA_CFG, 10)
   state = tx.init(params)
-  assert isinstance(state, opt.AdaptiveLOptState)
+  assert isinstance(state, features.AdaptiveLOptState)
   assert jax.tree.structure(state) == jax.tree.structure(
-    opt.init_state(ADA_CFG, params)
+    features.init_state(ADA_CFG, params)
   )
   assert all(np.shape(s) == () for s in jax.tree.leaves(state.log_lr_scale))
   updates, new = jax.jit(tx.update)(_grads(3, params), state, params)
   # The new state's last step is the step just taken (params moved by -it).
   for u, last in zip(jax.tree.leaves(updates), jax.tree.leaves(new.last_step)):
     np.testing.assert_array_equal(-u, last)
-  assert opt.num_features(ADA_CFG) == opt.num_features(NOM_CFG) == 22
+  assert features.num_features(ADA_CFG) == features.num_features(NOM_CFG) == 22
 
 
 def _random_output_layer(theta, seed):
@@ -386,7 +388,7 @@ def _mirror(state):
   """The optimizer state of the mirrored model (p -> -p): odd parts negated."""
   neg = lambda tree: jax.tree.map(jnp.negative, tree)  # noqa: E731
   replace = dict(momenta=neg(state.momenta))
-  if isinstance(state, opt.AdaptiveLOptState):
+  if isinstance(state, features.AdaptiveLOptState):
     replace["last_step"] = neg(state.last_step)
   return state._replace(**replace)
 
@@ -412,7 +414,7 @@ def test_adaptive_update_is_odd_under_the_mirror(cfg):
   mirrored, _ = update(neg(grads), _mirror(state), neg(params))
   zero_updates, _ = update(
     jax.tree.map(jnp.zeros_like, grads),
-    opt.init_state(cfg, params),
+    features.init_state(cfg, params),
     jax.tree.map(jnp.zeros_like, params),
   )
   if cfg.kind == "nominal":
@@ -512,30 +514,30 @@ def test_update_without_params_raises():
 )
 def test_bad_config_field_raises_naming_it(kwargs, field):
   with pytest.raises(ValueError, match=field):
-    opt.LOptConfig(**kwargs)
+    LOptConfig(**kwargs)
 
 
 def test_config_roundtrip_and_hashable():
-  cfg = opt.LOptConfig(kind="nominal", hidden=[16, 8], nominal_lr=0.01)
+  cfg = LOptConfig(kind="nominal", hidden=[16, 8], nominal_lr=0.01)
   assert cfg.hidden == (16, 8)
   d = json.loads(json.dumps(cfg.to_dict()))
-  assert opt.LOptConfig.from_dict(d) == cfg
-  assert hash(opt.LOptConfig.from_dict(d)) == hash(cfg)
+  assert LOptConfig.from_dict(d) == cfg
+  assert hash(LOptConfig.from_dict(d)) == hash(cfg)
   with pytest.raises(ValueError, match="bogus"):
-    opt.LOptConfig.from_dict({**d, "bogus": 1})
+    LOptConfig.from_dict({**d, "bogus": 1})
   with pytest.raises(ValueError, match="kind"):
-    opt.LOptConfig.from_dict({**d, "kind": "rnn"})
+    LOptConfig.from_dict({**d, "kind": "rnn"})
   # A checkpoint saved before hypergradient_metric existed keeps the rule
   # it was meta-trained with.
-  old = opt.LOptConfig(kind="adaptive", hypergradient_metric="adam").to_dict()
+  old = LOptConfig(kind="adaptive", hypergradient_metric="adam").to_dict()
   del old["hypergradient_metric"]
-  assert opt.LOptConfig.from_dict(old).hypergradient_metric == "euclidean"
+  assert LOptConfig.from_dict(old).hypergradient_metric == "euclidean"
 
 
 def test_theta_of_other_architecture_and_missing_num_steps_raise():
   theta = opt.init_theta(MLP_CFG, jax.random.key(0))
   with pytest.raises(ValueError, match="shape"):
-    opt.learned_optimizer(theta, opt.LOptConfig(hidden=(16, 16)))
+    opt.learned_optimizer(theta, LOptConfig(hidden=(16, 16)))
   with pytest.raises(ValueError, match="structure"):
     opt.learned_optimizer(theta, NOM_CFG, 10)
   nominal = opt.init_theta(NOM_CFG, jax.random.key(0))

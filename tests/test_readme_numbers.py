@@ -25,7 +25,7 @@ import re
 
 import pytest
 
-from lopt import compare
+from lopt.compare import run as compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")

@@ -17,7 +17,9 @@ import ml_collections
 import pytest
 
 from configs import tiny
-from lopt import checkpoint, experiment, metrics, train
+from lopt import checkpoint, metrics, validation
+from lopt.checkpoint import resume_policy
+from lopt.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2
@@ -59,7 +61,7 @@ def saved_json(workdir, step=None):
 
 def test_a_changed_sigma_is_refused_naming_old_and_new(workdir):
   before = sorted(os.listdir(workdir / "checkpoints"))
-  with pytest.raises(experiment.ConfigError) as error:
+  with pytest.raises(validation.ConfigError) as error:
     train.train_and_evaluate(tiny_config(estimator__sigma=0.02), str(workdir))
   message = str(error.value)
   assert "estimator.sigma: 0.01 -> 0.02" in message
@@ -78,7 +80,7 @@ def test_every_changed_field_is_listed(workdir):
   )
   config.seed = 1
   config.log.every_steps = 1  # allowed: not listed
-  with pytest.raises(experiment.ConfigError) as error:
+  with pytest.raises(validation.ConfigError) as error:
     train.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   for line in (
@@ -118,7 +120,7 @@ def test_an_allowed_change_is_recorded(workdir):
 
 
 def test_an_allowed_change_that_resizes_the_state_is_refused(workdir):
-  with pytest.raises(experiment.ConfigError) as error:
+  with pytest.raises(validation.ConfigError) as error:
     train.train_and_evaluate(
       tiny_config(estimator__num_particles=8),
       str(workdir),
@@ -202,20 +204,20 @@ def test_only_resumable_fields_may_change(field):
     node = node[section]
   node[name] = changed(FIELDS[field])
   config = ml_collections.ConfigDict(config)
-  (change,) = experiment.compare_configs(saved, config)
+  (change,) = resume_policy.compare_configs(saved, config)
   assert change.field == field
-  if field in experiment.RESUMABLE_FIELDS:
-    assert experiment.check_resume(saved, config) == [change]
+  if field in resume_policy.RESUMABLE_FIELDS:
+    assert resume_policy.check_resume(saved, config) == [change]
   else:
-    with pytest.raises(experiment.ConfigError, match=f"  {field}: "):
-      experiment.check_resume(saved, config)
-    assert experiment.check_resume(saved, config, allow_changes=True) == [
+    with pytest.raises(validation.ConfigError, match=f"  {field}: "):
+      resume_policy.check_resume(saved, config)
+    assert resume_policy.check_resume(saved, config, allow_changes=True) == [
       change
     ]
 
 
 def test_the_allow_list_is_what_the_issue_allows():
-  assert set(experiment.RESUMABLE_FIELDS) == {
+  assert set(resume_policy.RESUMABLE_FIELDS) == {
     "outer.num_steps",
     "log.every_steps",
     "eval.every_steps",
@@ -224,7 +226,7 @@ def test_the_allow_list_is_what_the_issue_allows():
     "task.data_dir",
   }
   # Every allowed field exists, so a rename cannot silently drop it.
-  assert set(experiment.RESUMABLE_FIELDS) <= set(FIELDS)
+  assert set(resume_policy.RESUMABLE_FIELDS) <= set(FIELDS)
 
 
 def test_a_field_the_checkpoint_lacks_is_a_change():
@@ -232,11 +234,11 @@ def test_a_field_the_checkpoint_lacks_is_a_change():
   saved = {"config": json.loads(config.to_json())}
   del saved["config"]["task"]["clip_meta_loss"]
   with pytest.raises(
-    experiment.ConfigError, match=r"task.clip_meta_loss: \(not set\) -> true"
+    validation.ConfigError, match=r"task.clip_meta_loss: \(not set\) -> true"
   ):
-    experiment.check_resume(saved, config)
+    resume_policy.check_resume(saved, config)
 
 
 def test_a_checkpoint_without_a_saved_config_is_a_clear_error():
-  with pytest.raises(experiment.ConfigError, match="no 'config' entry"):
-    experiment.check_resume({"format_version": 1}, tiny.get_config())
+  with pytest.raises(validation.ConfigError, match="no 'config' entry"):
+    resume_policy.check_resume({"format_version": 1}, tiny.get_config())

@@ -33,8 +33,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from configs import tiny, tpu_fashion_mnist8_nres
-from lopt import checkpoint, estimators, experiment, sharding, train
-from lopt import data as data_lib
+from lopt import checkpoint, estimators, experiment, sharding, validation
+from lopt.tasks import data as data_lib
+from lopt.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Every run here: the tiny config with 8 particles (1 per device on 8),
@@ -339,8 +340,8 @@ def test_particles_must_divide_the_devices():
   config = tiny.get_config()
   config.estimator.num_particles = 12
   with pytest.raises(ValueError, match=r"num_particles \(12\).*devices \(8\)"):
-    experiment.check_config(config, num_devices=8)
-  experiment.check_config(config, num_devices=4)
+    validation.check_config(config, num_devices=8)
+  validation.check_config(config, num_devices=4)
   with pytest.raises(ValueError, match=r"\(10\).*\(4\).*8 or 12"):
     sharding.check_divisible(10, 4)
 
@@ -373,8 +374,8 @@ def test_the_config_for_pod_slices_scales_the_particles():
   assert config.estimator.num_particles == 128
   assert (config.task.dataset, config.task.image_size) == ("fashion_mnist", 8)
   assert (config.estimator.name, config.estimator.unroll_length) == ("nres", 1)
-  experiment.check_config(config, num_devices=32)
-  experiment.check_config(config, num_devices=16)  # resumed on a smaller slice
+  validation.check_config(config, num_devices=32)
+  validation.check_config(config, num_devices=16)  # resumed on a smaller slice
   assert tpu.get_config().estimator.num_particles == 128  # 16 x 8
   with pytest.raises(ValueError, match="devices"):
     tpu.get_config("chips=4")

@@ -19,8 +19,15 @@ import optax
 import pytest
 from flax import nnx
 
-from lopt import evaluate, experiment, inner, optimizers, suite, suite_tasks
-from lopt.suite_tasks import Suite, SuiteTask
+from lopt import evaluate, experiment
+from lopt.learned import optimizers
+from lopt.learned.config import LOptConfig
+from lopt.suite import evaluation as suite
+from lopt.suite import metrics as suite_metrics
+from lopt.suite import report as suite_report
+from lopt.suite import tasks as suite_tasks
+from lopt.suite.tasks import Suite, SuiteTask
+from lopt.tasks import inner
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GRID = ((1e-3, 3e-2), suite.SCHEDULES)
@@ -82,10 +89,10 @@ def test_suites_cover_what_they_promise():
   assert {t.image_size for t in specs} - {0, 8}
   assert {"silu", "elu"} <= {t.activation for t in specs}
   assert {16, 512} <= {t.batch_size for t in specs}
-  quick = suite.SUITES["quick"]
+  quick = suite_tasks.SUITES["quick"]
   assert 3 <= len(quick.tasks) <= 4 and len(quick.seeds) == 2
   assert max(t.horizon for t in quick.tasks) <= 300
-  assert set(suite.SUITES) == {"heldout", "quick"}
+  assert set(suite_tasks.SUITES) == {"heldout", "quick"}
 
 
 def test_specs_reject_unknown_models_activations_and_duplicates():
@@ -105,24 +112,35 @@ def test_speedup_is_exact_on_a_monotone_curve():
   num_steps = 1000
   curve = 1.0 - 0.5 * np.arange(num_steps) / num_steps  # 1 -> 0.5005
   # Reached exactly at step 500 and, between steps, interpolated linearly.
-  value, never = suite.speedup(curve, 0.75, ema=0.0)
+  value, never = suite_metrics.speedup(curve, 0.75, ema=0.0)
   assert value == pytest.approx(0.5, abs=1e-12) and not never
-  value, never = suite.speedup(curve, 0.75 - 0.5 * 0.25 / num_steps, ema=0.0)
+  value, never = suite_metrics.speedup(
+    curve, 0.75 - 0.5 * 0.25 / num_steps, ema=0.0
+  )
   assert value == pytest.approx(500.25 / num_steps, abs=1e-12)
   assert not never
   # Smoothing only delays a decreasing curve.
-  assert suite.speedup(curve, 0.75)[0] > 0.5
+  assert suite_metrics.speedup(curve, 0.75)[0] > 0.5
 
 
 def test_speedup_never_reached_and_degenerate_targets():
   curve = np.linspace(2.0, 1.0, 100)
-  assert suite.speedup(curve, 0.9) == (None, True)  # censored: Adam slower
-  assert suite.speedup(curve, 2.5) == (0.0, False)  # worse than Adam's start
-  assert suite.speedup(curve, math.nan) == (0.0, False)  # learned diverged
+  assert suite_metrics.speedup(curve, 0.9) == (
+    None,
+    True,
+  )  # censored: Adam slower
+  assert suite_metrics.speedup(curve, 2.5) == (
+    0.0,
+    False,
+  )  # worse than Adam's start
+  assert suite_metrics.speedup(curve, math.nan) == (
+    0.0,
+    False,
+  )  # learned diverged
   spiky = np.concatenate([[2.0, np.nan, 0.1], np.full(7, 1.5)])
   # A non-finite step never counts; the crossing is interpolated from the
   # running minimum before it (2.0) to the step that reaches 0.1.
-  value, _ = suite.speedup(spiky, 0.5, ema=0.0)
+  value, _ = suite_metrics.speedup(spiky, 0.5, ema=0.0)
   assert value == pytest.approx((1 + 1.5 / 1.9) / 10)
 
 
@@ -139,7 +157,7 @@ def _adam_result(curves):
     {
       "schedule": "cosine",
       "learning_rate": 0.01,
-      "per_seed": suite.per_seed_scores(out, 0),
+      "per_seed": suite_metrics.per_seed_scores(out, 0),
     }
   ]
   return {
@@ -155,7 +173,7 @@ def test_ratios_failures_and_speedup_of_one_task():
   t = np.arange(20)
   adam = _adam_result([2.0 - 0.05 * t, 2.2 - 0.05 * t])
   learned = _runs([1.0 - 0.01 * t, 1.0 - 0.01 * t])
-  s = suite.score_task(spec, learned, adam, (1e-4, 0.01, 0.1))
+  s = suite_metrics.score_task(spec, learned, adam, (1e-4, 0.01, 0.1))
   adam_mean = np.mean([2.0 - 0.05 * t, 2.2 - 0.05 * t])
   assert s["ratio"] == pytest.approx(np.mean(1.0 - 0.01 * t) / adam_mean)
   final = lambda c: np.mean(c[-10:])  # noqa: E731
@@ -167,19 +185,19 @@ def test_ratios_failures_and_speedup_of_one_task():
   assert not s["learned"]["failed"] and not s["adam"]["best_on_grid_edge"]
   # One seed ends above where it started, one is NaN: both are failures.
   bad = _runs([0.5 + 0.05 * t, np.full(20, np.nan)])
-  b = suite.score_task(spec, bad, adam, (0.01, 0.1))
+  b = suite_metrics.score_task(spec, bad, adam, (0.01, 0.1))
   assert b["learned"]["failed"] and b["learned"]["failure_rate"] == 1.0
   assert b["speedup"] == 0.0 and not b["adam_never_reached"]
   assert b["adam"]["best_on_grid_edge"]
   # The table says all of it: censored speedup, failure, divergence, edge.
   b["name"] = "bad"
-  table = suite.format_table(
+  table = suite_report.format_table(
     {
       "suite": "hand",
       "learned": "theta",
       "seeds": [0, 1],
       "tasks": [s, b],
-      "aggregates": suite.aggregate([s, b], num_bootstrap=10),
+      "aggregates": suite_metrics.aggregate([s, b], num_bootstrap=10),
     }
   )
   assert "| hand | 20 | 0.9050 | 0.01, cosine | 1.6250 | 0.557 |" in table
@@ -204,7 +222,7 @@ def _scored(ratios, never=False):
 
 def test_aggregates_and_their_bootstrap_intervals():
   ratios = [0.5, 0.8, 0.9, 1.2, 3.0, 0.7, 0.95, 1.1]
-  a = suite.aggregate(_scored(ratios), num_bootstrap=200)
+  a = suite_metrics.aggregate(_scored(ratios), num_bootstrap=200)
   assert a["win_fraction"] == 5 / 8
   assert a["median_ratio"] == pytest.approx(np.median(ratios))
   assert a["worst_ratio"] == 3.0
@@ -212,13 +230,13 @@ def test_aggregates_and_their_bootstrap_intervals():
   # Seeds that agree leave nothing to resample: degenerate intervals.
   assert a["median_ratio_ci95"] == pytest.approx([a["median_ratio"]] * 2)
   assert a["median_speedup"] == 0.5 and a["speedup_win_fraction"] == 0.0
-  a = suite.aggregate(_scored([0.9, 1.1], never=True), num_bootstrap=10)
+  a = suite_metrics.aggregate(_scored([0.9, 1.1], never=True), num_bootstrap=10)
   assert a["speedup_win_fraction"] == 1.0 and a["median_speedup"] is None
   assert a["median_speedup_censored"]
   # Seeds that disagree give a real interval around the estimate.
   tasks = _scored([1.0, 0.5])
   tasks[0]["learned"]["per_seed_mean_train_loss"] = [0.6, 1.0, 1.4]
-  a = suite.aggregate(tasks, num_bootstrap=500)
+  a = suite_metrics.aggregate(tasks, num_bootstrap=500)
   low, high = a["worst_ratio_ci95"]
   assert low < 1.0 < high and tasks[0]["ratio_ci95"][0] < 1.0
 
@@ -293,7 +311,7 @@ def test_train_model_traces_the_optimizer_state_without_changing_the_run(
   here the adaptive kind's step count and per-tensor rate log-scales."""
   data, ds = digits
   task = suite_tasks.build_task(_TINY.tasks[0], ds.image_shape, ds.num_classes)
-  cfg = optimizers.LOptConfig(kind="adaptive")
+  cfg = LOptConfig(kind="adaptive")
   tx = optimizers.learned_optimizer(
     optimizers.init_theta(cfg, jax.random.key(0)), cfg, 20
   )
@@ -368,7 +386,7 @@ def test_adam_cache_hit_and_missed_when_anything_changes(tmp_path, monkeypatch):
 
 
 def _untrained():
-  cfg = optimizers.LOptConfig(kind="nominal", hidden=(4,))
+  cfg = LOptConfig(kind="nominal", hidden=(4,))
   return optimizers.init_theta(cfg, jax.random.key(0)), cfg
 
 

@@ -1,4 +1,4 @@
-"""Tests for lopt.tasks: inner models, losses and batch sampling."""
+"""Tests for lopt.tasks.models: inner models, losses and batch sampling."""
 
 import math
 
@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import tasks
+from lopt.tasks import models
 
 
 def _digits_task(**kwargs):
-  return tasks.make_task(
+  return models.make_task(
     "mlp", hidden=(32, 32, 32), num_classes=10, input_shape=(8, 8, 1), **kwargs
   )
 
@@ -27,7 +27,7 @@ def test_mlp_parameter_count_matches_paper():
 
 
 def test_init_is_lecun_normal_with_zero_biases():
-  task = tasks.make_task(
+  task = models.make_task(
     "mlp", hidden=(256,), num_classes=10, input_shape=(64,)
   )
   params = jax.jit(task.init)(jax.random.key(1))
@@ -73,7 +73,7 @@ def test_sample_batch_shapes_and_randomness_under_jit():
 
 
 def test_cnn_forward_shape_and_count():
-  task = tasks.make_task(
+  task = models.make_task(
     "cnn",
     hidden=(32, 32, 32, 32),
     num_classes=10,
@@ -84,7 +84,9 @@ def test_cnn_forward_shape_and_count():
   params = jax.jit(task.init)(jax.random.key(0))
   logits = jax.jit(task.apply)(params, jnp.ones((4, 32, 32, 3)))
   assert logits.shape == (4, 10)
-  small = tasks.make_task("cnn", hidden=(4,), num_classes=3, input_shape=(8, 8))
+  small = models.make_task(
+    "cnn", hidden=(4,), num_classes=3, input_shape=(8, 8)
+  )
   out = jax.jit(small.apply)(
     jax.jit(small.init)(jax.random.key(0)), jnp.ones((2, 8, 8))
   )
@@ -92,7 +94,7 @@ def test_cnn_forward_shape_and_count():
 
 
 def test_adam_reduces_loss_on_synthetic_data():
-  task = tasks.make_task(
+  task = models.make_task(
     "mlp",
     hidden=(16,),
     num_classes=3,
@@ -145,4 +147,4 @@ def test_bad_arguments_raise(kwargs, match):
   args = dict(hidden=(8,), num_classes=10, input_shape=(8, 8, 1))
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    tasks.make_task(args.pop("model"), **args)
+    models.make_task(args.pop("model"), **args)

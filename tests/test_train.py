@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lopt import checkpoint, experiment, metrics, optimizers, train
+from lopt import checkpoint, experiment, metrics, validation
+from lopt.learned.config import LOptConfig
+from lopt.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,7 +191,7 @@ def test_bad_configs_fail_naming_the_field(field, value, message):
     config.outer.steps_per_dispatch = 2
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
-    experiment.check_config(config)
+    validation.check_config(config)
 
 
 def test_bad_config_on_the_command_line(tmp_path):
@@ -224,7 +226,7 @@ def test_run_state_fits_the_saved_config(tiny_run):
   meta, saved = checkpoint.load_meta(str(tiny_run.workdir / "checkpoints"))
   assert saved["format_version"] == experiment.FORMAT_VERSION
   assert saved["config"]["estimator"]["name"] == "nres"
-  cfg = optimizers.LOptConfig.from_dict(saved["lopt"])
+  cfg = LOptConfig.from_dict(saved["lopt"])
   assert cfg.hidden == tuple(config.lopt.hidden)
   json.dumps(saved)
   assert int(meta["step"]) == tiny_run.num_steps

@@ -64,15 +64,11 @@ REPO = os.path.dirname(
 )
 sys.path.insert(0, REPO)
 
-from lopt import (  # noqa: E402
-  compare,
-  compare_lopt,
-  evaluate,
-  experiment,
-  jsonio,
-  optimizers,
-  plots,
-)
+from lopt import evaluate, experiment, jsonio, plots  # noqa: E402
+from lopt.compare import learned as compare_lopt  # noqa: E402
+from lopt.compare import run as compare  # noqa: E402
+from lopt.compare.budget import Budget  # noqa: E402
+from lopt.learned import optimizers  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -152,7 +148,7 @@ def _with_labels(config, labels: dict[str, dict]) -> ml_collections.ConfigDict:
 
 def _run(config, labels, seeds, workdir, name=None, title=""):
   result = compare.compare(
-    config, list(labels), seeds, compare.Budget(outer_steps=1), workdir=workdir
+    config, list(labels), seeds, Budget(outer_steps=1), workdir=workdir
   )
   if name:
     compare.write(result, FLAGS.output_dir, name, title=title)
@@ -473,7 +469,7 @@ def main(argv):
       study,
       list(methods),
       seeds,
-      compare.Budget(outer_steps=1),
+      Budget(outer_steps=1),
       workdir=os.path.join(FLAGS.workdir, "main"),
     )
     result["adam"] = adam_reference(study, seeds)
@@ -508,7 +504,7 @@ def main(argv):
       _with_labels(config, fields),
       list(fields),
       [int(s) for s in FLAGS.gpes_seeds],
-      compare.Budget(outer_steps=1),
+      Budget(outer_steps=1),
       workdir=os.path.join(FLAGS.workdir, "gpes"),
     )
     compare.write(

@@ -20,7 +20,9 @@ import shutil
 import ml_collections
 from absl import app, flags
 
-from lopt import console, experiment, export, jsonio, plots, suite, train
+from lopt import console, experiment, export, jsonio, plots
+from lopt.suite import evaluation as suite
+from lopt.train import loop as train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["0"], "Outer steps to score (0: init).")

@@ -26,7 +26,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lopt import console, export, jsonio, suite_metrics
+from lopt import console, export, jsonio
+from lopt.suite import metrics as suite_metrics
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from family_suite import family_suite, score  # noqa: E402

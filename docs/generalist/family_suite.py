@@ -7,7 +7,11 @@ held-out suite.
 
 import os
 
-from lopt import experiment, family, optimizers, suite, suite_tasks
+from lopt import experiment
+from lopt.learned.config import LOptConfig
+from lopt.suite import evaluation as suite
+from lopt.suite import tasks as suite_tasks
+from lopt.tasks import family
 
 _CONFIG = os.path.join(
   os.path.dirname(__file__), "..", "..", "configs", "generalist.py"
@@ -37,7 +41,7 @@ def family_suite() -> suite_tasks.Suite:
   )
 
 
-def score(theta, cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
+def score(theta, cfg: LOptConfig, tasks: suite_tasks.Suite) -> dict:
   """The suite's aggregates (and the mean ratio), ratios and per-seed mean
   training losses (learned and best tuned Adam) of one theta."""
   summary = suite.evaluate_suite((theta, cfg), tasks)

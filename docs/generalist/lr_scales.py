@@ -18,7 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lopt import console, export, inner, jsonio, optimizers, suite, suite_tasks
+from lopt import console, export, jsonio
+from lopt.learned import optimizers
+from lopt.suite import evaluation as suite
+from lopt.suite import tasks as suite_tasks
+from lopt.tasks import inner
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Its checkpoint (default: last).")

@@ -5,7 +5,7 @@
         --decays=0,0.5,0.9,0.95,0.97,0.99 --adaptive_lrs=0.02 \
         --hyper_lrs=0.3,0.5 --output=docs/generalist/trace
 
-The untrained 'adaptive' learned optimizer (`lopt.optimizers`, its output
+The untrained 'adaptive' learned optimizer (`lopt.learned.optimizers`, its output
 layer at zero) is Adam whose learning rate each tensor adapts by
 hypergradient descent from a base rate `adaptive_lr` at speed `hyper_lr`.
 Those two numbers, the metric of the hypergradient's cosine
@@ -33,7 +33,10 @@ import sys
 import jax
 from absl import app, flags
 
-from lopt import console, jsonio, optimizers, suite_tasks
+from lopt import console, jsonio
+from lopt.learned import optimizers
+from lopt.learned.config import HYPERGRADIENT_METRICS, LOptConfig
+from lopt.suite import tasks as suite_tasks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from family_suite import family_suite, score  # noqa: E402
@@ -44,7 +47,7 @@ _LRS = flags.DEFINE_list(
 )
 _HYPER = flags.DEFINE_list("hyper_lrs", ["0.1", "0.2", "0.3"], "Hyper rates.")
 _METRICS = flags.DEFINE_list(
-  "metrics", list(optimizers.HYPERGRADIENT_METRICS), "Hypergradient metrics."
+  "metrics", list(HYPERGRADIENT_METRICS), "Hypergradient metrics."
 )
 _DECAYS = flags.DEFINE_list(
   "decays", ["0.0"], "Decays of the trace of steps the vote compares with."
@@ -60,7 +63,7 @@ _CHOSEN = (
 )
 
 
-def _score(cfg: optimizers.LOptConfig, tasks: suite_tasks.Suite) -> dict:
+def _score(cfg: LOptConfig, tasks: suite_tasks.Suite) -> dict:
   return score(optimizers.init_theta(cfg, jax.random.key(0)), cfg, tasks)
 
 
@@ -70,13 +73,13 @@ def main(argv) -> None:
   tasks = family_suite()
   rows = [
     {"kind": "nominal", "nominal_lr": 0.03}
-    | _score(optimizers.LOptConfig(kind="nominal"), tasks)
+    | _score(LOptConfig(kind="nominal"), tasks)
   ]
   grid = itertools.product(
     _METRICS.value, _DECAYS.value, _LRS.value, _HYPER.value
   )
   for metric, decay, lr, hyper in grid:
-    cfg = optimizers.LOptConfig(
+    cfg = LOptConfig(
       kind="adaptive",
       adaptive_lr=float(lr),
       hyper_lr=float(hyper),

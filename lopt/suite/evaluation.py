@@ -5,7 +5,7 @@
     summary = suite.evaluate_suite("/tmp/lopt", "quick")
     print(suite.format_table(summary))
 
-Every task of the suite (`lopt.suite_tasks`) trains fresh models, one per
+Every task of the suite (`lopt.suite.tasks`) trains fresh models, one per
 seed, with the learned optimizer (told the task's horizon T) and with Adam
 over `LEARNING_RATES` x `SCHEDULES` (constant, and decayed to 0 linearly or
 along a cosine), all by `inner.train_model` on the same inits and batches.
@@ -55,23 +55,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import console, export, inner, jsonio, optimizers
-from lopt import data as data_lib
-from lopt.suite_metrics import (  # noqa: F401  (re-exported)
-  EMA,
-  FINAL_STEPS,
-  NUM_BOOTSTRAP,
-  aggregate,
-  per_seed_scores,
-  score_task,
-  speedup,
-)
-from lopt.suite_report import (  # noqa: F401  (re-exported)
-  format_table,
-  summary_line,
-  write_outputs,
-)
-from lopt.suite_tasks import SUITES, Suite, SuiteTask, build_task, task_keys
+from lopt import console, export, jsonio
+from lopt.learned import optimizers
+from lopt.suite import metrics as suite_metrics
+from lopt.suite import report as suite_report
+from lopt.suite.tasks import SUITES, Suite, SuiteTask, build_task, task_keys
+from lopt.tasks import data as data_lib
+from lopt.tasks import inner
 
 #: Adam's learning rates: 1e-4 .. 1e-1 at 1, 2, 5 per decade (10 values).
 LEARNING_RATES = tuple(
@@ -173,7 +163,7 @@ def run_adam_grid(spec, task, data, keys, learning_rates, schedules) -> dict:
     )
     for h, lr in enumerate(learning_rates):
       entry = {"schedule": schedule, "learning_rate": lr}
-      sweep.append(dict(entry, per_seed=per_seed_scores(out, h)))
+      sweep.append(dict(entry, per_seed=suite_metrics.per_seed_scores(out, h)))
       curves.append(out["losses"][h].mean(0))
   best = choose_best(sweep)
   return {"sweep": sweep, "best": best, "best_curve": curves[best]}
@@ -271,7 +261,7 @@ def evaluate_suite(
   data_dir: str | None = None,
   learning_rates: Sequence[float] = LEARNING_RATES,
   schedules: Sequence[str] = SCHEDULES,
-  num_bootstrap: int = NUM_BOOTSTRAP,
+  num_bootstrap: int = suite_metrics.NUM_BOOTSTRAP,
 ) -> dict:
   """Scores a learned optimizer on a suite against tuned Adam.
 
@@ -318,7 +308,7 @@ def evaluate_suite(
     adam_ = tuned_adam(
       spec, task, data, suite.seeds, (learning_rates, schedules), adam_cache_dir
     )
-    scored.append(score_task(spec, lrn, adam_, learning_rates))
+    scored.append(suite_metrics.score_task(spec, lrn, adam_, learning_rates))
     scored[-1]["seconds"] = {
       "learned": t1 - t0,
       "adam": 0.0 if adam_["cached"] else time.perf_counter() - t1,
@@ -338,9 +328,9 @@ def evaluate_suite(
       "cache_version": ADAM_CACHE_VERSION,
     },
     "tasks": scored,
-    "aggregates": aggregate(scored, num_bootstrap),
+    "aggregates": suite_metrics.aggregate(scored, num_bootstrap),
     "seconds": time.perf_counter() - start,
   }
   if output:
-    summary["outputs"] = write_outputs(summary, output)
+    summary["outputs"] = suite_report.write_outputs(summary, output)
   return summary

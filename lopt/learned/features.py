@@ -1,32 +1,25 @@
 """The learned optimizer's inputs: its state and per-parameter features.
 
-`compute` is one update's bookkeeping for every kind of `lopt.optimizers`:
+`compute` is one update's bookkeeping for every kind of `lopt.learned.optimizers`:
 it advances the momenta (and for the Adam kinds Adam's second moment; for
 the adaptive kind each tensor's hypergradient log-scale), then builds the
 features of every parameter, per tensor (the normalisation is per tensor),
 concatenated into one channel-major (num_features, total_params) block so
-that the MLP (`lopt.lopt_network`) runs once on every parameter. Features
+that the MLP (`lopt.learned.network`) runs once on every parameter. Features
 that are the same for every parameter (the step and progress features) are
 kept apart as one short vector.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-if TYPE_CHECKING:
-  from lopt.optimizers import LOptConfig
+from lopt.learned.config import ADAM_KINDS, LOptConfig
 
-KINDS = ("mlp", "nominal", "adaptive")
-# The kinds built on a nominal Adam step (its second moment, lr schedule and
-# progress feature).
-ADAM_KINDS = ("nominal", "adaptive")
-# The adaptive kind's hypergradient cosine: on g, or on g / sqrt(v_hat).
-HYPERGRADIENT_METRICS = ("euclidean", "adam")
 # Momentum decays of MLPLOpt (algorithms.md section 4).
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 # Time scales tau of the tanh(it / tau - 1) step features.

@@ -1,8 +1,8 @@
 """The offline `digits` dataset: scikit-learn's 8x8 digits as a tfds builder.
 
 Importing this module registers the builder under the name "digits";
-`lopt.data.load_dataset` prepares it into a data_dir on first use, offline,
-and reads it like any prepared tfds dataset (see `lopt.data` for the splits
+`lopt.tasks.data.load_dataset` prepares it into a data_dir on first use, offline,
+and reads it like any prepared tfds dataset (see `lopt.tasks.data` for the splits
 and the file format).
 """
 

@@ -6,7 +6,7 @@ number of trajectories, both through the production step
 (`lopt.train.sharded_functions`): inner steps/s, compile time, run-state
 bytes per group, and XLA's memory analysis at several particle counts
 with a linear fit. Run in its own process by `bench.run_case`, like the
-cases of `lopt.bench_cases`.
+cases of `lopt.bench.cases`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import dataclasses
 import statistics
 import time
 
-from lopt import measure
-from lopt.bench_cases import _load_config, _production, linear_fit, tree_bytes
+from lopt.bench import measure
+from lopt.bench.cases import _load_config, _production, linear_fit, tree_bytes
 
 #: The family section's three tasks: the base config's task under each of
 #: these activations (the same shapes and matmuls, so about the same cost

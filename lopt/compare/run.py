@@ -22,17 +22,17 @@ rates); a label's settings are built by `lopt.experiment` like any run's.
 Two kinds of config, each with its runner:
 
 * Toy systems (a config with a `system` section, e.g. configs/lorenz.py,
-  configs/influence_balancing.py): `lopt.compare_toy`.
+  configs/influence_balancing.py): `lopt.compare.toy`.
 * Learned-optimizer configs (configs/default.py and the like: a config with
-  a `task` section): `lopt.compare_lopt`, one `lopt.train` run per
+  a `task` section): `lopt.compare.learned`, one `lopt.train` run per
   (estimator, seed).
 
 Steps and seconds exclude the estimator's burn-in (the T-step warm-up of
 step-unlocked particles in `init`); the JSON records its cost separately as
 `burn_in_steps` (and `burn_in_seconds` for toy systems).
 
-The statistics over seeds are `lopt.compare_stats`, the JSON, figure and
-tables `lopt.compare_report`; this module re-exports both.
+The statistics over seeds are `lopt.compare.stats`, the JSON, figure and
+tables `lopt.compare.report`; this module re-exports both.
 """
 
 from __future__ import annotations
@@ -51,26 +51,12 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from lopt import (
-  compare_lopt,
-  compare_toy,
-  console,
-  estimators,
-  experiment,
-)
-from lopt.compare_report import (  # noqa: F401  (re-exported)
-  fmt_interval,
-  format_table,
-  write,
-)
-from lopt.compare_stats import (  # noqa: F401  (re-exported)
-  AXES,
-  CI_LEVEL,
-  first_below,
-  interval,
-  summarize,
-  to_target,
-)
+from lopt import console, estimators, validation
+from lopt.compare import learned as compare_lopt
+from lopt.compare import toy as compare_toy
+from lopt.compare.budget import BUDGET_FIELDS, Budget, label_budget
+from lopt.compare.report import format_table, write
+from lopt.compare.stats import CI_LEVEL, summarize, to_target
 
 #: What the JSON says the meta-loss is, per kind of config.
 META_LOSS_DEFINITIONS = {
@@ -87,75 +73,6 @@ META_LOSS_DEFINITIONS = {
     "training loss"
   ),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-  """How long each (estimator, seed) run goes; 0 means unset.
-
-  Attributes:
-    seconds: wall-clock of the timed region (toy systems only).
-    steps: total inner unroll steps (sum of `info["steps"]`).
-    outer_steps: outer updates.
-  """
-
-  seconds: float = 0.0
-  steps: float = 0.0
-  outer_steps: int = 0
-
-  def __post_init__(self):
-    if min(self.seconds, self.steps, self.outer_steps) < 0:
-      raise ValueError(f"budgets must be >= 0, got {self}")
-    if not (self.seconds or self.steps or self.outer_steps):
-      raise ValueError(
-        "Give a budget: --budget_seconds, --budget_steps or "
-        "--budget_outer_steps (or compare.budget_* in the "
-        "config)."
-      )
-
-  def scaled(self, factor: float) -> Budget:
-    """Every set budget times `factor` (outer steps rounded, at least 1)."""
-    if not (factor > 0 and np.isfinite(factor)):
-      raise ValueError(f"a budget scale must be a finite number > 0: {factor}")
-    return Budget(
-      seconds=self.seconds * factor,
-      steps=self.steps * factor,
-      outer_steps=max(1, round(self.outer_steps * factor))
-      if self.outer_steps
-      else 0,
-    )
-
-  def spent(self, seconds: float, steps: float, outer_steps: int) -> bool:
-    return (
-      (self.seconds > 0 and seconds >= self.seconds)
-      or (self.steps > 0 and steps >= self.steps)
-      or (self.outer_steps > 0 and outer_steps >= self.outer_steps)
-    )
-
-
-#: Per-label budget fields of `config.overrides.<label>` -> `Budget` fields.
-BUDGET_FIELDS = {
-  "budget_seconds": "seconds",
-  "budget_steps": "steps",
-  "budget_outer_steps": "outer_steps",
-}
-
-
-def label_budget(
-  budget: Budget, label_settings: dict[str, Any], scale: float = 1.0
-) -> Budget:
-  """A label's budget: its own `budget_*` settings if any, else `budget`.
-
-  Either is multiplied by `scale` (`--budget_scale`: a scaled-down run of a
-  preset keeps the ratios between the labels' budgets).
-  """
-  own = {
-    field: label_settings[key]
-    for key, field in BUDGET_FIELDS.items()
-    if label_settings.get(key)
-  }
-  chosen = Budget(**own) if own else budget
-  return chosen if scale == 1.0 else chosen.scaled(scale)
 
 
 def is_toy(config: ml_collections.ConfigDict) -> bool:
@@ -177,15 +94,15 @@ def settings(config: ml_collections.ConfigDict, label: str) -> dict[str, Any]:
     ValueError: for a label that names no estimator, or an unknown field.
   """
   fields = (
-    experiment.ESTIMATOR_FIELDS + experiment.OUTER_FIELDS + tuple(BUDGET_FIELDS)
+    validation.ESTIMATOR_FIELDS + validation.OUTER_FIELDS + tuple(BUDGET_FIELDS)
   )
   merged = {
     k: config.estimator[k]
-    for k in experiment.ESTIMATOR_FIELDS
+    for k in validation.ESTIMATOR_FIELDS
     if k in config.estimator
   }
   merged.update(
-    {k: config.outer[k] for k in experiment.OUTER_FIELDS if k in config.outer}
+    {k: config.outer[k] for k in validation.OUTER_FIELDS if k in config.outer}
   )
   merged["name"] = label
   overrides = config.get("overrides", None)
@@ -193,13 +110,13 @@ def settings(config: ml_collections.ConfigDict, label: str) -> dict[str, Any]:
     extra = dict(overrides[label])
     unknown = sorted(set(extra) - set(fields))
     if unknown:
-      raise experiment.ConfigError(
+      raise validation.ConfigError(
         f"overrides.{label} has unknown fields {unknown}; "
         f"allowed: {list(fields)}"
       )
     merged.update(extra)
   if merged["name"] not in estimators.REGISTRY:
-    raise experiment.ConfigError(
+    raise validation.ConfigError(
       f"{label!r} is not an estimator (one of "
       f"{sorted(estimators.REGISTRY)}) and config.overrides.{label}.name "
       f"does not name one"
@@ -429,7 +346,3 @@ def main(f: dict[str, Any]) -> None:
     with open(f["table"], "w") as fh:
       fh.write(table + "\n")
   logging.info("Wrote %s and %s", json_path, png_path)
-
-
-if __name__ == "__main__":
-  console.run_program(main, define_flags, required=["config"])

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any, NamedTuple
 
-from lopt import measure
+from lopt.bench import measure
 
 #: The repository root: its configs/ are the bench's defaults.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,9 @@ def repo_config(name: str) -> str:
 
 
 def _load_config(spec: dict):
-  from lopt import experiment  # pylint: disable=g-import-not-at-top
+  from lopt import (
+    experiment,  # pylint: disable=g-import-not-at-top
+  )
 
   config = experiment.load_config(spec.get("config") or repo_config("default"))
   config.task.data_dir = spec.get("data_dir", "")
@@ -49,9 +51,13 @@ def _digits_config(spec: dict):
 
 def _production(config):
   """What `lopt.main` builds: data, experiment and its jitted functions."""
-  from lopt import experiment, train  # pylint: disable=g-import-not-at-top
+  from lopt import (
+    experiment,  # pylint: disable=g-import-not-at-top
+    validation,
+  )
+  from lopt.train import loop as train
 
-  experiment.check_config(config)
+  validation.check_config(config)
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
   init_fn, steps_fn, _, _ = train.sharded_functions(exp, data)
@@ -216,7 +222,10 @@ def budget_case(spec: dict) -> dict:
   """Meta-trains the default config for a wall-clock budget, then scores it."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lopt import experiment, optimizers  # pylint: disable=g-import-not-at-top
+  from lopt import (
+    experiment,  # pylint: disable=g-import-not-at-top
+  )
+  from lopt.learned import optimizers
 
   budget = spec["seconds"]
   run = _meta_train_for(budget, spec)

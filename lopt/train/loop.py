@@ -39,17 +39,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lopt import (
-  checkpoint,
-  console,
-  experiment,
-  family,
-  metrics,
-  optimizers,
-  outer,
-  sharding,
-)
+from lopt import checkpoint, console, experiment, metrics, sharding, validation
+from lopt.checkpoint import resume_policy
 from lopt.experiment import Experiment
+from lopt.learned import optimizers
+from lopt.tasks import family
+from lopt.train import outer
 
 
 def _initial_keys(config) -> jax.Array:
@@ -229,7 +224,7 @@ def train_and_evaluate(
     with `lopt.sharding.to_host`).
 
   Raises:
-    experiment.ConfigError: an invalid config, or one that the workdir's
+    validation.ConfigError: an invalid config, or one that the workdir's
       checkpoint cannot be resumed under.
   """
   # Installed first, so that a SIGTERM during start-up (data, compilation)
@@ -310,13 +305,13 @@ def _resume(ckpt, writer, step, config, abstract, allow_config_change):
   """Restores the checkpoint of `step` if `config` may continue it.
 
   Raises:
-    experiment.ConfigError: the config changes what is computed (unless
+    validation.ConfigError: the config changes what is computed (unless
       `allow_config_change`), or the checkpoint's run state cannot fit it.
   """
   # Before anything is read: a changed config would continue this run's
   # state under other settings.
   where = f"the checkpoint of step {step} in {ckpt.directory}"
-  changes = experiment.check_resume(
+  changes = resume_policy.check_resume(
     ckpt.restore_config(step),
     config,
     allow_changes=allow_config_change,
@@ -340,7 +335,7 @@ def _resume(ckpt, writer, step, config, abstract, allow_config_change):
       raise
     # The changed fields size the run state (particles, architecture,
     # estimator): no override can continue the old state under them.
-    raise experiment.ConfigError(
+    raise validation.ConfigError(
       f"{e}. The run state of {where} cannot continue under the changed "
       f"{', '.join(c.field for c in overridden)}: use a new workdir."
     ) from None
@@ -354,7 +349,7 @@ def _train_and_evaluate(
 ):
   """`train_and_evaluate`, with SIGTERM already turned into `sigterm`."""
   mesh = sharding.make_mesh()
-  experiment.check_config(config, mesh.size)
+  validation.check_config(config, mesh.size)
   data, dataset = experiment.load_data(config, mesh)
   exp = experiment.build(config, dataset, mesh)
   _describe(exp, dataset, mesh)
@@ -424,7 +419,7 @@ def _train_and_evaluate(
           ckpt, writer, step, config, abstract_state, allow_config_change
         )
       )
-    except (experiment.ConfigError, checkpoint.CorruptCheckpointError):
+    except (validation.ConfigError, checkpoint.CorruptCheckpointError):
       ckpt.close()
       writer.close()
       raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +27,9 @@ import numpy as np
 from absl import logging
 from jax.flatten_util import ravel_pytree
 
-from lopt import experiment, jsonio, outer
-
-if TYPE_CHECKING:
-  from lopt.compare import Budget
+from lopt import experiment, jsonio
+from lopt.compare.budget import Budget
+from lopt.train import outer
 
 
 def make_evaluator(config: ml_collections.ConfigDict):

@@ -15,7 +15,7 @@ cross-entropy at 1.5 ln C): a diverging inner run then scores badly but
 boundedly, instead of letting one particle's 1e10 loss dominate the
 estimate. A non-finite loss stays non-finite, for the estimator to mask.
 Then `(L_t - loss_shift) / loss_scale` is what the estimator sees: the
-normalisation that makes the tasks of a family comparable (`lopt.family`).
+normalisation that makes the tasks of a family comparable (`lopt.tasks.family`).
 
 With `batch_fractions` other than (1.0,), each episode is augmented: its
 `init` draws one fraction f uniformly from them, and every step of that
@@ -38,7 +38,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt import optimizers, tasks
+from lopt.learned import features, optimizers
+from lopt.learned.config import LOptConfig
+from lopt.tasks import models
 
 META_LOSSES = ("train", "validation")
 
@@ -61,8 +63,8 @@ class InnerTraining:
       each in (0, 1]; (1.0,) (the default) does not augment.
   """
 
-  task: tasks.Task
-  lopt: optimizers.LOptConfig
+  task: models.Task
+  lopt: LOptConfig
   horizon: int
   data: Mapping[str, jax.Array]
   meta_loss: str = "train"
@@ -100,7 +102,7 @@ class InnerTraining:
     params = self.task.init(key)
     state = {
       "params": params,
-      "opt_state": optimizers.init_state(self.lopt, params),
+      "opt_state": features.init_state(self.lopt, params),
     }
     if self.augmented:
       # A stream apart from the init's, so the model's init is unchanged.
@@ -144,7 +146,7 @@ class InnerTraining:
 
 
 def train_model(
-  task: tasks.Task,
+  task: models.Task,
   tx: optax.GradientTransformation,
   data: Mapping[str, jax.Array],
   key: jax.Array,

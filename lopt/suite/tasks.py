@@ -7,7 +7,7 @@ an object with the interface of `lopt.tasks.Task` (`init`, `loss`,
 `accuracy`, `sample_batch`, `batch_size`), so that `inner.train_model`
 trains every model the same way.
 
-Models: the linen `mlp` and `cnn` of `lopt.tasks`, and `nnx_mlp`, an MLP
+Models: the linen `mlp` and `cnn` of `lopt.tasks.models`, and `nnx_mlp`, an MLP
 written here as a Flax NNX module. Its parameters are the `nnx.State` of its
 `nnx.Param`s (`nnx.split`), and its loss `nnx.merge`s them back into the
 module: the optimizers see an NNX state pytree, not a linen params dict, so
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lopt import tasks
+from lopt.tasks import models
 
 #: Models a suite task may name.
 SUITE_MODELS = ("mlp", "cnn", "nnx_mlp")
@@ -53,7 +53,7 @@ class SuiteTask:
     model: 'mlp', 'cnn' or 'nnx_mlp'.
     hidden: hidden widths (MLPs) or conv-block channels (CNN).
     activation: a name of `lopt.tasks.ACTIVATIONS`.
-    dataset: a `lopt.data` dataset name; the suites use 'digits' (offline).
+    dataset: a `lopt.tasks.data` dataset name; the suites use 'digits' (offline).
     image_size: 0 = native (8x8 for digits), else resized to this square.
     batch_size: training batch size.
     horizon: T, training steps per model.
@@ -74,10 +74,10 @@ class SuiteTask:
         f"Suite task {self.name!r}: model must be one of "
         f"{list(SUITE_MODELS)}, got {self.model!r}."
       )
-    if self.activation not in tasks.ACTIVATIONS:
+    if self.activation not in models.ACTIVATIONS:
       raise ValueError(
         f"Suite task {self.name!r}: activation must be one of "
-        f"{sorted(tasks.ACTIVATIONS)}, got {self.activation!r}."
+        f"{sorted(models.ACTIVATIONS)}, got {self.activation!r}."
       )
     if self.horizon < 10 or self.batch_size < 1 or not self.hidden:
       raise ValueError(
@@ -222,8 +222,8 @@ class NNXMLP(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # The activation table of lopt.tasks, so names mean the same everywhere.
-    act = tasks._activation(self.activation)  # noqa: SLF001
+    # The activation table of lopt.tasks.models, so names mean the same everywhere.
+    act = models._activation(self.activation)  # noqa: SLF001
     x = x.reshape((x.shape[0], -1))
     for layer in self.layers:
       x = act(layer(x))
@@ -290,7 +290,7 @@ class NNXTask:
     return jnp.mean(jnp.argmax(self.apply(params, images), -1) == labels)
 
   def sample_batch(self, key, images, labels):
-    """`batch_size` rows uniformly with replacement (as `tasks.Task`)."""
+    """`batch_size` rows uniformly with replacement (as `models.Task`)."""
     idx = jax.random.randint(key, (self.batch_size,), 0, images.shape[0])
     return images[idx], labels[idx]
 
@@ -311,7 +311,7 @@ def build_task(spec: SuiteTask, image_shape, num_classes: int) -> Any:
       spec.activation,
       spec.batch_size,
     )
-  return tasks.make_task(
+  return models.make_task(
     spec.model,
     hidden=spec.hidden,
     num_classes=num_classes,

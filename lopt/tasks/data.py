@@ -12,7 +12,7 @@ Every dataset goes through tensorflow-datasets (tfds), read from `data_dir`
 with downloads off:
 
 * `digits`, the default, is the 1,797 real 8x8 handwritten digits that
-  scikit-learn bundles. `lopt.digits.Digits` is a tfds builder for it;
+  scikit-learn bundles. `lopt.tasks.digits.Digits` is a tfds builder for it;
   importing this module registers it, and `load_dataset` prepares it into
   `data_dir` on first use, offline, in the `array_record` file format
   (`tfrecord` under a gs:// `data_dir`: array_record reads local files
@@ -69,12 +69,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-# Importing lopt.digits registers its tfds builder under the name "digits".
-from lopt.digits import (  # noqa: F401  (re-exported)
-  DIGITS_NUM_EXAMPLES,
-  DIGITS_NUM_TRAIN,
-  Digits,
-)
+# Importing it registers the offline tfds builder under the name "digits".
+from lopt.tasks import digits  # noqa: F401
 
 # Name prefix that selects an arbitrary registered tfds dataset.
 TFDS_PREFIX = "tfds:"

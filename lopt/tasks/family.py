@@ -148,7 +148,7 @@ def batch_fractions(config) -> tuple[float, ...]:
 
   `family.batch_fractions` is a task augmentation: every episode of every
   group draws one fraction f of them and trains on the first round(f B)
-  examples of each batch of B (`lopt.inner.InnerTraining`). It keeps every
+  examples of each batch of B (`lopt.tasks.inner.InnerTraining`). It keeps every
   shape, so it costs nothing, and it widens the gradient noise the learned
   optimizer meets beyond that of the family's batch sizes.
   """
@@ -239,7 +239,7 @@ def group_key(key: jax.Array, name: str) -> jax.Array:
 class FamilyEstimator:
   """Several estimators of one theta, one per task group, combined.
 
-  It has the `Estimator` interface that `lopt.outer` and `lopt.train` use
+  It has the `Estimator` interface that `lopt.train.outer` and `lopt.train` use
   (`init`, `estimate`, `num_particles`, `steps_per_estimate`,
   `burn_in_steps`); its state is `{name: that group's estimator state}`.
 

@@ -60,8 +60,8 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint.experimental.v1 import options as ocp_v1_options
 
-from lopt import digests
-from lopt.digests import CorruptCheckpointError  # noqa: F401  (raised here)
+from lopt.checkpoint import digests
+from lopt.checkpoint.digests import CorruptCheckpointError  # noqa: F401  (raised here)
 
 PyTree = Any
 

@@ -154,7 +154,10 @@ def analytic_matmul_flops(task, lopt_cfg, lopt_theta, batch_size: int) -> float:
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lopt import optimizers  # pylint: disable=g-import-not-at-top
+  from lopt.learned import (
+    features,  # pylint: disable=g-import-not-at-top
+  )
+  from lopt.learned.config import ADAM_KINDS
 
   kernels = [
     x.shape for x in jax.tree.leaves(task.param_shapes) if len(x.shape) == 2
@@ -166,9 +169,7 @@ def analytic_matmul_flops(task, lopt_cfg, lopt_theta, batch_size: int) -> float:
   lopt_kernels = [
     list(x.shape) for x in jax.tree.leaves(lopt_theta) if len(x.shape) == 2
   ]
-  shared = len(optimizers.TIME_SCALES) + (
-    lopt_cfg.kind in optimizers.ADAM_KINDS
-  )
+  shared = len(features.TIME_SCALES) + (lopt_cfg.kind in ADAM_KINDS)
   lopt_kernels[0][0] -= shared
   learned = 2 * task.num_params * sum(a * b for a, b in lopt_kernels)
   return float(forward + backward + learned)
@@ -216,18 +217,19 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
 
   Args:
     task: the inner task (`lopt.tasks.Task`).
-    lopt_cfg: the learned optimizer (`lopt.optimizers.LOptConfig`).
+    lopt_cfg: the learned optimizer (`lopt.learned.optimizers.LOptConfig`).
     dtype_bytes: bytes per element.
 
   Returns:
     A dict of byte counts: `inner_data`, `inner_model`, `inner_activations`,
     `lopt_state`, `lopt_activations`, `min_bytes` and `state_bytes`.
   """
-  from lopt import optimizers  # pylint: disable=g-import-not-at-top
+  from lopt.learned import features
+  from lopt.learned.config import ADAM_KINDS
 
   p, b = task.num_params, task.batch_size
-  momenta = len(optimizers.MOMENTUM_DECAYS)
-  nominal = lopt_cfg.kind in optimizers.ADAM_KINDS
+  momenta = len(features.MOMENTUM_DECAYS)
+  nominal = lopt_cfg.kind in ADAM_KINDS
   feature_rows = 2 + momenta + 2 * nominal
   # Extra per-parameter state: Adam's v; the adaptive kind's last step.
   extra = nominal + (lopt_cfg.kind == "adaptive")

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from lopt import jsonio, plots
-from lopt.compare_stats import AXES, CI_LEVEL
+from lopt.compare.stats import AXES, CI_LEVEL
 
 
 def write(

@@ -56,7 +56,7 @@ Two kinds share the feature code and the network:
   family; this lets each tensor find its own within the run. The cosine
   makes the update of s free of the gradient's scale. Extra state: s (one
   scalar per tensor) and the last step. Its MLP is made odd in the
-  per-parameter features (`lopt_network.reflection_symmetric`), so that its
+  per-parameter features (`network.reflection_symmetric`), so that its
   learned corrections cannot push every parameter the same way.
 
   `hypergradient_metric='adam'` takes that cosine with the gradient
@@ -81,184 +81,25 @@ Two kinds share the feature code and the network:
   noise of many steps partly cancels while their shared direction adds up.
   The state keeps the trace in `last_step` (the last step when d = 0).
 
-The pieces: `lopt.lopt_features` builds the inputs and keeps the state,
-`lopt.lopt_network` is the MLP; this module is the public interface.
+The pieces: `lopt.learned.features` builds the inputs and keeps the state,
+`lopt.learned.network` is the MLP; this module is the public interface.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from lopt import lopt_network
-from lopt.lopt_features import (  # noqa: F401  (re-exported)
-  ADAM_KINDS,
-  HYPERGRADIENT_METRICS,
-  KINDS,
-  MOMENTUM_DECAYS,
-  NUM_PARAM_FEATURES,
-  NUM_SHARED_FEATURES,
-  TIME_SCALES,
-  AdaptiveLOptState,
-  LOptState,
-  MLPLOptState,
-  NominalLOptState,
-  check_num_steps,
-  compute,
-  compute_features,
-  init_state,
-  num_features,
-)
-from lopt.lopt_network import MLPLOpt  # noqa: F401  (re-exported)
+from lopt.learned import features, network
+from lopt.learned.config import LOptConfig
+from lopt.learned.features import LOptState
 
 Theta = Any  # A nested dict of float32 arrays (the meta-parameters).
-
-
-def _positive(x):
-  return x > 0
-
-
-def _non_negative(x):
-  return x >= 0
-
-
-# LOptConfig's numeric fields: (whether a value is allowed, how the error
-# message says so).
-_NUMBER_BOUNDS = {
-  "step_mult": (_positive, "> 0"),
-  "nominal_lr": (_positive, "> 0"),
-  "adaptive_lr": (_positive, "> 0"),
-  "hyper_lr": (_positive, "> 0"),
-  "exp_mult": (_non_negative, ">= 0"),
-  "out_init_scale": (_non_negative, ">= 0"),
-  "nominal_dir_mult": (_non_negative, ">= 0"),
-  "nominal_exp_mult": (_non_negative, ">= 0"),
-  "lr_adapt_max": (_non_negative, ">= 0"),
-  "lr_adapt_min": (lambda x: x <= 0, "<= 0"),
-  "hypergradient_decay": (lambda x: 0 <= x < 1, "in [0, 1)"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class LOptConfig:
-  """Architecture of a learned optimizer (hashable: usable as a static arg).
-
-  Attributes:
-    kind: 'mlp' (MLPLOpt), 'nominal' (learned corrections to Adam) or
-      'adaptive' (the nominal kind with per-tensor hypergradient rates).
-    hidden: hidden-layer widths of the per-parameter MLP.
-    step_mult: MLPLOpt's step scale (the paper's 1e-3).
-    exp_mult: MLPLOpt's log-magnitude scale (the paper's 1e-3).
-    out_init_scale: MLPLOpt's output layer is initialised LeCun-normal times
-      this factor, so the untrained optimizer takes tiny steps (about
-      step_mult * out_init_scale) instead of random ones of size step_mult.
-      The nominal kind always starts its output layer at zero.
-    nominal_lr: initial learning rate of the nominal Adam step
-      (theta['log_lr'] starts at its log).
-    nominal_dir_mult: scale of the additive direction correction, in units
-      of the learning rate (the Adam direction is O(1) per element).
-    nominal_exp_mult: scale of the multiplicative log-step correction.
-    adaptive_lr: initial base learning rate of the adaptive kind
-      (theta['log_lr'] starts at its log).
-    hyper_lr: initial hypergradient rate beta of the adaptive kind
-      (theta['log_hyper_lr'] starts at its log). The defaults of both are
-      the best of a grid on configs/generalist.py's tasks
-      (docs/generalist/screen_adaptive.py).
-    lr_adapt_min: lower bound of the adaptive kind's per-tensor log-scale.
-    lr_adapt_max: upper bound of the same.
-    hypergradient_metric: the adaptive kind's cosine of g_t with the last
-      step, taken on the raw gradient ('euclidean', the default, so that
-      checkpoints saved before the field existed keep their behaviour) or
-      on the gradient preconditioned by Adam's second moment ('adam').
-    hypergradient_decay: the adaptive kind compares g_t with a trace of
-      its past steps, trace <- decay * trace + step, in [0, 1); 0 (the
-      default) compares it with the last step alone.
-  """
-
-  kind: str = "mlp"
-  hidden: tuple[int, ...] = (32, 32)
-  step_mult: float = 1e-3
-  exp_mult: float = 1e-3
-  out_init_scale: float = 0.01
-  nominal_lr: float = 0.03
-  nominal_dir_mult: float = 1.0
-  nominal_exp_mult: float = 1.0
-  adaptive_lr: float = 0.02
-  hyper_lr: float = 0.3
-  lr_adapt_min: float = -3.0
-  lr_adapt_max: float = 2.0
-  hypergradient_metric: str = "euclidean"
-  hypergradient_decay: float = 0.0
-
-  def __post_init__(self):
-    if self.hypergradient_metric not in HYPERGRADIENT_METRICS:
-      raise ValueError(
-        "LOptConfig.hypergradient_metric must be one of "
-        f"{list(HYPERGRADIENT_METRICS)}, got {self.hypergradient_metric!r}."
-      )
-    if self.kind not in KINDS:
-      raise ValueError(
-        f"LOptConfig.kind must be one of {list(KINDS)}, got {self.kind!r}."
-      )
-    try:
-      hidden = tuple(int(h) for h in self.hidden)
-    except (TypeError, ValueError):
-      hidden = None
-    if not hidden or any(h <= 0 or h != w for h, w in zip(hidden, self.hidden)):
-      raise ValueError(
-        "LOptConfig.hidden must be a non-empty sequence of positive ints, "
-        f"got {self.hidden!r}."
-      )
-    # A list (e.g. from JSON) becomes a tuple so that the config hashes.
-    object.__setattr__(self, "hidden", hidden)
-    for name, (within, bound) in _NUMBER_BOUNDS.items():
-      value = getattr(self, name)
-      ok = (
-        isinstance(value, (int, float, np.floating, np.integer))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and within(value)
-      )
-      if not ok:
-        raise ValueError(
-          f"LOptConfig.{name} must be a finite number {bound}, got {value!r}."
-        )
-      object.__setattr__(self, name, float(value))
-
-  def to_dict(self) -> dict[str, Any]:
-    """Returns a JSON-friendly dict (lists, floats, strings)."""
-    d = dataclasses.asdict(self)
-    d["hidden"] = list(self.hidden)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> LOptConfig:
-    """Builds a config from `to_dict()` output; missing fields get defaults.
-
-    Args:
-      d: a mapping of field names to values.
-
-    Returns:
-      The config.
-
-    Raises:
-      ValueError: on unknown fields (named, with the valid ones) or values.
-    """
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(valid))
-    if unknown:
-      raise ValueError(
-        f"Unknown LOptConfig field(s) {unknown}; valid fields: {valid}."
-      )
-    return cls(**d)
 
 
 # Jitted (cfg is static and hashable) because the eager Flax init dispatches
@@ -278,9 +119,9 @@ def init_theta(cfg: LOptConfig, key: jax.Array) -> Theta:
     scalars `'log_lr'` (log(adaptive_lr)) and `'log_hyper_lr'`
     (log(hyper_lr)).
   """
-  module = lopt_network.module(cfg)
-  shared = jnp.zeros((NUM_SHARED_FEATURES[cfg.kind],), jnp.float32)
-  per_param = jnp.zeros((NUM_PARAM_FEATURES[cfg.kind], 1), jnp.float32)
+  module = network.module(cfg)
+  shared = jnp.zeros((features.NUM_SHARED_FEATURES[cfg.kind],), jnp.float32)
+  per_param = jnp.zeros((features.NUM_PARAM_FEATURES[cfg.kind], 1), jnp.float32)
   params = module.init(key, per_param, shared)["params"]
   theta = {
     "mlp": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
@@ -352,12 +193,12 @@ def learned_optimizer(
   """
   if not isinstance(cfg, LOptConfig):
     raise TypeError(f"cfg must be an LOptConfig, got {type(cfg).__name__}.")
-  check_num_steps(cfg, num_steps)
+  features.check_num_steps(cfg, num_steps)
   _check_theta(theta, cfg)
-  module = lopt_network.module(cfg)
+  module = network.module(cfg)
 
   def init_fn(params: optax.Params) -> LOptState:
-    return init_state(cfg, params)
+    return features.init_state(cfg, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -372,11 +213,11 @@ def learned_optimizer(
     hyper_lr = (
       jnp.exp(theta["log_hyper_lr"]) if cfg.kind == "adaptive" else None
     )
-    c, p_leaves, treedef = compute(
+    c, p_leaves, treedef = features.compute(
       cfg, updates, state, params, num_steps, hyper_lr
     )
     if cfg.kind == "adaptive":
-      direction, magnitude = lopt_network.reflection_symmetric(
+      direction, magnitude = network.reflection_symmetric(
         module, theta["mlp"], c.param_features, c.shared_features
       )
     else:

@@ -58,7 +58,7 @@ its compile time and peak resident memory are its own. Figures:
 * `sharding_overhead_8dev`: wall-clock of the same total work on 8
   simulated CPU devices over 1 device (an overhead, not a speed-up, on a
   2-core machine). It always runs on the CPU backend.
-* `family` (`lopt.family`): a 3-task family against one task with as many
+* `family` (`lopt.tasks.family`): a 3-task family against one task with as many
   trajectories, on the same budget. The family is the config's task
   (configs/default.py: MLP 64-32-32-32-10, batch 128) under gelu, relu and
   tanh (the same shapes and matmuls; `flops_ratio`, XLA's FLOPs per inner
@@ -85,7 +85,10 @@ import sys
 
 from absl import app, flags
 
-from lopt import bench_cases, bench_family, console, measure
+from lopt import console
+from lopt.bench import cases as bench_cases
+from lopt.bench import family as bench_family
+from lopt.bench import measure
 
 #: Every case, by the `kind` of its spec.
 CASES = {"family": bench_family.family_case, **bench_cases.CASES}
@@ -466,7 +469,3 @@ def main(f: dict) -> None:
     json.dump(report, out, indent=2)
   print(format_table(report))
   print(f"Wrote {f['output']}")
-
-
-if __name__ == "__main__":
-  console.run_program(main, define_flags)

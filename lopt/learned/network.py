@@ -2,7 +2,7 @@
 
 Performance: this is the hot path of meta-training. The MLP runs once on
 every parameter of the model, on the channel-major (features, total_params)
-block that `lopt.lopt_features.compute` builds. The features shared by every
+block that `lopt.learned.features.compute` builds. The features shared by every
 parameter (the step and progress features) are not broadcast into that
 block: their product with the first layer's kernel is one vector, added to
 the first layer's bias. `_apply_layers` says how the layers are arranged for
@@ -12,14 +12,13 @@ speed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-  from lopt.optimizers import LOptConfig
+from lopt.learned.config import LOptConfig
 
 
 class _DenseParams(nn.Module):

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,18 +33,17 @@ from absl import logging
 
 from lopt import (
   checkpoint,
-  compare_toy,
   experiment,
   export,
   jsonio,
   metrics,
-  optimizers,
   sharding,
-  train,
+  validation,
 )
-
-if TYPE_CHECKING:
-  from lopt.compare import Budget
+from lopt.compare import toy as compare_toy
+from lopt.compare.budget import Budget
+from lopt.learned import optimizers
+from lopt.train import loop as train
 
 
 def run_config(
@@ -57,10 +56,10 @@ def run_config(
   """The `train_and_evaluate` config of one (estimator, seed) run."""
   cfg = copy.deepcopy(config)
   cfg.unlock()
-  for k in experiment.ESTIMATOR_FIELDS:
+  for k in validation.ESTIMATOR_FIELDS:
     if k in settings:
       cfg.estimator[k] = settings[k]
-  for k in experiment.OUTER_FIELDS:
+  for k in validation.OUTER_FIELDS:
     if k in settings:
       cfg.outer[k] = settings[k]
   cfg.seed = int(seed)
