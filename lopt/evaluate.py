@@ -60,7 +60,7 @@ def evaluate(
   """
   theta, lopt_cfg, saved = export.load_theta(workdir)
   config = ml_collections.ConfigDict(saved["config"])
-  if family.is_family(config):
+  if family.declared(config):
     # A generalist is scored here on its base task (`config.task`); the
     # held-out tasks are `--suite`'s.
     del config["family"]

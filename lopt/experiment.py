@@ -1,22 +1,19 @@
-"""Config -> run: every builder, and the validation they rely on, in one place.
+"""Config -> run: every builder of a learned-optimizer run, in one place.
 
 Every entry point turns an `ml_collections` config into the same parts here
 (`lopt.train` for `lopt.main`, `lopt.evaluate`, `lopt.compare`, `lopt.bench`
 and the notebooks), so a setting means the same thing wherever it is read:
 
     config = experiment.load_config("configs/default.py")
-    experiment.check_config(config)          # ConfigError names the field
+    validation.check_config(config)          # ConfigError names the field
     data, dataset = experiment.load_data(config)
-    exp = experiment.build(config, dataset)  # task, learned optimizer, outer
+    exp = experiment.build(config, dataset)  # tasks, learned optimizer, outer
     est = exp.estimator(data)                # sharded over exp.mesh
 
-Validation lives in `lopt.validation` and is re-exported here: the valid
-names of every choice (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
-`OUTER_OPTIMIZERS`, ...), `check_config`, which reports a bad value as one
-`ConfigError` naming the field, the value and what is allowed, before any
-data is loaded or anything is compiled; and from `lopt.checkpoint.resume_policy`,
-`check_resume`, which refuses to continue a checkpoint under a config that
-computes something else.
+The config's tasks are resolved once (`lopt.tasks.family.resolve`; a single
+task is a family of one) and the `Experiment` carries them, so nothing after
+`build` reads `config.family` again. Validation is `lopt.validation`; what a
+resumed run may change, `lopt.checkpoint.resume_policy`.
 """
 
 from __future__ import annotations
@@ -38,7 +35,8 @@ import optax
 from lopt import estimators, sharding, systems, validation
 from lopt.learned.config import LOptConfig
 from lopt.tasks import data as data_lib
-from lopt.tasks import family, inner, models
+from lopt.tasks import family as family_lib
+from lopt.tasks import inner, models
 
 #: Version of the checkpoint's JSON item; bump when its layout changes.
 FORMAT_VERSION = 1
@@ -158,7 +156,7 @@ class Group:
   loss_scale` (see `lopt.tasks.family` for the normalisers).
   """
 
-  spec: family.TaskSpec
+  spec: family_lib.TaskSpec
   task: models.Task
   max_loss: float | None = None
   loss_shift: float = 0.0
@@ -177,12 +175,12 @@ class Group:
 class Experiment:
   """Everything static about a learned-optimizer run, built from the config.
 
-  A run meta-trains on one task or on a family (`lopt.tasks.family`); `groups`
-  has one entry per task either way (the single task is named
-  `family.SINGLE`). For a family the run's data arrays are a dict keyed by
-  task name, and `estimator` is a `family.FamilyEstimator`; for a single
-  task the arrays are flat and it is the plain estimator, so a single-task
-  run state keeps its layout.
+  The config's tasks are resolved once (`family`, a `lopt.tasks.family.
+  Family`): a single task is a family of one, and `groups` has one entry
+  per task either way. The one difference kept is the layout: a declared
+  family keys its data arrays by task name and its `estimator` is a
+  `family.FamilyEstimator`; a family of one keeps flat arrays and the plain
+  estimator, so single-task checkpoints keep their layout.
   """
 
   config: ml_collections.ConfigDict
@@ -193,10 +191,12 @@ class Experiment:
   #: with a plain vmap, on whatever devices the inputs are on.
   mesh: jax.sharding.Mesh | None = None
   groups: tuple[Group, ...] = ()
+  family: family_lib.Family = family_lib.Family(())
 
   @property
   def is_family(self) -> bool:
-    return family.is_family(self.config)
+    """Whether the run declares a family (keyed layout), not one task."""
+    return self.family.keyed
 
   def group(self, name: str | None = None) -> Group:
     """The group `name` (the first by default)."""
@@ -225,7 +225,7 @@ class Experiment:
       max_loss=group.max_loss,
       loss_shift=group.loss_shift,
       loss_scale=group.loss_scale,
-      batch_fractions=family.batch_fractions(self.config),
+      batch_fractions=self.family.batch_fractions,
     )
 
   def estimator(self, data):
@@ -249,9 +249,9 @@ class Experiment:
 
     if not self.is_family:
       return group_estimator(self.groups[0])
-    return family.FamilyEstimator(
+    return family_lib.FamilyEstimator(
       [(g.name, group_estimator(g), g.spec.weight) for g in self.groups],
-      combine=self.config.family.get("combine", "unit"),
+      combine=self.family.combine,
     )
 
   def saved_config(self) -> dict[str, Any]:
@@ -283,10 +283,11 @@ def load_data(config, mesh: jax.sharding.Mesh | None = None):
     (tasks of the same dataset and image size share the same arrays).
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
-  if not family.is_family(config):
+  tasks = family_lib.resolve(config)
+  if not tasks.keyed:
     return _load_one(config, config.task.dataset, config.task.image_size, mesh)
   loaded, arrays, datasets = {}, {}, {}
-  for spec in family.task_specs(config):
+  for spec in tasks.specs:
     if spec.data_key not in loaded:
       loaded[spec.data_key] = _load_one(config, *spec.data_key, mesh)
     arrays[spec.name], datasets[spec.name] = loaded[spec.data_key]
@@ -326,17 +327,18 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     reference loss (`family.REFERENCE_RATES`), a few seconds per task.
   """
   lopt_cfg = validation.lopt_config(config)
-  normalizer = family.normalizer(config)
+  tasks = family_lib.resolve(config)
+  normalizer = tasks.normalizer
   groups = []
-  for spec in family.task_specs(config):
-    ds = dataset[spec.name] if family.is_family(config) else dataset
+  for spec in tasks.specs:
+    ds = dataset[spec.name] if tasks.keyed else dataset
     task = make_task(spec, ds)
     cap = (
       1.5 * math.log(task.num_classes) if config.task.clip_meta_loss else None
     )
     group = Group(spec, task, max_loss=cap)
     if normalizer == "lo":
-      cap, shift, scale = family.lo_normalizer(task.num_classes)
+      cap, shift, scale = family_lib.lo_normalizer(task.num_classes)
       group = Group(spec, task, cap, shift, scale)
     elif normalizer == "adam":
       scale = reference_loss(task, ds, spec.horizon, config.seed)
@@ -350,10 +352,13 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     make_outer_optimizer(config.outer),
     mesh,
     tuple(groups),
+    tasks,
   )
 
 
-def make_task(spec: family.TaskSpec, dataset: data_lib.Dataset) -> models.Task:
+def make_task(
+  spec: family_lib.TaskSpec, dataset: data_lib.Dataset
+) -> models.Task:
   """The inner model of `spec` on `dataset` (its shapes and class count)."""
   return models.make_task(
     spec.model,
@@ -381,7 +386,7 @@ def reference_loss(
     "test_x": dataset.test.images[:1],
     "test_y": dataset.test.labels[:1],
   }
-  rates = np.asarray(family.REFERENCE_RATES, np.float32)
+  rates = np.asarray(family_lib.REFERENCE_RATES, np.float32)
 
   @jax.jit
   def sweep(arrays, rates, keys):
@@ -392,12 +397,12 @@ def reference_loss(
     per_rate = jax.vmap(lambda r: jax.vmap(lambda k: one(r, k))(keys))
     return per_rate(rates).mean(axis=(1, 2))
 
-  means = np.asarray(sweep(arrays, rates, family.reference_keys(seed)))
+  means = np.asarray(sweep(arrays, rates, family_lib.reference_keys(seed)))
   finite = means[np.isfinite(means)]
   if not finite.size:
     raise validation.ConfigError(
       f"the adam normaliser's reference runs diverged at every learning "
-      f"rate {list(family.REFERENCE_RATES)} for a task of {task.num_params} "
+      f"rate {list(family_lib.REFERENCE_RATES)} for a task of {task.num_params} "
       "parameters; use family.normalizer = 'lo' or 'none'"
     )
   return float(finite.min())

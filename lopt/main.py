@@ -22,8 +22,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from lopt import console
-from lopt.train import loop as train
+from lopt import console, train
 
 
 def define_flags() -> dict[str, flags.FlagHolder]:

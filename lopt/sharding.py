@@ -46,7 +46,7 @@ generation is layout-independent too), so a run on 1 device and on 8 draws
 the same noise, batches and resets, bit for bit; only floating-point
 rounding differs (the order of the sums over particles, XLA's vectorisation
 of a device's batch), which tests/test_sharding.py bounds at 1e-4 of each
-leaf's scale (measured: about 1e-5).
+leaf's scale.
 
 Multi-host: all per-particle state is created inside `jit(...,
 out_shardings=...)` from seeds, so the only host-local input is the small

@@ -2,11 +2,10 @@
 
 `check_config` turns each bad value into one `ConfigError` that names the
 field, the value and what is allowed, before any data is loaded or anything
-is compiled (what a resumed run may change is `lopt.checkpoint.resume_policy`). The
-valid names of every choice are the
-module constants below (`MODELS`, `ACTIVATIONS`, `ESTIMATORS`,
-`OUTER_OPTIMIZERS`, ...). `lopt.experiment` re-exports all of it: callers
-use `experiment.check_config` beside the builders it guards.
+is compiled: a mistake costs the user seconds, not a crash after minutes of
+compilation. The valid names of every choice are the module constants below
+(`MODELS`, `ACTIVATIONS`, `ESTIMATORS`, `OUTER_OPTIMIZERS`, ...). What a
+resumed run may change is `lopt.checkpoint.resume_policy`.
 """
 
 from __future__ import annotations
@@ -343,7 +342,7 @@ def check_config(
         "checkpoints and the end fall between dispatches",
       )
   num_devices = jax.device_count() if num_devices is None else num_devices
-  if family.is_family(config) or config.get("family") is not None:
+  if config.get("family") is not None:
     _check_family(config, est, num_devices)
     return
   try:
@@ -371,14 +370,15 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
     _fail("family.batch_fractions", fractions, "a non-empty tuple of numbers")
   for i, f in enumerate(fractions):
     _check_real(f"family.batch_fractions[{i}]", f, low=0, strict=True, high=1)
-  if not family.is_family(config):
+  tasks = family.resolve(config)
+  if not tasks.keyed:
     try:
       sharding.check_divisible(est["num_particles"], num_devices)
     except ValueError as e:
       raise ConfigError(str(e)) from None
     return
   for spec, (name, entry) in zip(
-    family.task_specs(config), sorted(config.family.tasks.items()), strict=True
+    tasks.specs, sorted(config.family.tasks.items()), strict=True
   ):
     prefix = f"family.tasks.{name}"
     given = dict(entry)
@@ -406,6 +406,6 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
     except ValueError as e:
       raise ConfigError(f"{prefix} (T = {spec.horizon}): {e}") from None
   try:
-    family.check_some_weight(family.task_specs(config))
+    family.check_some_weight(tasks.specs)
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -46,9 +46,8 @@ while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
 
 import lopt
-from lopt import experiment, metrics
+from lopt import experiment, metrics, train
 from lopt.tasks import inner, models
-from lopt.train import loop as train
 
 logging.set_verbosity(logging.WARNING)  # keep the training log short
 

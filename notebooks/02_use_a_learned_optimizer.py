@@ -48,9 +48,8 @@ while not (ROOT / "configs").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
 
 import lopt
-from lopt import experiment
+from lopt import experiment, train
 from lopt.tasks import data
-from lopt.train import loop as train
 
 logging.set_verbosity(logging.WARNING)
 

@@ -112,8 +112,8 @@ def test_a_family_run_state_is_its_groups_states_plus_the_shared_part():
   # drawn batch sizes (the family's batch-fraction augmentation, int32s),
   # and theta, the outer optimizer's state, the step and the key are the
   # same as alone.
-  assert family.batch_fractions(config) != (1.0,)
-  for spec in family.task_specs(config):
+  assert family.resolve(config).batch_fractions != (1.0,)
+  for spec in family.resolve(config).specs:
     alone_exp, _, _, alone = bench_family.abstract_run_state(
       _single_task_config(spec, config.lopt.kind)
     )

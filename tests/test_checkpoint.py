@@ -16,7 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from lopt.checkpoint import manager as checkpoint
+from lopt import checkpoint
+from lopt.checkpoint import format as ckpt_format
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -169,7 +170,7 @@ def test_async_save_survives_donation_and_waits_for_the_next_call(tmp_path):
     tmp_path / "sync", every_steps=1, keep=1, async_save=False
   ) as ckpt:
     assert ckpt.save(3, state, CONFIG)
-    assert checkpoint._is_finalized(tmp_path / "sync" / "3")
+    assert ckpt_format.is_finalized(tmp_path / "sync" / "3")
 
 
 def test_stateless_estimator_round_trip(tmp_path):
@@ -313,7 +314,7 @@ _ELASTIC_SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from lopt.checkpoint import manager as checkpoint
+    from lopt import checkpoint
     from tests.test_checkpoint import CONFIG, assert_identical, make_run_state
 
     mode, directory, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -22,7 +22,9 @@ import pytest
 from configs import influence_balancing, lorenz, tiny
 from lopt import experiment, export, metrics, validation
 from lopt.compare import learned as compare_lopt
+from lopt.compare import report as compare_report
 from lopt.compare import run as compare
+from lopt.compare import stats as compare_stats
 from lopt.compare import toy as compare_toy
 from lopt.compare.budget import Budget, label_budget
 from lopt.train import outer
@@ -62,7 +64,7 @@ def test_toy_json_and_png_have_every_curve(tmp_path):
   config = small_lorenz()
   labels = ["nres", "full_es", "tbptt"]
   result = compare.compare(config, labels, [0, 1], Budget(steps=4000))
-  json_path, png_path = compare.write(result, str(tmp_path), "lorenz")
+  json_path, png_path = compare_report.write(result, str(tmp_path), "lorenz")
   assert os.path.getsize(png_path) > 10_000
   with open(json_path) as f:
     saved = json.load(f)
@@ -403,20 +405,20 @@ def test_labels_have_their_own_budgets_and_a_scale():
 
 def test_first_below_interval_and_to_target():
   # Linear between the last point above and the first below.
-  assert compare.first_below([0, 10, 20], [100, 80, 40], 60) == 15.0
-  assert compare.first_below([0, 10], [50, 40], 60) == 0.0
-  assert compare.first_below([0, 10], [100, 70], 60) is None
+  assert compare_stats.first_below([0, 10, 20], [100, 80, 40], 60) == 15.0
+  assert compare_stats.first_below([0, 10], [50, 40], 60) == 0.0
+  assert compare_stats.first_below([0, 10], [100, 70], 60) is None
   # A non-finite point before the crossing counts as above: the first
   # finite point below is the crossing.
-  assert compare.first_below([0, 10, 20], [100, None, 40], 60) == 20.0
-  ci = compare.interval([1.0, 2.0, 3.0, None])
+  assert compare_stats.first_below([0, 10, 20], [100, None, 40], 60) == 20.0
+  ci = compare_stats.interval([1.0, 2.0, 3.0, None])
   # t(0.975, 2) = 4.302653; sd = 1; n = 3.
   half = 4.30265273 / np.sqrt(3)
   assert ci["n"] == 3 and ci["mean"] == 2.0
   np.testing.assert_allclose(
     [ci["low"], ci["high"]], [2 - half, 2 + half], rtol=1e-8
   )
-  assert compare.interval([5.0]) == {
+  assert compare_stats.interval([5.0]) == {
     "mean": 5.0,
     "low": None,
     "high": None,
@@ -439,7 +441,7 @@ def test_first_below_interval_and_to_target():
       "meta_loss": [100, 90, 70],
     },
   ]
-  got = compare.to_target(runs, 60.0)
+  got = compare_stats.to_target(runs, 60.0)
   assert (got["reached"], got["num_runs"]) == (2, 3)
   assert got["steps"]["values"] == pytest.approx([15.0, 8.0, None])
   assert got["seconds"]["values"] == pytest.approx([1.5, 1.6, None])
@@ -467,8 +469,8 @@ def test_targets_and_their_tables():
     assert high["reached"] == 2 and low["reached"] == 0
     # Every seed starts below 1e9: zero steps, seconds, ... to get there.
     assert high["steps"]["mean"] == 0 and high["steps"]["low"] == 0
-    assert set(compare.AXES) <= set(high)
-  table = compare.format_table(result)
+    assert set(compare_stats.AXES) <= set(high)
+  table = compare_report.format_table(result)
   assert (
     "Meta-loss below 1e+09" in table and "| nres | 2/2 | 0 [0, 0] |" in table
   )

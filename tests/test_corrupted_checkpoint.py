@@ -23,8 +23,9 @@ from test_checkpoint import CONFIG, assert_identical, make_run_state
 from test_train import restore_final, run_main
 
 from configs import tiny
+from lopt import checkpoint
 from lopt.checkpoint import digests
-from lopt.checkpoint import manager as checkpoint
+from lopt.checkpoint import format as ckpt_format
 
 CorruptCheckpointError = checkpoint.CorruptCheckpointError
 
@@ -144,7 +145,7 @@ def test_a_garbled_array_is_detected_and_the_newest_intact_step_restored(
     # The damaged step is moved aside, named in the warning ...
     warning = caplog.text
     assert "newest intact checkpoint" in warning
-    assert str(directory / f"2{checkpoint.CORRUPTED_SUFFIX}") in warning
+    assert str(directory / f"2{ckpt_format.CORRUPTED_SUFFIX}") in warning
     assert sorted(os.listdir(directory)) == ["1", "2.corrupted"]
     assert ckpt.all_steps() == [1]
     # ... so that the run saves step 2 anew when it gets there.
@@ -247,7 +248,7 @@ def test_set_aside_twice_keeps_both_copies(saved):
 def test_a_checkpoint_without_digests_still_restores(saved):
   """Checkpoints written before lopt recorded digests are not refused."""
   directory, states = saved
-  shutil.rmtree(directory / "2" / checkpoint.DIGEST)
+  shutil.rmtree(directory / "2" / ckpt_format.DIGEST)
   with checkpoint.Checkpointer(directory, every_steps=1, keep=5) as ckpt:
     assert_identical(ckpt.restore(2, run_state(0)), states[2])
   meta, _ = checkpoint.load_meta(directory)

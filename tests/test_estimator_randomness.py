@@ -29,10 +29,10 @@ import pytest
 from test_estimators import episode_averages
 
 from configs import tiny
-from lopt import estimators, experiment, metrics, systems
+from lopt import estimators, experiment, metrics, systems, train
 from lopt.estimators import base
-from lopt.train import loop as train
 from lopt.train import outer
+from lopt.train import step as train_step
 
 ES = ["nres", "pes", "gpes", "tes", "full_es"]
 UNBIASED = ["nres", "pes", "gpes", "full_es"]
@@ -400,7 +400,7 @@ def test_train_counts_skipped_updates(tmp_path, monkeypatch):
   rows = [r for r in metrics.read_metrics(tmp_path) if "skipped_updates" in r]
   assert [(r["step"], r["skipped_updates"]) for r in rows] == [(1, 1), (2, 1)]
   data, dataset = experiment.load_data(config)
-  initial = train.initial_theta(experiment.build(config, dataset))
+  initial = train_step.initial_theta(experiment.build(config, dataset))
   for a, b in zip(
     jax.tree.leaves(run_state["theta"]), jax.tree.leaves(initial)
   ):

@@ -24,12 +24,11 @@ from flax import nnx
 
 import lopt
 from configs import tiny
-from lopt import checkpoint, evaluate, experiment, export, validation
+from lopt import checkpoint, evaluate, experiment, export, train, validation
 from lopt.learned import optimizers
 from lopt.learned.config import ADAM_KINDS
 from lopt.tasks import data as data_lib
 from lopt.tasks import models
-from lopt.train import loop as train
 
 # Batches come from numpy: eager jax.random calls of new shapes compile.
 _BATCH = 32

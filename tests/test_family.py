@@ -36,7 +36,7 @@ from test_train import committed_steps, restore_final
 from lopt import estimators, experiment, metrics, systems, validation
 from lopt.learned import optimizers
 from lopt.tasks import family, inner
-from lopt.train import loop as train
+from lopt.train import step as train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny_family.py")
@@ -117,7 +117,7 @@ def test_task_names_must_be_identifiers():
 
 
 def test_family_tasks_inherit_the_base_task():
-  specs = {s.name: s for s in family.task_specs(family_config())}
+  specs = {s.name: s for s in family.resolve(family_config()).specs}
   assert sorted(specs) == sorted(NAMES)
   base = family_config()
   assert specs["mlp"].batch_size == base.task.batch_size
@@ -143,7 +143,7 @@ def test_an_augmented_episode_trains_on_its_drawn_share_of_each_batch(built):
   """Each episode draws one effective batch size and keeps it; each step's
   gradient and loss are those of the first round(f B) examples only."""
   exp, data = built
-  assert family.batch_fractions(exp.config) == (1.0, 0.5)
+  assert exp.family.batch_fractions == (1.0, 0.5)
   system = exp.system(exp.group_data(data, "mlp"), "mlp")
   task, batch = system.task, system.task.batch_size
   assert system.batch_counts() == (batch, batch // 2)
@@ -444,7 +444,7 @@ def test_adam_normalizer_divides_each_loss_by_tuned_adams_mean():
     data=exp.group_data(data, "deep_tanh"),
     max_loss=group.max_loss,
   )
-  theta = train.initial_theta(exp)
+  theta = train_step.initial_theta(exp)
   state = system.init(jax.random.key(1))
   _, normalised = system.step(theta, state, 0, jax.random.key(2))
   _, plain = raw.step(theta, state, 0, jax.random.key(2))

@@ -43,7 +43,7 @@ from test_train import committed_steps
 
 from configs import tiny
 from lopt import checkpoint, experiment, metrics, sharding
-from lopt.train import loop as train
+from lopt.train import step as train_step
 
 # Each test starts several jax.distributed processes: minutes on 2 cores.
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def state_at(workdir, data_dir, step: int | None = None) -> dict:
   config.task.data_dir = data_dir
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  abstract = train.sharded_functions(exp, data)[2]
+  abstract = train_step.sharded_functions(exp, data)[2]
   with checkpoint.Checkpointer(
     workdir / "checkpoints", every_steps=1, keep=100
   ) as ckpt:
@@ -394,7 +394,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
   config.task.data_dir = data_dir
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  abstract = jax.eval_shape(lambda d: train.init_run_state(exp, d), data)
+  abstract = jax.eval_shape(lambda d: train_step.init_run_state(exp, d), data)
   with checkpoint.Checkpointer(
     workdir / "checkpoints", every_steps=1, keep=5
   ) as ckpt:

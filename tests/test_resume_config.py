@@ -17,9 +17,8 @@ import ml_collections
 import pytest
 
 from configs import tiny
-from lopt import checkpoint, metrics, validation
+from lopt import checkpoint, metrics, train, validation
 from lopt.checkpoint import resume_policy
-from lopt.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2

@@ -33,9 +33,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from configs import tiny, tpu_fashion_mnist8_nres
-from lopt import checkpoint, estimators, experiment, sharding, validation
+from lopt import checkpoint, estimators, experiment, sharding, train, validation
 from lopt.tasks import data as data_lib
-from lopt.train import loop as train
+from lopt.train import step as train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Every run here: the tiny config with 8 particles (1 per device on 8),
@@ -485,7 +485,7 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
     mesh = sharding.make_mesh()
     data, dataset = experiment.load_data(config, mesh)
     exp = experiment.build(config, dataset, mesh)
-    _, _, abstract, _ = train.sharded_functions(exp, data)
+    _, _, abstract, _ = train_step.sharded_functions(exp, data)
     with checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), every_steps=1, keep=10
     ) as ckpt:
@@ -505,7 +505,7 @@ def worker(mode: str, workdir: str, flags: list[str]) -> None:
     mesh = sharding.make_mesh()
     data, dataset = experiment.load_data(config, mesh)
     exp = experiment.build(config, dataset, mesh)
-    _, steps_fn, abstract, _ = train.sharded_functions(exp, data)
+    _, steps_fn, abstract, _ = train_step.sharded_functions(exp, data)
     hlo = steps_fn.lower(data, abstract).compile().as_text()
     result["all_reduce"] = "all-reduce" in hlo
   began = time.perf_counter()

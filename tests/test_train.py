@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lopt import checkpoint, experiment, metrics, validation
+from lopt import checkpoint, experiment, metrics, train, validation
 from lopt.learned.config import LOptConfig
-from lopt.train import loop as train
+from lopt.train import step as train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,7 @@ def restore_final(workdir, config):
   """The newest checkpoint of a workdir as a host-side run state."""
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  abstract = train.sharded_functions(exp, data)[2]
+  abstract = train_step.sharded_functions(exp, data)[2]
   with checkpoint.Checkpointer(
     os.path.join(workdir, "checkpoints"), every_steps=1, keep=1
   ) as ckpt:
@@ -207,12 +207,12 @@ def test_diverging_inner_runs_do_not_poison_theta():
   config = tiny.get_config()
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  run_state = jax.jit(lambda d: train.init_run_state(exp, d))(data)
+  run_state = jax.jit(lambda d: train_step.init_run_state(exp, d))(data)
   # A learning rate of e^60 overflows float32 within a few inner steps.
   theta = dict(run_state["theta"], log_lr=jnp.asarray(60.0))
   run_state = dict(run_state, theta=theta)
   run_state, info = jax.jit(
-    lambda d, s: train.train_steps(exp, d, s, num_steps=3)
+    lambda d, s: train_step.train_steps(exp, d, s, num_steps=3)
   )(data, run_state)
   assert int(np.sum(info["nonfinite"])) > 0
   for leaf in jax.tree.leaves(run_state["theta"]):

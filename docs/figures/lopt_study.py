@@ -66,7 +66,9 @@ sys.path.insert(0, REPO)
 
 from lopt import evaluate, experiment, jsonio, plots  # noqa: E402
 from lopt.compare import learned as compare_lopt  # noqa: E402
+from lopt.compare import report as compare_report  # noqa: E402
 from lopt.compare import run as compare  # noqa: E402
+from lopt.compare import stats as compare_stats  # noqa: E402
 from lopt.compare.budget import Budget  # noqa: E402
 from lopt.learned import optimizers  # noqa: E402
 
@@ -151,7 +153,7 @@ def _run(config, labels, seeds, workdir, name=None, title=""):
     config, list(labels), seeds, Budget(outer_steps=1), workdir=workdir
   )
   if name:
-    compare.write(result, FLAGS.output_dir, name, title=title)
+    compare_report.write(result, FLAGS.output_dir, name, title=title)
   return result
 
 
@@ -227,7 +229,7 @@ def adam_reference(config, seeds) -> dict:
     "learning_rates": list(evaluate.LEARNING_RATES),
     "schedule": "constant",
     "per_seed": per_seed,
-    "mean_train_loss": compare.interval(
+    "mean_train_loss": compare_stats.interval(
       [p["mean_train_loss"] for p in per_seed]
     ),
   }
@@ -244,7 +246,7 @@ def ratios_to_adam(result) -> dict:
       else None
       for r in entry["runs"]
     ]
-    out[label] = {"values": values, **compare.interval(values)}
+    out[label] = {"values": values, **compare_stats.interval(values)}
   return out
 
 
@@ -263,7 +265,10 @@ def at_equal_seconds(result) -> dict:
     for r in entry["runs"]:
       reached = [i for i, s in enumerate(r["seconds"]) if s <= seconds]
       values.append(r["meta_loss"][reached[-1]])
-    out["estimators"][label] = {"values": values, **compare.interval(values)}
+    out["estimators"][label] = {
+      "values": values,
+      **compare_stats.interval(values),
+    }
   return out
 
 
@@ -287,8 +292,8 @@ def adam_table(result) -> str:
   for label, entry in result["estimators"].items():
     s = entry["summary"]
     lines.append(
-      f"| {label} | {compare.fmt_interval(result['ratio_to_adam'][label])} | "
-      f"{compare.fmt_interval(equal['estimators'][label])} | "
+      f"| {label} | {compare_report.fmt_interval(result['ratio_to_adam'][label])} | "
+      f"{compare_report.fmt_interval(equal['estimators'][label])} | "
       f"{entry['settings']['learning_rate']:g} | "
       f"{s['total_outer_steps']['mean']:.4g} | "
       f"{s['total_seconds']['mean']:.3g} |"
@@ -297,7 +302,7 @@ def adam_table(result) -> str:
   lines.append("")
   lines.append(
     "Tuned Adam: mean train loss "
-    f"{compare.fmt_interval(adam['mean_train_loss'])}, learning rates "
+    f"{compare_report.fmt_interval(adam['mean_train_loss'])}, learning rates "
     + ", ".join(f"{p['best_learning_rate']:g}" for p in adam["per_seed"])
   )
   return "\n".join(lines)
@@ -478,13 +483,13 @@ def main(argv):
     result["tuned_learning_rate"] = tuned
     result["seconds_per_outer_step"] = rates
     result["run_seconds"] = FLAGS.run_seconds
-    compare.write(
+    compare_report.write(
       result, FLAGS.output_dir, "lopt_study", title=main_title(result)
     )
     tables += [
       "## Main: tuned rates, equal CPU",
       "",
-      compare.format_table(result),
+      compare_report.format_table(result),
       "",
       adam_table(result),
     ]
@@ -507,13 +512,13 @@ def main(argv):
       Budget(outer_steps=1),
       workdir=os.path.join(FLAGS.workdir, "gpes"),
     )
-    compare.write(
+    compare_report.write(
       result,
       FLAGS.output_dir,
       "lopt_study_gpes",
       title=gpes_title(result),
     )
-    tables += ["", "## GPES-K, W = 1", "", compare.format_table(result)]
+    tables += ["", "## GPES-K, W = 1", "", compare_report.format_table(result)]
 
   if tables:
     with open(os.path.join(FLAGS.output_dir, "lopt_study.md"), "w") as f:

@@ -22,7 +22,8 @@ from absl import app, flags
 
 from lopt import console, experiment, export, jsonio, plots
 from lopt.suite import evaluation as suite
-from lopt.train import loop as train
+from lopt.train import resume
+from lopt.train import step as train_step
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["0"], "Outer steps to score (0: init).")
@@ -44,7 +45,7 @@ def _theta(workdir: str, step: int):
   config = ml_collections.ConfigDict(saved["config"])
   config.family.normalizer = "none"  # nothing to measure for theta_0
   data, datasets = experiment.load_data(config)
-  return train.initial_theta(experiment.build(config, datasets)), cfg
+  return train_step.initial_theta(experiment.build(config, datasets)), cfg
 
 
 def main(argv) -> None:
@@ -66,7 +67,7 @@ def main(argv) -> None:
     rows.append(
       {
         "outer_step": step,
-        "train_seconds": train.train_seconds_at(workdir, step),
+        "train_seconds": resume.train_seconds_at(workdir, step),
         "aggregates": summary["aggregates"],
         "ratios": {t["name"]: t["ratio"] for t in summary["tasks"]},
       }

@@ -36,7 +36,7 @@ def family_suite() -> suite_tasks.Suite:
         batch_size=spec.batch_size,
         horizon=spec.horizon,
       )
-      for spec in family.task_specs(config)
+      for spec in family.resolve(config).specs
     ),
   )
 

@@ -1,8 +1,11 @@
-"""The cases of `lopt.bench`, each run in its own process by `bench.run_case`.
+"""The cases of `lopt.bench`: one measurement each, run in its own process.
 
-Every case times the production program (`lopt.train.sharded_functions`,
-what `lopt.main` runs) on configs loaded by path; see `lopt.bench` for what
-each figure means.
+Every case times the production program
+(`lopt.train.step.sharded_functions`, what `lopt.main` runs) on configs
+loaded by path, so the numbers are those of real meta-training, not of a
+stand-in. `lopt.bench.run.run_case` starts each in a fresh process, so that
+its compile time and peak resident memory are its own; `lopt.bench.run`'s
+docstring says what each figure means.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, NamedTuple
 from lopt.bench import measure
 
 #: The repository root: its configs/ are the bench's defaults.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def repo_config(name: str) -> str:
@@ -55,12 +60,12 @@ def _production(config):
     experiment,  # pylint: disable=g-import-not-at-top
     validation,
   )
-  from lopt.train import loop as train
+  from lopt.train import step as train_step
 
   validation.check_config(config)
   data, dataset = experiment.load_data(config)
   exp = experiment.build(config, dataset)
-  init_fn, steps_fn, _, _ = train.sharded_functions(exp, data)
+  init_fn, steps_fn, _, _ = train_step.sharded_functions(exp, data)
   return exp, data, init_fn, steps_fn
 
 
@@ -338,13 +343,13 @@ def _dispatch_config(spec: dict):
 def checkpoint_case(spec: dict) -> dict:
   """Outer-step time with async checkpoints every 10 steps vs none.
 
-  The machine's speed drifts by tens of percent over seconds here, so the
-  two are interleaved finely: `blocks` times, a few dispatches without saves
-  then a few with a save after each, the first of every run of dispatches
-  discarded (it carries the other mode's tail). Each block gives a ratio
-  of its two mean dispatch times (adjacent in time, so drift cancels); the
-  overhead is the median ratio minus one, with a bootstrap 95 % interval
-  over blocks. `wall_seconds` keeps every timed dispatch.
+  A shared machine's speed can drift by tens of percent within seconds, so
+  the two are interleaved finely: `blocks` times, a few dispatches without
+  saves then a few with a save after each, the first of every run of
+  dispatches discarded (it carries the other mode's tail). Each block gives
+  a ratio of its two mean dispatch times (adjacent in time, so drift
+  cancels); the overhead is the median ratio minus one, with a bootstrap
+  95 % interval over blocks. `wall_seconds` keeps every timed dispatch.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -358,7 +363,7 @@ def checkpoint_case(spec: dict) -> dict:
 
   def timed(ckpt, rounds):
     """Wall and process CPU seconds of each of `rounds` dispatches, each
-    followed by a save, as lopt.train's loop does, when `ckpt` is given."""
+    followed by a save, as `lopt.train.loop` does, when `ckpt` is given."""
     nonlocal run_state
     if ckpt is not None:
       ckpt.wait_until_finished()

@@ -3,10 +3,12 @@
 A family of three tasks of about equal cost (the base config's task under
 each of `FAMILY_ACTIVATIONS`) against that task alone with the same total
 number of trajectories, both through the production step
-(`lopt.train.sharded_functions`): inner steps/s, compile time, run-state
-bytes per group, and XLA's memory analysis at several particle counts
-with a linear fit. Run in its own process by `bench.run_case`, like the
-cases of `lopt.bench.cases`.
+(`lopt.train.step.sharded_functions`): inner steps/s, compile time,
+run-state bytes per group, and XLA's memory analysis at several particle
+counts with a linear fit. Equal trajectories and near-equal cost per step
+make the throughput ratio the overhead of running a family, nothing else.
+Run in its own process by `lopt.bench.run.run_case`, like the cases of
+`lopt.bench.cases`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def run_state_bytes(exp, abstract_state) -> dict:
 
   Returns:
     `total`; `groups`, each group's estimator state by task name (the single
-    task's is `family.SINGLE`); `shared`: the rest (theta, the outer
+    task's is `lopt.tasks.family.SINGLE`); `shared`: the rest (theta, the outer
     optimizer's state, the step and the key), which no group owns.
   """
   estimator_state = abstract_state["estimator_state"]
@@ -154,9 +156,9 @@ def family_case(spec: dict) -> dict:
 
   Throughput: `spec['particles']` particles per family task against
   3 x that on the single task (`family_configs`), both the production
-  program (`train.sharded_functions`' steps function) compiled ahead of
-  time, then `spec['reps']` timed dispatches of each, interleaved so that
-  drift in the machine's load hits both alike. `ratio` is the family's
+  program (`lopt.train.step.sharded_functions`' steps function) compiled
+  ahead of time, then `spec['reps']` timed dispatches of each, interleaved
+  so that drift in the machine's load hits both alike. `ratio` is the family's
   median inner steps/s over the single task's, `ratio_min`/`ratio_max` the
   range of the per-repeat ratios (family over the single run just
   before it).

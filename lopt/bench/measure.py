@@ -216,8 +216,8 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   step fused so that no activation leaves the cache.
 
   Args:
-    task: the inner task (`lopt.tasks.Task`).
-    lopt_cfg: the learned optimizer (`lopt.learned.optimizers.LOptConfig`).
+    task: the inner task (`lopt.tasks.models.Task`).
+    lopt_cfg: the learned optimizer (`lopt.learned.config.LOptConfig`).
     dtype_bytes: bytes per element.
 
   Returns:

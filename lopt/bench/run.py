@@ -5,8 +5,8 @@
         --sections=digits,checkpoint --output=gpu.json   # on an accelerator
 
 It times what `lopt.main` runs: the jitted, sharded functions of
-`lopt.train.sharded_functions`, on the default backend (a GPU or TPU when
-there is one), for configs loaded by path (`--config`, by default the
+`lopt.train.step.sharded_functions`, on the default backend (a GPU or TPU
+when there is one), for configs loaded by path (`--config`, by default the
 repository's configs/default.py). Every case runs in its own subprocess, so
 its compile time and peak resident memory are its own. Figures:
 
@@ -48,18 +48,18 @@ its compile time and peak resident memory are its own. Figures:
   reports the RSS growth per minute over its second half. On an
   accelerator `device_peak_mb` is the device's own peak memory.
 * `checkpoint_overhead`: outer-step time with an async checkpoint every 10
-  steps over the time without, minus one, in lopt.train's order (dispatch,
-  then save): the median over 20 blocks, each a few dispatches without
-  saves then a few with (adjacent in time: the machine's speed drifts), of
-  the block's time ratio, with a bootstrap 95 % interval over blocks
+  steps over the time without, minus one, in `lopt.train.loop`'s order
+  (dispatch, then save): the median over 20 blocks, each a few dispatches
+  without saves then a few with (adjacent in time: the machine's speed
+  drifts), of the block's time ratio, with a bootstrap 95 % interval over blocks
   (`checkpoint_overhead_interval`). `checkpoint_cpu_overhead` is the same
   ratio in process CPU time (all threads); `cpu_seconds_per_save` is the
   CPU time of one save and its background work, with nothing else running.
 * `sharding_overhead_8dev`: wall-clock of the same total work on 8
   simulated CPU devices over 1 device (an overhead, not a speed-up, on a
-  2-core machine). It always runs on the CPU backend.
-* `family` (`lopt.tasks.family`): a 3-task family against one task with as many
-  trajectories, on the same budget. The family is the config's task
+  machine with few cores). It always runs on the CPU backend.
+* `family` (`lopt.tasks.family`): a 3-task family against one task with as
+  many trajectories, on the same budget. The family is the config's task
   (configs/default.py: MLP 64-32-32-32-10, batch 128) under gelu, relu and
   tanh (the same shapes and matmuls; `flops_ratio`, XLA's FLOPs per inner
   step of the family's mean task over the single task's, says how close
@@ -67,7 +67,7 @@ its compile time and peak resident memory are its own. Figures:
   config's, with 3N particles; both NRES at the same W and T. `throughput`:
   both steps functions compiled ahead of time (`compile_seconds` each),
   then timed in interleaved dispatches; `ratio` is the family's median
-  inner steps/s over the single task's (the issue's target: >= 0.85),
+  inner steps/s over the single task's (`target_ratio`: >= 0.85),
   `ratio_min`/`ratio_max` the range of the per-repeat ratios. `memory`:
   the family's run-state bytes (from `jax.eval_shape`, per group; the
   single task's at as many particles beside them) and XLA's memory

@@ -4,7 +4,9 @@ config that computes something else.
 `check_resume` compares the config saved in a checkpoint with the resuming
 run's, field by field (`compare_configs`), and refuses every change outside
 `RESUMABLE_FIELDS` with one `ConfigError` that lists them, old -> new.
-`lopt.experiment` re-exports all of it.
+The resumable fields are those that change when or how long a run goes
+(step counts, cadences, logging), never what one outer step computes, so a
+resumed run follows the trajectory of one that never stopped.
 """
 
 from __future__ import annotations

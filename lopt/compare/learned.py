@@ -1,18 +1,18 @@
 """The learned-optimizer runner of `lopt.compare`: one estimator, one seed.
 
-Each (estimator, seed) runs `train.train_and_evaluate` in its own workdir
-with the label's estimator and outer settings, its seed, and a budget in
-outer steps; it checkpoints theta every interval and evaluates nothing in
-the loop. Afterwards every checkpointed theta is scored, outside the timed
-region, with the same function as the run's own evaluation
+Each (estimator, seed) runs `lopt.train.train_and_evaluate` in its own
+workdir with the label's estimator and outer settings, its seed, and a
+budget in outer steps; it checkpoints theta every interval and evaluates
+nothing in the loop. Afterwards every checkpointed theta is scored, outside
+the timed region, with the same function as the run's own evaluation
 (`eval/learned/mean_train_loss`: fresh models trained for T steps on the
 held-out eval seeds, mean training loss). Wall-clock is the run's own
 `train_seconds` (its dispatches and checkpoint saves, not compilation or
-evaluation), which `lopt.train` logs at every log point; the compare config
-logs at every checkpoint. A finished run of the same config already in the
-workdir is reused, not rerun, and so is its scored curve (`curve.json`); an
-interrupted one (SIGTERM) raises `Interrupted`, which ends the comparison,
-and is resumed by the next.
+evaluation), which `lopt.train.loop` logs at every log point; the compare
+config logs at every checkpoint. A finished run of the same config already
+in the workdir is reused, not rerun, and so is its scored curve
+(`curve.json`); an interrupted one (SIGTERM) raises `Interrupted`, which
+ends the comparison, and is resumed by the next.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from lopt import (
   jsonio,
   metrics,
   sharding,
+  train,
   validation,
 )
 from lopt.compare import toy as compare_toy
 from lopt.compare.budget import Budget
 from lopt.learned import optimizers
-from lopt.train import loop as train
+from lopt.train import step as train_step
 
 
 def run_config(
@@ -127,7 +128,7 @@ def run(
   Args:
     config: a learned-optimizer config.
     settings: the label's estimator and outer settings
-      (`lopt.compare.settings`).
+      (`lopt.compare.run.settings`).
     seed: the run's seed.
     budget: outer steps or total inner steps (not seconds).
     workdir: the run's workdir; a finished run of the same config there is
@@ -196,7 +197,7 @@ def run(
     ckpt_dir, every_steps=1, keep=cfg.checkpoint.keep
   ) as ckpt:
     steps = [s for s in ckpt.all_steps() if s in logged]
-  points = [(0, float(score(data, train.initial_theta(exp))))]
+  points = [(0, float(score(data, train_step.initial_theta(exp))))]
   for step in steps:
     theta, _, _ = export.load_theta(workdir, step)
     points.append((step, float(score(data, theta))))
@@ -233,8 +234,8 @@ def one_particle_step_seconds(
   """Measured seconds of one inner step of one particle of this run.
 
   The label's estimator with a single particle, unsharded, timed by
-  `compare_toy.one_particle_step_seconds`; runs that differ only in their
-  seed or outer optimizer share one measurement.
+  `lopt.compare.toy.one_particle_step_seconds`; runs that differ only in
+  their seed or outer optimizer share one measurement.
   """
   cfg = run_config(config, dict(settings, num_particles=1), seed, 1, 1)
   # Measured once per process for every run with the same estimator and
@@ -249,7 +250,7 @@ def one_particle_step_seconds(
     exp = experiment.build(cfg, dataset)
     est = experiment.make_estimator(cfg.estimator, exp.system(data))
     _STEP_SECONDS[key] = compare_toy.one_particle_step_seconds(
-      est, train.initial_theta(exp), jax.random.key(seed)
+      est, train_step.initial_theta(exp), jax.random.key(seed)
     )
   return _STEP_SECONDS[key]
 

@@ -24,15 +24,15 @@ Two kinds of config, each with its runner:
 * Toy systems (a config with a `system` section, e.g. configs/lorenz.py,
   configs/influence_balancing.py): `lopt.compare.toy`.
 * Learned-optimizer configs (configs/default.py and the like: a config with
-  a `task` section): `lopt.compare.learned`, one `lopt.train` run per
-  (estimator, seed).
+  a `task` section): `lopt.compare.learned`, one
+  `lopt.train.train_and_evaluate` run per (estimator, seed).
 
 Steps and seconds exclude the estimator's burn-in (the T-step warm-up of
 step-unlocked particles in `init`); the JSON records its cost separately as
 `burn_in_steps` (and `burn_in_seconds` for toy systems).
 
 The statistics over seeds are `lopt.compare.stats`, the JSON, figure and
-tables `lopt.compare.report`; this module re-exports both.
+tables `lopt.compare.report`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The toy-system runner of `lopt.compare`: one estimator, many seeds.
 
 Outer steps run in chunks, each one jitted `lax.fori_loop` over
-`outer.outer_step` with a dynamic trip count, so there is no Python loop per
-step and the chunk lengths can follow the budget without recompiling. Only
+`lopt.train.outer.outer_step` with a dynamic trip count, so there is no
+Python loop per step and the chunk lengths can follow the budget without
+recompiling. Only
 the chunks are timed (after compiling them, and after the estimator's
 burn-in). The meta-loss curve is the *unperturbed* objective at the current
 theta, evaluated after every chunk outside the timed region: the loss of
@@ -126,7 +127,7 @@ class ToyRunner:
   Attributes:
     label: the estimator label.
     estimator: the estimator.
-    settings: its resolved settings (`lopt.compare.settings`).
+    settings: its resolved settings (`lopt.compare.run.settings`).
     compile_seconds: time spent compiling the burn-in and the chunk.
   """
 
@@ -199,7 +200,7 @@ class ToyRunner:
     Args:
       seed: the seed of the estimator's randomness (theta starts at
         `config.theta_init` whatever the seed).
-      budget: when to stop (a `lopt.compare.Budget`).
+      budget: when to stop (a `lopt.compare.budget.Budget`).
       evaluate: theta -> meta-loss, from `make_evaluator(config)`.
 
     Returns:

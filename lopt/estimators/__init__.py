@@ -1,5 +1,9 @@
 """Online ES gradient estimators for unrolled computation graphs.
 
+Each one works on any `lopt.systems.UnrolledSystem` through the same three
+calls, so meta-training, `lopt.compare` and the tests swap one for another
+by name (`REGISTRY`, `make`):
+
     est = estimators.NRES(system, num_particles=N, unroll_length=W, sigma=s)
     state = est.init(theta, key)
     grad, state, info = est.estimate(theta, state, key)

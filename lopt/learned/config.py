@@ -70,9 +70,10 @@ class LOptConfig:
     adaptive_lr: initial base learning rate of the adaptive kind
       (theta['log_lr'] starts at its log).
     hyper_lr: initial hypergradient rate beta of the adaptive kind
-      (theta['log_hyper_lr'] starts at its log). The defaults of both are
-      the best of a grid on configs/generalist.py's tasks
-      (docs/generalist/screen_adaptive.py).
+      (theta['log_hyper_lr'] starts at its log). Both defaults are the
+      best of a grid on configs/generalist.py's family tasks (the grid:
+      docs/generalist/screen_adaptive.py; its results:
+      docs/generalist/screen_adaptive.json).
     lr_adapt_min: lower bound of the adaptive kind's per-tensor log-scale.
     lr_adapt_max: upper bound of the same.
     hypergradient_metric: the adaptive kind's cosine of g_t with the last

@@ -1,13 +1,14 @@
 """The learned optimizer's inputs: its state and per-parameter features.
 
-`compute` is one update's bookkeeping for every kind of `lopt.learned.optimizers`:
-it advances the momenta (and for the Adam kinds Adam's second moment; for
-the adaptive kind each tensor's hypergradient log-scale), then builds the
-features of every parameter, per tensor (the normalisation is per tensor),
-concatenated into one channel-major (num_features, total_params) block so
-that the MLP (`lopt.learned.network`) runs once on every parameter. Features
-that are the same for every parameter (the step and progress features) are
-kept apart as one short vector.
+`compute` is one update's bookkeeping for every kind of
+`lopt.learned.optimizers`: it advances the momenta (and for the Adam kinds
+Adam's second moment; for the adaptive kind each tensor's hypergradient
+log-scale), then builds the features of every parameter, per tensor (the
+normalisation is per tensor), concatenated into one channel-major
+(num_features, total_params) block so that the MLP (`lopt.learned.network`)
+runs once on every parameter. Features that are the same for every
+parameter (the step and progress features) are kept apart as one short
+vector.
 """
 
 from __future__ import annotations

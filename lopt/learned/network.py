@@ -2,11 +2,11 @@
 
 Performance: this is the hot path of meta-training. The MLP runs once on
 every parameter of the model, on the channel-major (features, total_params)
-block that `lopt.learned.features.compute` builds. The features shared by every
-parameter (the step and progress features) are not broadcast into that
-block: their product with the first layer's kernel is one vector, added to
-the first layer's bias. `_apply_layers` says how the layers are arranged for
-speed.
+block that `lopt.learned.features.compute` builds. The features shared by
+every parameter (the step and progress features) are not broadcast into
+that block: their product with the first layer's kernel is one vector,
+added to the first layer's bias. `_apply_layers` says how the layers are
+arranged for speed.
 """
 
 from __future__ import annotations
@@ -57,13 +57,12 @@ def _apply_layers(
     folded into the first bias (for MLPLOpt 11 of 19 input columns);
   * the first layer, with its 8 (nominal kind: 10) per-parameter inputs, is
     a sum of rank-one terms on the channel-major input, which XLA fuses
-    with the bias and ReLU into one elementwise loop. As a matmul of inner
-    dimension 8 it needed the input transposed and a separate pass for the
-    bias and ReLU, and ran at a third of the machine's matmul rate.
+    with the bias and ReLU into one elementwise loop. A matmul of inner
+    dimension 8 would need the input transposed and a separate pass for
+    the bias and ReLU, and so small an inner dimension keeps a matmul far
+    below the machine's matmul rate.
 
-  On the digits task (32 trajectories, 2 CPU cores) the rank-one first
-  layer cut the first layer from 2.2 to 0.8 ms per inner step of all
-  trajectories, and a whole inner step by about 15 %.
+  Measurements: docs/performance.md.
 
   Args:
     layers: (kernel, bias) per layer, kernels (in, out).
@@ -153,9 +152,9 @@ def reflection_symmetric(
   MLP's biases cannot add a constant push to every parameter. Such a push
   is invisible in a short window but moves each weight by about
   lr * bias * T over a run, and the near-pure-noise ES estimates (grad_snr
-  ~ 0) random-walk the biases: the nominal generalist's runs diverged at
-  the long horizons. The cost is the MLP run twice (on x and -x, as one
-  batch).
+  ~ 0) random-walk the biases, so at long horizons the push can grow until
+  the inner run diverges (what happened without it: docs/generalist.md).
+  The cost is the MLP run twice (on x and -x, as one batch).
   """
   num = features.shape[1]
   both = jnp.concatenate([features, -features], axis=1)

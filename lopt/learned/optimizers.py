@@ -51,8 +51,9 @@ Two kinds share the feature code and the network:
   with beta = exp(theta['log_hyper_lr']) learned. A gradient that still
   points along the last step says the step was too short (s grows); one
   that points back says it overshot (s shrinks). Tuned Adam's best learning
-  rate differs by 10x across the held-out suite's tasks and a 2x miss costs
-  up to 2x in mean training loss, so one learned rate cannot serve a
+  rate differs from task to task, and missing it costs training loss (each
+  held-out task's best rate and its whole sweep:
+  docs/generalist/suite_heldout.json), so one learned rate cannot serve a
   family; this lets each tensor find its own within the run. The cosine
   makes the update of s free of the gradient's scale. Extra state: s (one
   scalar per tensor) and the last step. Its MLP is made odd in the
@@ -65,9 +66,8 @@ Two kinds share the feature code and the network:
   plain ('euclidean') cosine the few coordinates with large gradients, the
   sharp directions that oscillate at a good learning rate, outvote the many
   flat ones that still move consistently, so the greedy rule shrinks the
-  rate too far: on configs/generalist.py's CNN the untrained optimizer was
-  1.11x tuned Adam with it and 0.96x with the preconditioned cosine
-  (docs/generalist/screen_adaptive.json).
+  rate too far (measurements: docs/generalist.md,
+  docs/generalist/screen_adaptive.json).
 
   `hypergradient_decay=d > 0` takes the cosine with a trace of the past
   steps, trace_t = d * trace_{t-1} + step_t, instead of the last step: the

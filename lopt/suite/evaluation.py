@@ -8,7 +8,8 @@
 Every task of the suite (`lopt.suite.tasks`) trains fresh models, one per
 seed, with the learned optimizer (told the task's horizon T) and with Adam
 over `LEARNING_RATES` x `SCHEDULES` (constant, and decayed to 0 linearly or
-along a cosine), all by `inner.train_model` on the same inits and batches.
+along a cosine), all by `lopt.tasks.inner.train_model` on the same inits and
+batches.
 Seeds and learning rates are vmapped inside one jit per schedule. The best
 Adam of a task is the configuration of lowest mean training loss over seeds;
 a configuration with a non-finite run is never the best.
@@ -90,7 +91,7 @@ def train_models(task, make_tx, data, keys, num_steps, hypers):
   """Trains one model per (hyperparameter, key) in one jit.
 
   Args:
-    task: a `lopt.tasks.Task` or `suite_tasks.NNXTask`.
+    task: a `lopt.tasks.models.Task` or `lopt.suite.tasks.NNXTask`.
     make_tx: maps one hyperparameter (a traced scalar or pytree) to an optax
       transformation.
     data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
@@ -268,11 +269,12 @@ def evaluate_suite(
   Args:
     learned: a meta-training workdir or checkpoint dir; a `(theta,
       LOptConfig)` pair; or a function `num_steps -> optax transformation`.
-    suite: a name of `suite_tasks.SUITES` or a `Suite`.
+    suite: a name of `lopt.suite.tasks.SUITES` or a `Suite`.
     output: directory for `suite_<name>.{json,md,png}`; None writes nothing
       (a workdir `learned` defaults it to the workdir).
     adam_cache_dir: where tuned-Adam results are cached; None or "" = off.
-    data_dir: the tfds data directory (default: `data.default_data_dir()`).
+    data_dir: the tfds data directory (default:
+      `lopt.tasks.data.default_data_dir()`).
     learning_rates: Adam's grid.
     schedules: Adam's schedules, of `SCHEDULES`.
     num_bootstrap: bootstrap resamples of the aggregates' intervals.

@@ -1,8 +1,8 @@
 """The scores of `lopt.suite`: ratios, speedups, failures and aggregates.
 
-See `lopt.suite` for what each number means. Everything here is numpy on
-finished runs (loss curves and per-seed scores), so it is tested on
-hand-made curves and can recompute a report from its JSON.
+`lopt.suite.evaluation` says what each number means. Everything here is
+numpy on finished runs (loss curves and per-seed scores), so it is tested
+on hand-made curves and can recompute a report from its JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ NUM_BOOTSTRAP = 2000
 
 
 def per_seed_scores(out: dict, h: int) -> dict[str, np.ndarray]:
-  """Per-seed scores of config `h` of `suite.train_models`' output."""
+  """Per-seed scores of config `h` of `evaluation.train_models`' output."""
   losses = out["losses"][h].astype(np.float64)
   return {
     "mean_train_loss": losses.mean(-1),

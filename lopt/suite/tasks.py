@@ -3,15 +3,16 @@
 A suite is a fixed, named list of small training problems that a learned
 optimizer was not meta-trained on, plus the seeds every optimizer trains
 them with. Each problem is a frozen `SuiteTask`; `build_task` turns it into
-an object with the interface of `lopt.tasks.Task` (`init`, `loss`,
-`accuracy`, `sample_batch`, `batch_size`), so that `inner.train_model`
-trains every model the same way.
+an object with the interface of `lopt.tasks.models.Task` (`init`, `loss`,
+`accuracy`, `sample_batch`, `batch_size`), so that
+`lopt.tasks.inner.train_model` trains every model the same way.
 
-Models: the linen `mlp` and `cnn` of `lopt.tasks.models`, and `nnx_mlp`, an MLP
-written here as a Flax NNX module. Its parameters are the `nnx.State` of its
-`nnx.Param`s (`nnx.split`), and its loss `nnx.merge`s them back into the
-module: the optimizers see an NNX state pytree, not a linen params dict, so
-the suite checks that the exported optax transformation works on it.
+Models: the linen `mlp` and `cnn` of `lopt.tasks.models`, and `nnx_mlp`, an
+MLP written here as a Flax NNX module. Its parameters are the `nnx.State`
+of its `nnx.Param`s (`nnx.split`), and its loss `nnx.merge`s them back into
+the module: the optimizers see an NNX state pytree, not a linen params
+dict, so the suite checks that the exported optax transformation works on
+it.
 
 The `heldout` suite is disjoint from the meta-training family of
 `configs/generalist.py` and from the default task (`configs/default.py`):
@@ -52,7 +53,7 @@ class SuiteTask:
     name: unique within its suite; names the cache file and the figure panel.
     model: 'mlp', 'cnn' or 'nnx_mlp'.
     hidden: hidden widths (MLPs) or conv-block channels (CNN).
-    activation: a name of `lopt.tasks.ACTIVATIONS`.
+    activation: a name of `lopt.tasks.models.ACTIVATIONS`.
     dataset: a `lopt.tasks.data` dataset name; the suites use 'digits' (offline).
     image_size: 0 = native (8x8 for digits), else resized to this square.
     batch_size: training batch size.
@@ -163,9 +164,10 @@ HELDOUT = Suite(
     _t("mlp32x3_gelu_T3000", "mlp", (32, 32, 32), "gelu", horizon=3000),
     _t("mlp64_relu_T4000", "mlp", (64,), "relu", batch_size=64, horizon=4000),
     _t("mlp32x2_relu_24px", "mlp", (32, 32), "relu", image_size=24),
-    # XLA's CPU convolutions at these channel counts cost 1-7 ms a step
-    # (10-30x an MLP of the same size), so the CNNs get small batches or
-    # short horizons: each is about a minute with its Adam grid.
+    # XLA's CPU convolutions cost many times what an MLP of the same size
+    # does per step, so the CNNs get small batches or short horizons, to
+    # keep each task with its Adam grid near a minute on a CPU (timings:
+    # docs/performance.md).
     _t("cnn16x32_relu_b16", "cnn", (16, 32), "relu", 16, horizon=300),
     _t("cnn4x8x8_relu", "cnn", (4, 8, 8), "relu", batch_size=32),
     _t("cnn4x8_elu", "cnn", (4, 8), "elu", batch_size=64, horizon=500),
@@ -222,7 +224,8 @@ class NNXMLP(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # The activation table of lopt.tasks.models, so names mean the same everywhere.
+    # The activation table of lopt.tasks.models, so that names mean the
+    # same everywhere.
     act = models._activation(self.activation)  # noqa: SLF001
     x = x.reshape((x.shape[0], -1))
     for layer in self.layers:
@@ -232,7 +235,7 @@ class NNXMLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class NNXTask:
-  """An `NNXMLP` behind the `lopt.tasks.Task` interface.
+  """An `NNXMLP` behind the `lopt.tasks.models.Task` interface.
 
   The parameters are an `nnx.State` of the module's `nnx.Param`s; `loss`
   rebuilds the module with `nnx.merge`, so every function is pure and runs
@@ -299,8 +302,8 @@ def build_task(spec: SuiteTask, image_shape, num_classes: int) -> Any:
   """The trainable task of `spec` for images of `image_shape`.
 
   Returns:
-    A `lopt.tasks.Task` (mlp, cnn) or an `NNXTask` (nnx_mlp); both work
-    with `inner.train_model`.
+    A `lopt.tasks.models.Task` (mlp, cnn) or an `NNXTask` (nnx_mlp); both
+    work with `lopt.tasks.inner.train_model`.
   """
   if spec.model == "nnx_mlp":
     return NNXTask(

@@ -12,9 +12,9 @@ Every dataset goes through tensorflow-datasets (tfds), read from `data_dir`
 with downloads off:
 
 * `digits`, the default, is the 1,797 real 8x8 handwritten digits that
-  scikit-learn bundles. `lopt.tasks.digits.Digits` is a tfds builder for it;
-  importing this module registers it, and `load_dataset` prepares it into
-  `data_dir` on first use, offline, in the `array_record` file format
+  scikit-learn bundles. `lopt.tasks.digits.Digits` is a tfds builder for
+  it; importing this module registers it, and `load_dataset` prepares it
+  into `data_dir` on first use, offline, in the `array_record` file format
   (`tfrecord` under a gs:// `data_dir`: array_record reads local files
   only). After that it is a prepared tfds dataset like any other
   (`tfds.data_source("digits", data_dir=...)` reads it too).
@@ -26,17 +26,16 @@ with downloads off:
 TensorFlow. A split stored in a random-access format (`array_record`, as
 lopt prepares `digits` on local disk, or `parquet`) is read with
 `builder.as_data_source`, which needs no TensorFlow, so loading `digits`
-never imports it. Measured on a 2-core CPU box, in a fresh process with jax
-already imported: 0.15 s to read the prepared digits and 260 MB peak RSS,
-against 7-10 s and 900 MB when it was read through `tf.data` (mostly
-TensorFlow's import); preparing it the first time takes about 2 s. A split
-stored as `tfrecord`, the default of `download_and_prepare`, can only be read
-through `tf.data` (tfds has no TensorFlow-free tfrecord reader), so
-TensorFlow is imported then, with its GPUs hidden so it does not reserve
-accelerator memory that JAX needs. To read mnist & co. without TensorFlow,
-prepare them with `download_and_prepare(file_format="array_record")` (the
-not-found message says so); preparing datasets with image features still runs
-TensorFlow (tfds encodes the PNGs with it), reading them does not.
+never imports it: TensorFlow's import is most of the time and memory that
+reading a small dataset through `tf.data` costs (measurements:
+docs/performance.md). A split stored as `tfrecord`, the default of
+`download_and_prepare`, can only be read through `tf.data` (tfds has no
+TensorFlow-free tfrecord reader), so TensorFlow is imported then, with its
+GPUs hidden so it does not reserve accelerator memory that JAX needs. To
+read mnist & co. without TensorFlow, prepare them with
+`download_and_prepare(file_format="array_record")` (the not-found message
+says so); preparing datasets with image features still runs TensorFlow
+(tfds encodes the PNGs with it), reading them does not.
 
 Splits. A dataset's own `validation` split is used when it has one. Otherwise
 the last `validation_fraction` of its `train` split becomes the validation set
@@ -441,8 +440,8 @@ def resize_images(
   return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
-# Jitted, it compiles once per shape (about 0.4 s for digits) instead of
-# dispatching its many small ops one by one (about 1 s).
+# Jitted: one compilation per shape is faster than dispatching its many
+# small ops one by one.
 _jit_resize = jax.jit(
   jax.image.resize, static_argnames=("shape", "method", "antialias")
 )

@@ -1,9 +1,11 @@
 """The offline `digits` dataset: scikit-learn's 8x8 digits as a tfds builder.
 
 Importing this module registers the builder under the name "digits";
-`lopt.tasks.data.load_dataset` prepares it into a data_dir on first use, offline,
-and reads it like any prepared tfds dataset (see `lopt.tasks.data` for the splits
-and the file format).
+`lopt.tasks.data.load_dataset` prepares it into a data_dir on first use,
+offline, and reads it like any prepared tfds dataset (see `lopt.tasks.data`
+for the splits and the file format). A tfds builder rather than arrays
+read straight from scikit-learn, so that digits goes through the same
+loading path as every other dataset.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 @functools.cache
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
   """All of sklearn's digits: float32 (1797, 8, 8, 1) in [0, 1], int labels."""
-  # Imported here: sklearn costs about 1 s and only preparing needs it.
+  # Imported here: sklearn is slow to import and only preparing needs it.
   from sklearn.datasets import load_digits
 
   digits = load_digits()

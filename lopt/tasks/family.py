@@ -13,8 +13,9 @@ Every group is one estimator (one vmap of its particles, sharded on the
 run state's `estimator_state` holds one entry per group, keyed by the task's
 name. `FamilyEstimator.estimate` runs every group's window inside the same
 jitted call and combines their gradient estimates into one (a weighted
-mean, see `family.combine` below), so one outer step is still one dispatch. A config without `family.tasks` is a
-single task, whose estimator state keeps its flat layout.
+mean, see `family.combine` below), so one outer step is still one dispatch.
+`resolve` reads a config's tasks once: a config without `family.tasks` is a
+family of one, whose estimator state keeps the flat single-task layout.
 
 Losses are made comparable across groups by `family.normalizer`
 (`NORMALIZERS`), applied to every per-step loss L_t before an estimator
@@ -35,11 +36,9 @@ sees it:
 How the groups' estimates combine is `family.combine` (`COMBINES`). The
 estimates are mostly noise (a `grad_snr` near 0 per outer step; the signal
 accumulates over many steps in the outer Adam), so under `mean` the group
-with the largest noise sets the update. Measured on configs/generalist.py
-over 40 outer steps from the initial theta, one task carried 69 % of the
-update's squared norm with `normalizer = 'none'` and 78 % with `'adam'` (a
-16x16-input MLP, then the T = 2000 one; docs/family/balance.json, from
-docs/family/balance.py). `unit` (the default) divides each group's
+with the largest noise sets the update, whatever the normaliser (measured
+in docs/family/balance.json, by docs/family/balance.py; docs/generalist.md
+discusses it). `unit` (the default) divides each group's
 estimate by its norm before the weighted mean, so every group carries its
 weight's share whatever its loss scale or horizon; this sits between the
 equal weighting of `mean` and inverse-variance weighting (1/norm^2), and
@@ -47,9 +46,8 @@ its slight bias (the norm is measured on the same estimate) is the price.
 
 `family.batch_fractions` (`batch_fractions`) is the one task augmentation:
 each episode trains on a drawn share of every batch, widening the gradient
-noise the optimizer meets. On the held-out suite it took the batch-16 MLP
-from 1.292 to 0.942 of tuned Adam and lowered the worst ratio at every
-budget (README, "What the generalist achieves").
+noise the optimizer meets, so that it is not tuned to the family's few
+batch sizes alone (its effect on the held-out suite: docs/generalist.md).
 
 Each group's randomness comes from the step key folded with a hash of its
 name, so adding or removing a group does not change the draws of the
@@ -130,35 +128,53 @@ class TaskSpec:
     )
 
 
-def is_family(config) -> bool:
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A config's inner tasks, resolved once; everything after sees groups.
+
+  A single-task config is a family of one (its task named `SINGLE`), so the
+  builders, the estimator, evaluation and the console treat both alike.
+  `keyed` is the one difference they keep: a declared family keys its data
+  arrays, estimator state and metrics by task name, while a family of one
+  keeps the flat layout of single-task checkpoints.
+
+  Attributes:
+    specs: the tasks, sorted by name.
+    keyed: whether the config declares `family.tasks`.
+    normalizer: the per-task loss normaliser (`none` for a single task).
+    combine: how the groups' estimates are combined (`unit` or `mean`).
+    batch_fractions: the per-episode effective batch fractions ((1.0,):
+      none). A task augmentation: every episode of every group draws one
+      fraction f and trains on the first round(f B) examples of each batch
+      of B (`lopt.tasks.inner.InnerTraining`); it keeps every shape, so it
+      costs nothing, and widens the gradient noise the learned optimizer
+      meets beyond that of the family's batch sizes.
+  """
+
+  specs: tuple[TaskSpec, ...]
+  keyed: bool = False
+  normalizer: str = "none"
+  combine: str = "unit"
+  batch_fractions: tuple[float, ...] = (1.0,)
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(spec.name for spec in self.specs)
+
+
+def declared(config) -> bool:
   """Whether `config` declares a task family (`family.tasks` non-empty)."""
   family = config.get("family")
   return bool(family and family.get("tasks"))
 
 
-def normalizer(config) -> str:
-  """The family's loss normaliser (`none` for a single task)."""
-  return (
-    config.family.get("normalizer", "adam") if is_family(config) else "none"
-  )
+def resolve(config) -> Family:
+  """The run's tasks: the family's, or the single task as a family of one.
 
-
-def batch_fractions(config) -> tuple[float, ...]:
-  """The family's per-episode effective batch fractions ((1.0,): none).
-
-  `family.batch_fractions` is a task augmentation: every episode of every
-  group draws one fraction f of them and trains on the first round(f B)
-  examples of each batch of B (`lopt.tasks.inner.InnerTraining`). It keeps every
-  shape, so it costs nothing, and it widens the gradient noise the learned
-  optimizer meets beyond that of the family's batch sizes.
+  Reads `task.*`, `inner.horizon`, `estimator.num_particles` and `family.*`;
+  a family task's own fields override the base ones. Values are checked by
+  `lopt.validation`, names by `check_names`.
   """
-  if not is_family(config):
-    return (1.0,)
-  return tuple(float(f) for f in config.family.get("batch_fractions", (1.0,)))
-
-
-def task_specs(config) -> tuple[TaskSpec, ...]:
-  """The run's tasks: the family's, sorted by name, or the single task."""
   base_fields = {
     "model": config.task.model,
     "hidden": tuple(config.task.hidden),
@@ -169,14 +185,23 @@ def task_specs(config) -> tuple[TaskSpec, ...]:
     "horizon": config.inner.horizon,
     "num_particles": config.estimator.num_particles,
   }
-  if not is_family(config):
-    return (TaskSpec(SINGLE, **base_fields),)
+  if not declared(config):
+    return Family((TaskSpec(SINGLE, **base_fields),))
   specs = []
   for name, entry in sorted(config.family.tasks.items()):
     fields = dict(base_fields, **dict(entry))
     fields["hidden"] = tuple(fields["hidden"])
     specs.append(TaskSpec(name, **fields))
-  return tuple(specs)
+  settings = config.family
+  return Family(
+    tuple(specs),
+    keyed=True,
+    normalizer=settings.get("normalizer", "adam"),
+    combine=settings.get("combine", "unit"),
+    batch_fractions=tuple(
+      float(f) for f in settings.get("batch_fractions", (1.0,))
+    ),
+  )
 
 
 def check_names(config) -> None:

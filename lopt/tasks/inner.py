@@ -15,7 +15,8 @@ cross-entropy at 1.5 ln C): a diverging inner run then scores badly but
 boundedly, instead of letting one particle's 1e10 loss dominate the
 estimate. A non-finite loss stays non-finite, for the estimator to mask.
 Then `(L_t - loss_shift) / loss_scale` is what the estimator sees: the
-normalisation that makes the tasks of a family comparable (`lopt.tasks.family`).
+normalisation that makes the tasks of a family comparable
+(`lopt.tasks.family`).
 
 With `batch_fractions` other than (1.0,), each episode is augmented: its
 `init` draws one fraction f uniformly from them, and every step of that
@@ -160,7 +161,8 @@ def train_model(
 
   Args:
     task: the inner model.
-    tx: the optimizer (a learned one from `optimizers.learned_optimizer` or
+    tx: the optimizer (a learned one from
+      `lopt.learned.optimizers.learned_optimizer` or
       `lopt.load_optimizer`, or any optax transformation).
     data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
     key: the seed of the model's init and its batches.

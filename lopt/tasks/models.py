@@ -63,7 +63,7 @@ class MLP(nn.Module):
   Attributes:
     hidden: widths of the hidden layers.
     num_classes: number of output logits.
-    activation: 'gelu' (tanh approximation), 'relu' or 'tanh'.
+    activation: a name of `ACTIVATIONS` ('gelu' is the tanh approximation).
   """
 
   hidden: Sequence[int]
@@ -88,7 +88,7 @@ class CNN(nn.Module):
   Attributes:
     channels: output channels of each conv block.
     num_classes: number of output logits.
-    activation: 'relu' (the paper's), 'gelu' or 'tanh'.
+    activation: a name of `ACTIVATIONS`; 'relu' is the paper's.
   """
 
   channels: Sequence[int]
@@ -242,8 +242,9 @@ def make_task(
     hidden: hidden-layer widths (MLP) or conv-block channels (CNN).
     num_classes: number of classes.
     input_shape: shape of one example without the batch axis, e.g. (8, 8, 1).
-    activation: 'gelu' (tanh approximation), 'relu' or 'tanh'; None picks the
-      model's paper default ('gelu' for the MLP, 'relu' for the CNN).
+    activation: a name of `ACTIVATIONS` ('gelu' is the tanh approximation);
+      None picks the model's paper default ('gelu' for the MLP, 'relu' for
+      the CNN).
     batch_size: rows per sampled batch.
 
   Returns:
