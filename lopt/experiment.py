@@ -333,9 +333,10 @@ def build(config, dataset, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   for spec in tasks.specs:
     ds = dataset[spec.name] if tasks.keyed else dataset
     task = make_task(spec, ds)
-    cap = (
-      1.5 * math.log(task.num_classes) if config.task.clip_meta_loss else None
-    )
+    # A cross-entropy is capped at 1.5 ln C (learned_optimization's cap);
+    # squared errors have no such scale and stay uncapped.
+    capped = config.task.clip_meta_loss and task.num_classes >= 2
+    cap = 1.5 * math.log(task.num_classes) if capped else None
     group = Group(spec, task, max_loss=cap)
     if normalizer == "lo":
       cap, shift, scale = family_lib.lo_normalizer(task.num_classes)
@@ -364,9 +365,14 @@ def make_task(
     spec.model,
     hidden=spec.hidden,
     num_classes=dataset.num_classes,
-    input_shape=dataset.image_shape,
+    input_shape=dataset.train.images.shape[1:],
     activation=spec.activation,
     batch_size=spec.batch_size,
+    data_kind=dataset.kind,
+    heads=spec.heads,
+    seq_len=spec.seq_len,
+    norm=spec.norm,
+    reconstruction=spec.reconstruction,
   )
 
 

@@ -162,6 +162,60 @@ def _check_widths(field: str, value: Any, *, allow_empty: bool) -> None:
     _fail(field, value, what if allow_empty else f"a non-empty {what}")
 
 
+def check_model(
+  spec: family.TaskSpec, field: Callable[[str, str], str]
+) -> None:
+  """The settings that say what a task's model is, and that it fits its data.
+
+  Args:
+    spec: the task, resolved (`lopt.tasks.family.resolve`).
+    field: maps a setting and its base config name to the name the user
+      wrote it under (a family task's own field, or the base one).
+  """
+  kind = data_lib.dataset_kind(spec.dataset)
+  allowed = models.MODEL_DATA.get(spec.model, ())
+  if kind not in allowed:
+    _fail(
+      field("model", "task.model"),
+      spec.model,
+      f"a model of {kind} data ({', '.join(sorted(m for m, ks in models.MODEL_DATA.items() if kind in ks))})"
+      f" for dataset {spec.dataset!r}",
+    )
+  if kind != "images" and spec.image_size:
+    _fail(
+      field("image_size", "task.image_size"),
+      spec.image_size,
+      f"0 for dataset {spec.dataset!r} ({kind} data, not images)",
+    )
+  _check_int(field("heads", "task.heads"), spec.heads, 1)
+  _check_int(field("seq_len", "task.seq_len"), spec.seq_len, 1)
+  check_choice(field("norm", "task.norm"), spec.norm, models.NORMS)
+  check_choice(
+    field("reconstruction", "task.reconstruction"),
+    spec.reconstruction,
+    models.RECONSTRUCTIONS,
+  )
+  if spec.model in ("resnet", "autoencoder", "transformer") and not spec.hidden:
+    _fail(
+      field("hidden", "task.hidden"),
+      spec.hidden,
+      f"at least one width for a {spec.model}",
+    )
+  if spec.model == "transformer" and (
+    len(set(spec.hidden)) != 1 or spec.hidden[0] % spec.heads
+  ):
+    _fail(
+      field("hidden", "task.hidden"),
+      spec.hidden,
+      f"one width per block, all equal and a multiple of heads = {spec.heads}",
+    )
+
+
+def _classifies(spec: family.TaskSpec) -> bool:
+  kind = data_lib.dataset_kind(spec.dataset)
+  return spec.model != "autoencoder" and kind == "images"
+
+
 #: Settings that a config may leave out; the builders default them.
 _OPTIONAL_ESTIMATOR = ("sigma", "noise_period", "step_unlocked")
 _OPTIONAL_OUTER = (
@@ -345,6 +399,7 @@ def check_config(
   if config.get("family") is not None:
     _check_family(config, est, num_devices)
     return
+  check_model(family.resolve(config).specs[0], lambda f, base: base)
   try:
     sharding.check_divisible(est["num_particles"], num_devices)
   except ValueError as e:
@@ -372,6 +427,7 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
     _check_real(f"family.batch_fractions[{i}]", f, low=0, strict=True, high=1)
   tasks = family.resolve(config)
   if not tasks.keyed:
+    check_model(tasks.specs[0], lambda f, base: base)
     try:
       sharding.check_divisible(est["num_particles"], num_devices)
     except ValueError as e:
@@ -398,6 +454,14 @@ def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:
       field("activation", "task.activation"), spec.activation, ACTIVATIONS
     )
     _check_int(field("batch_size", "task.batch_size"), spec.batch_size, 1)
+    check_model(spec, field)
+    if tasks.normalizer == "lo" and not _classifies(spec):
+      _fail(
+        "family.normalizer",
+        "lo",
+        f"'adam' or 'none': {prefix} is not a classifier, and the 'lo' "
+        "normaliser is a cross-entropy's",
+      )
     _check_int(field("horizon", "inner.horizon"), spec.horizon, 1)
     _check_real(f"{prefix}.weight", spec.weight, low=0, strict=False)
     try:

@@ -367,13 +367,19 @@ def test_digits_and_array_record_load_without_tensorflow(
   tmp_path, tiny_array_record_dir
 ):
   # In a fresh interpreter (this one has imported TensorFlow for the tfrecord
-  # tests): prepare and load digits, and load an array_record dataset whose
-  # builder that interpreter does not know (tfds reads it from its files).
+  # tests): prepare and load digits, python_stdlib and diabetes, and load an
+  # array_record dataset whose builder that interpreter does not know (tfds
+  # reads it from its files).
   code = f"""
 import sys
 from lopt.tasks import data
 digits = data.load_dataset("digits", data_dir={str(tmp_path)!r}, image_size=4)
 assert digits.train.images.shape == (1200, 4, 4, 1)
+stdlib = data.load_dataset("python_stdlib", data_dir={str(tmp_path)!r})
+assert stdlib.kind == "text" and stdlib.train.images.size > 10**6
+diabetes = data.load_dataset("diabetes", data_dir={str(tmp_path)!r})
+assert diabetes.kind == "regression"
+assert diabetes.test.images.shape == (88, 10)
 tiny = data.load_dataset(
   "tfds:lopt_test_tiny_gray", data_dir={tiny_array_record_dir!r}
 )

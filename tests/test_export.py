@@ -28,7 +28,7 @@ from lopt import checkpoint, evaluate, experiment, export, train, validation
 from lopt.learned import optimizers
 from lopt.learned.config import ADAM_KINDS
 from lopt.tasks import data as data_lib
-from lopt.tasks import models
+from lopt.tasks import models, networks
 
 # Batches come from numpy: eager jax.random calls of new shapes compile.
 _BATCH = 32
@@ -166,7 +166,7 @@ def test_trains_a_linen_mlp_it_was_not_meta_trained_on(run, digits):
   _, workdir, _ = run
   num_steps = 100
   tx = lopt.load_optimizer(workdir, num_steps=num_steps)
-  model = models.MLP(hidden=(16, 16), num_classes=10)
+  model = networks.MLP(hidden=(16, 16), num_outputs=10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
 
   def loss_fn(params, x, y):

@@ -1,10 +1,12 @@
 """Tests for lopt.suite: the held-out suite against per-task tuned Adam.
 
 The real suites are only inspected (their task lists), never run: the runner
-is tested on a two-task suite of 20-step models, a 2-rate Adam grid and an
+is tested on a two-task suite of 20-step models, a 2-rate Adam grid, the
+untuned baselines (Adam 1e-3, Prodigy, schedule-free AdamW) and an
 untrained learned optimizer, and the metrics on hand-made curves.
 """
 
+import collections
 import dataclasses
 import json
 import math
@@ -19,11 +21,14 @@ import optax
 import pytest
 from flax import nnx
 
+from configs import task_kinds
 from lopt import evaluate, experiment
 from lopt.learned import optimizers
 from lopt.learned.config import LOptConfig
+from lopt.suite import baselines as suite_baselines
 from lopt.suite import evaluation as suite
 from lopt.suite import metrics as suite_metrics
+from lopt.suite import nnx as suite_nnx
 from lopt.suite import report as suite_report
 from lopt.suite import tasks as suite_tasks
 from lopt.suite.tasks import Suite, SuiteTask
@@ -54,6 +59,8 @@ def _signature(task_cfg, horizon):
     task_cfg["batch_size"],
     task_cfg["image_size"] or suite_tasks.NATIVE_SIZE,
     horizon,
+    task_cfg.get("dataset", "digits"),
+    *(task_cfg.get(f, d) for f, d in suite_tasks.MODEL_DEFAULTS.items()),
   )
 
 
@@ -61,22 +68,54 @@ def _meta_training_signatures():
   """The default task, the groups above and configs/generalist.py's family."""
   default = experiment.load_config(os.path.join(_REPO, "configs/default.py"))
   found = {_signature(default.task, default.inner.horizon)}
-  found.update(_GENERALIST_GROUPS)
-  config = experiment.load_config(os.path.join(_REPO, "configs/generalist.py"))
-  family = [
-    dict(config.task.to_dict(), **entry.to_dict())
-    for entry in config.family.tasks.values()
-  ]
-  assert len(family) >= len(_GENERALIST_GROUPS)
+  found.update(
+    (*g, "digits", *suite_tasks.MODEL_DEFAULTS.values())
+    for g in _GENERALIST_GROUPS
+  )
+  family = []
+  for name in ("generalist", "wide_generalist"):
+    config = experiment.load_config(os.path.join(_REPO, f"configs/{name}.py"))
+    family += [
+      dict(config.task.to_dict(), **entry.to_dict())
+      for entry in config.family.tasks.values()
+    ]
+  assert len(family) >= len(_GENERALIST_GROUPS) + 6
   for fields in family:  # a field left out is config.task's (or T's)
     found.add(_signature(fields, fields.get("horizon", config.inner.horizon)))
+  # The single-task configs of the other kinds.
+  for kind in task_kinds.KINDS:
+    config = task_kinds.get_config(kind)
+    found.add(_signature(config.task, config.inner.horizon))
   return found
 
 
-def test_heldout_is_disjoint_from_meta_training():
+@pytest.mark.parametrize("name", ["heldout", "wide"])
+def test_suites_are_disjoint_from_meta_training(name):
   seen = _meta_training_signatures()
-  for spec in suite_tasks.HELDOUT.tasks:
+  assert len(seen) >= 16
+  for spec in suite_tasks.SUITES[name].tasks:
     assert spec.signature() not in seen, spec.name
+
+
+def test_the_wide_suite_covers_every_kind():
+  wide = suite_tasks.WIDE
+  assert len(wide.tasks) >= 20 and len(wide.seeds) >= 2
+  kinds = collections.Counter(
+    "regression" if t.dataset == "diabetes" else t.model for t in wide.tasks
+  )
+  for kind in ("transformer", "autoencoder", "regression", "resnet"):
+    assert kinds[kind] >= 4, kinds
+  assert kinds["nnx_mlp"] >= 2
+  assert max(t.horizon for t in wide.tasks) >= 10_000
+  sizes = [
+    suite_tasks.build_task(t, (t.seq_len,), 256, "text").num_params
+    for t in wide.tasks
+    if t.model == "transformer"
+  ]
+  assert max(sizes) >= 100_000, sizes
+  quick = suite_tasks.WIDE_QUICK
+  assert {t.model for t in quick.tasks} >= {"transformer", "autoencoder"}
+  assert max(t.horizon for t in quick.tasks) <= 300
 
 
 def test_suites_cover_what_they_promise():
@@ -92,12 +131,12 @@ def test_suites_cover_what_they_promise():
   quick = suite_tasks.SUITES["quick"]
   assert 3 <= len(quick.tasks) <= 4 and len(quick.seeds) == 2
   assert max(t.horizon for t in quick.tasks) <= 300
-  assert set(suite_tasks.SUITES) == {"heldout", "quick"}
+  assert set(suite_tasks.SUITES) == {"heldout", "quick", "wide", "wide_quick"}
 
 
 def test_specs_reject_unknown_models_activations_and_duplicates():
   with pytest.raises(ValueError, match="model must be one of"):
-    SuiteTask("x", "resnet", (8,), "relu")
+    SuiteTask("x", "vit", (8,), "relu")
   with pytest.raises(ValueError, match="activation must be one of"):
     SuiteTask("x", "mlp", (8,), "swish")
   t = SuiteTask("x", "mlp", (8,), "silu")
@@ -201,9 +240,134 @@ def test_ratios_failures_and_speedup_of_one_task():
     }
   )
   assert "| hand | 20 | 0.9050 | 0.01, cosine | 1.6250 | 0.557 |" in table
-  assert "| 0.557 | 0.622 | > 1 | 1.000 / 1.000 |" in table
+  # Without baselines (an older report): their columns say so.
+  assert "| 0.557 | 0.622 | > 1 | 1.000 / 1.000 | 1.000 | n/a | n/a |" in table
   assert "| bad | 20 | diverged (failed) | 0.01*, cosine |" in table
   assert "| worst ratio | diverged |" in table
+
+
+def _baseline_result(curves, test_loss=(1.0, 1.0)):
+  """`evaluation.baseline`-shaped result from [S, T] curves."""
+  out = _runs(curves)
+  out["test_loss"] = np.asarray([test_loss])
+  return {
+    "per_seed": suite_metrics.per_seed_scores(out, 0),
+    "curve": out["losses"][0].mean(0),
+    "cached": False,
+  }
+
+
+def test_tuning_free_ratio_is_against_the_better_of_the_two():
+  spec = SuiteTask("hand", "mlp", (8,), "relu", horizon=20)
+  t = np.arange(20)
+  adam = _adam_result([2.0 - 0.05 * t, 2.2 - 0.05 * t])
+  learned = _runs([1.0 - 0.01 * t, 1.0 - 0.01 * t])
+  learned["test_loss"] = np.asarray([[0.5, 0.7]])  # Adam's are 1
+  low, high = np.full(20, 0.8), np.full(20, 1.6)
+  free = ("prodigy", "schedule_free_adamw")
+  assert set(free) == set(suite_baselines.TUNING_FREE)
+  for better, worse in (free, free[::-1]):
+    base = {
+      "adam_1e-3": _baseline_result([high, high]),
+      worse: _baseline_result([0.9 * high, 0.9 * high]),
+      better: _baseline_result([low, low]),
+    }
+    s = suite_metrics.score_task(spec, learned, adam, (1e-4, 0.1), base)
+    assert s["tuning_free_best"] == better
+    expected = np.mean(1.0 - 0.01 * t) / 0.8
+    assert s["ratios"]["tuning_free"] == s["ratios"][better]
+    assert s["ratios"][better] == pytest.approx(expected)
+    assert s["ratios"][worse] < s["ratios"]["tuning_free"]
+    assert s["final_ratios"]["tuning_free"] == s["final_ratios"][better]
+    assert set(s["ratios"]) == {*base, "tuning_free"} == set(s["final_ratios"])
+    assert s["test_loss_ratio"] == pytest.approx(0.6)
+  # A diverged seed never makes one the better, even with the lowest seed.
+  base["prodigy"] = _baseline_result([np.full(20, np.nan), np.full(20, 0.1)])
+  base["schedule_free_adamw"] = _baseline_result([high, high])
+  s = suite_metrics.score_task(spec, learned, adam, (1e-4, 0.1), base)
+  assert s["tuning_free_best"] == "schedule_free_adamw"
+  # Without baselines: the tuned-Adam fields only.
+  s = suite_metrics.score_task(spec, learned, adam, (1e-4, 0.1))
+  assert s["ratios"] == {} and s["tuning_free_best"] is None
+
+
+def _full_task(rng, name):
+  """A scored task with two seeds that disagree, against every baseline."""
+  spec = SuiteTask(name, "mlp", (8,), "relu", horizon=20)
+  t = np.arange(20)
+
+  def curves():
+    return [a - b * t for a, b in rng.uniform([1, 0.01], [2, 0.04], (2, 2))]
+
+  adam = _adam_result(curves())
+  learned = _runs(curves())
+  learned["test_loss"] = rng.uniform(0.5, 1.5, (1, 2))
+  base = {
+    n: _baseline_result(curves(), rng.uniform(0.5, 1.5, 2))
+    for n in suite_baselines.BASELINES
+  }
+  return suite_metrics.score_task(spec, learned, adam, (1e-4, 0.1), base)
+
+
+def _assert_axes_hold_their_points(aggregates):
+  """Every axis's statistics lie inside their intervals.
+
+  Not a property of any bootstrap (a max is biased upward), but here one
+  that cannot fail: with 2 seeds and at most 3 tasks, the draw that gives
+  every task both seeds (mass >= 1/8 > 2.5%) reproduces each point.
+  """
+  for axis, stats in aggregates["axes"].items():
+    for k in ("win_fraction", "median_ratio", "iqm_ratio", "worst_ratio"):
+      low, high = stats[f"{k}_ci95"]
+      assert low - 1e-12 <= stats[k] <= high + 1e-12, (axis, k)
+
+
+def test_every_axis_aggregates_with_intervals_and_the_table_shows_them():
+  rng = np.random.default_rng(1)
+  tasks = [_full_task(rng, f"t{i}") for i in range(3)]
+  a = suite_metrics.aggregate(tasks, num_bootstrap=400)
+  assert set(a["axes"]) == set(suite_metrics.AXES)
+  assert {k: a[k] for k in a["axes"]["adam"]} == a["axes"]["adam"]
+  _assert_axes_hold_their_points(a)
+  # Each axis aggregates its own per-task ratio.
+  for axis, per_task in (
+    ("adam", [t["ratio"] for t in tasks]),
+    ("adam_1e-3", [t["ratios"]["adam_1e-3"] for t in tasks]),
+    ("tuning_free", [t["ratios"]["tuning_free"] for t in tasks]),
+    ("final", [t["final_ratio"] for t in tasks]),
+    ("test_loss", [t["test_loss_ratio"] for t in tasks]),
+  ):
+    assert a["axes"][axis]["median_ratio"] == pytest.approx(np.median(per_task))
+    assert a["axes"][axis]["worst_ratio"] == pytest.approx(max(per_task))
+    assert all(t["ci95"][axis][0] <= t["ci95"][axis][1] for t in tasks)
+  summary = {
+    "suite": "hand",
+    "learned": "theta",
+    "seeds": [0, 1],
+    "tasks": tasks,
+    "aggregates": a,
+    "baselines": {"tuning_free": list(suite_baselines.TUNING_FREE)},
+  }
+  table = suite_report.format_table(summary)
+  assert (
+    "| test loss ratio | ratio vs Adam 1e-3 | ratio vs best tuning-free |"
+    in (table)
+  )
+  t = tasks[0]
+  assert (
+    f"| {t['test_loss_ratio']:.3f} | {t['ratios']['adam_1e-3']:.3f} | "
+    f"{t['ratios']['tuning_free']:.3f} ({t['tuning_free_best']}) |"
+  ) in table
+  free = a["axes"]["tuning_free"]
+  assert (
+    f"| best tuning-free: mean train loss | {free['win_fraction']:.2f} "
+    f"[{free['win_fraction_ci95'][0]:.2f}, "
+  ) in table
+  for label in suite_report.AXIS_LABELS.values():
+    assert f"| {label} |" in table
+  assert "Against the best tuning-free optimizer: wins" in (
+    suite_report.summary_line(summary)
+  )
 
 
 def _scored(ratios, never=False):
@@ -239,6 +403,7 @@ def test_aggregates_and_their_bootstrap_intervals():
   a = suite_metrics.aggregate(tasks, num_bootstrap=500)
   low, high = a["worst_ratio_ci95"]
   assert low < 1.0 < high and tasks[0]["ratio_ci95"][0] < 1.0
+  assert set(a["axes"]) == {"adam"}  # no baselines, no other axes
 
 
 # -- Adam: the grid and its cache ---------------------------------------------
@@ -390,33 +555,156 @@ def _untrained():
   return optimizers.init_theta(cfg, jax.random.key(0)), cfg
 
 
-def test_evaluate_suite_reuses_cached_adam(tmp_path, monkeypatch):
-  calls = []
-  real = suite.run_adam_grid
-  monkeypatch.setattr(
-    suite, "run_adam_grid", lambda *a: calls.append(1) or real(*a)
-  )
+@pytest.fixture(scope="module")
+def scored_twice(tmp_path_factory):
+  """One task scored twice with one cache: (first, second, what the first
+  trained, what both trained, the cache directory)."""
+  trained = []
+  cache = tmp_path_factory.mktemp("suite_cache")
   one_task = Suite("one", _TINY.tasks[:1], _TINY.seeds)
-
-  def run():
-    return suite.evaluate_suite(
-      _untrained(),
-      one_task,
-      adam_cache_dir=str(tmp_path),
-      learning_rates=_GRID[0],
-      schedules=("cosine",),
-      num_bootstrap=50,
+  grid, base = suite.run_adam_grid, suite.run_baseline
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+      suite, "run_adam_grid", lambda *a: trained.append("adam") or grid(*a)
+    )
+    patch.setattr(
+      suite, "run_baseline", lambda *a: trained.append(a[-1]) or base(*a)
     )
 
-  first = run()
-  assert len(calls) == 1 and "outputs" not in first
-  second = run()
-  assert len(calls) == 1 and second["tasks"][0]["adam"]["cached"]
+    def run():
+      return suite.evaluate_suite(
+        _untrained(),
+        one_task,
+        adam_cache_dir=str(cache),
+        learning_rates=_GRID[0],
+        schedules=("constant",),
+        num_bootstrap=50,
+      )
+
+    first = run()
+    by_first = list(trained)
+    second = run()
+  return first, second, by_first, trained, cache
+
+
+def test_evaluate_suite_trains_adam_and_baselines_once_then_reads_the_cache(
+  scored_twice,
+):
+  first, second, by_first, trained, cache = scored_twice
+  assert by_first == ["adam", *suite_baselines.BASELINES]
+  assert trained == by_first  # the second run trained none of them
+  (t,), (t2,) = first["tasks"], second["tasks"]
+  assert not t["adam"]["cached"] and t2["adam"]["cached"]
+  for name in suite_baselines.BASELINES:
+    assert (
+      not t["baselines"][name]["cached"] and t2["baselines"][name]["cached"]
+    )
+  assert t2["seconds"]["baselines"] == 0.0 < t["seconds"]["baselines"]
+  files = sorted(os.listdir(cache))
+  assert len(files) == 1 + len(suite_baselines.BASELINES)
+  for name in suite_baselines.BASELINES:
+    assert sum(f.startswith(f"mlp8_relu-{name}-") for f in files) == 1
   assert second["aggregates"] == first["aggregates"]
-  (t,) = first["tasks"]
+  assert second["baselines"]["names"] == list(suite_baselines.BASELINES)
+  assert "outputs" not in first
   assert math.isfinite(t["ratio"]) and 0 <= t["learned"]["test_accuracy"] <= 1
   assert len(t["curves"]["learned"]) == 20
   assert t["num_params"] == 64 * 8 + 8 + 8 * 10 + 10
+  # Adam 1e-3 trains what the grid's constant 1e-3 trains: same inits and
+  # batches for every optimizer.
+  (grid_1e3,) = [e for e in t["adam"]["sweep"] if e["learning_rate"] == 1e-3]
+  assert t["baselines"]["adam_1e-3"]["mean_train_loss"] == pytest.approx(
+    grid_1e3["mean_train_loss"], rel=1e-5
+  )
+  # The tuning-free reference is the better of the two here too.
+  free = {
+    n: t["baselines"][n]["mean_train_loss"]
+    for n in ("prodigy", "schedule_free_adamw")
+  }
+  assert t["tuning_free_best"] == min(free, key=free.get)
+  assert t["ratios"]["tuning_free"] == t["ratios"][t["tuning_free_best"]]
+  assert math.isfinite(t["test_loss_ratio"])
+  assert set(first["aggregates"]["axes"]) == set(suite_metrics.AXES)
+  _assert_axes_hold_their_points(first["aggregates"])
+  with pytest.raises(ValueError, match="Unknown baselines"):
+    suite.evaluate_suite(_untrained(), "quick", baselines=("adamw",))
+
+
+def test_schedule_free_is_tested_at_its_averaged_iterate(scored_twice, digits):
+  first = scored_twice[0]
+  data, ds = digits
+  task = suite_tasks.build_task(_TINY.tasks[0], ds.image_shape, ds.num_classes)
+  key = suite_tasks.task_keys(_TINY.seeds)[1]
+  tx = optax.contrib.schedule_free_adamw()
+  raw = inner.train_model(task, tx, data, key, 20)
+  averaged = inner.train_model(
+    task, tx, data, key, 20, eval_params=optax.contrib.schedule_free_eval_params
+  )
+  # The training losses stay those where the gradient is taken.
+  np.testing.assert_array_equal(averaged["losses"], raw["losses"])
+  raw_loss, avg_loss = float(raw["test_loss"]), float(averaged["test_loss"])
+  # The two points differ 100x more than the tolerance below: the check
+  # tells them apart.
+  assert abs(raw_loss / avg_loss - 1) > 1e-3
+  got = first["tasks"][0]["baselines"]["schedule_free_adamw"]
+  assert got["per_seed_test_loss"][1] == pytest.approx(avg_loss, rel=1e-5)
+
+
+def test_baseline_eval_params_find_a_schedule_free_state_anywhere():
+  params = {"w": jnp.arange(3.0)}
+  grads = {"w": jnp.ones(3)}
+  for tx, inside in (
+    (optax.contrib.schedule_free_adamw(), lambda s: s),
+    (
+      optax.chain(optax.clip(1.0), optax.contrib.schedule_free_adamw()),
+      lambda s: s[1],
+    ),
+  ):
+    state = tx.init(params)
+    for _ in range(3):
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    got = suite_baselines.eval_params(state, params)
+    want = optax.contrib.schedule_free_eval_params(inside(state), params)
+    np.testing.assert_array_equal(got["w"], want["w"])
+    assert not np.allclose(got["w"], params["w"])
+  adam = optax.adam(1e-3)
+  assert suite_baselines.eval_params(adam.init(params), params) is params
+
+
+def test_baseline_cache_hit_and_missed_when_anything_changes(
+  tmp_path, monkeypatch
+):
+  calls = []
+
+  def fake_baseline(spec, task, data, keys, name):
+    calls.append((spec, len(keys), name))
+    per_seed = {"mean_train_loss": np.asarray([0.5, np.nan])}
+    return {"name": name, "per_seed": per_seed, "curve": np.ones(spec.horizon)}
+
+  monkeypatch.setattr(suite, "run_baseline", fake_baseline)
+  spec = _TINY.tasks[0]
+
+  def run(name="prodigy", spec=spec, seeds=(0, 1)):
+    return suite.baseline(spec, None, None, seeds, name, str(tmp_path))
+
+  first, second = run(), run()
+  assert len(calls) == 1 and not first["cached"] and second["cached"]
+  got = second["per_seed"]["mean_train_loss"]
+  assert got[0] == 0.5 and np.isnan(got[1])
+  np.testing.assert_array_equal(second["curve"], first["curve"])
+  run(name="schedule_free_adamw")
+  run(seeds=(0, 2))
+  run(spec=dataclasses.replace(spec, horizon=30))
+  assert len(calls) == 4
+  monkeypatch.setattr(suite, "ADAM_CACHE_VERSION", suite.ADAM_CACHE_VERSION + 1)
+  run()  # Adam's version is not the baselines'
+  assert len(calls) == 4
+  monkeypatch.setattr(
+    suite, "BASELINE_CACHE_VERSION", suite.BASELINE_CACHE_VERSION + 1
+  )
+  run()
+  assert len(calls) == 5 and len(os.listdir(tmp_path)) == 5
 
 
 def test_the_runner_trains_the_nnx_task_with_the_learned_optimizer(digits):
@@ -443,7 +731,7 @@ def test_nnx_task_trains_like_nnx_optimizer_does():
   """The NNX task's pure path equals nnx.Optimizer with the learned tx."""
   theta, cfg = _untrained()
   tx = optimizers.learned_optimizer(theta, cfg, 20)
-  task = suite_tasks.NNXTask("n", (8, 8, 1), (8,), 10, "silu", 4)
+  task = suite_nnx.NNXTask("n", (8, 8, 1), (8,), 10, "silu", 4)
   x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
   y = jnp.arange(4)
   params = task.init(jax.random.key(2))
@@ -488,8 +776,11 @@ def test_cli_suite_writes_json_md_png_and_prints_the_table(
   )
   printed = capsys.readouterr().out
   assert "| task | T | learned mean loss |" in printed
+  assert "| ratio vs Adam 1e-3 | ratio vs best tuning-free |" in printed
   assert "| mlp8_relu | 20 |" in printed
+  assert "| best tuning-free: mean train loss |" in printed
   assert "Suite tiny: learned beats tuned Adam on" in printed
+  assert "Against the best tuning-free optimizer: wins" in printed
   with open(output / "suite_tiny.json") as f:
     saved = json.load(f)
   assert [t["name"] for t in saved["tasks"]] == ["mlp8_relu"]
@@ -504,7 +795,10 @@ def test_cli_suite_writes_json_md_png_and_prints_the_table(
   assert md.startswith("Suite `tiny`") and "| median ratio |" in md
   png = (output / "suite_tiny.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
-  assert len(os.listdir(tmp_path / "cache")) == 1
+  assert saved["tasks"][0]["tuning_free_best"] in suite_baselines.TUNING_FREE
+  assert set(saved["aggregates"]["axes"]) == set(suite_metrics.AXES)
+  cached = os.listdir(tmp_path / "cache")
+  assert len(cached) == 1 + len(suite_baselines.BASELINES)
 
 
 def test_cli_rejects_an_unknown_suite_by_name():
@@ -524,5 +818,5 @@ def test_cli_rejects_an_unknown_suite_by_name():
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
     "Config error: --suite = 'helout' is invalid: it must be one of "
-    "['heldout', 'quick']"
+    "['heldout', 'quick', 'wide', 'wide_quick']"
   )

@@ -1,12 +1,14 @@
 """Tests for lopt.tasks.models: inner models, losses and batch sampling."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from sklearn.datasets import load_diabetes, load_digits
 
 from lopt.tasks import models
 
@@ -138,7 +140,14 @@ def test_init_under_vmap():
 @pytest.mark.parametrize(
   "kwargs, match",
   [
-    (dict(model="resnet"), r"'mlp', 'cnn'"),
+    (dict(model="vit"), r"'mlp', 'cnn', 'resnet'"),
+    (dict(model="transformer"), r"trains on text data"),
+    (dict(model="autoencoder", reconstruction="l1"), r"reconstruction"),
+    (dict(model="resnet", norm="batch"), r"norm"),
+    (
+      dict(model="transformer", data_kind="text", hidden=(30,), heads=4),
+      r"multiple of heads",
+    ),
     (dict(model="mlp", activation="swish"), r"gelu"),
     (dict(model="cnn", input_shape=(64,)), r"input_shape"),
   ],
@@ -148,3 +157,174 @@ def test_bad_arguments_raise(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     models.make_task(args.pop("model"), **args)
+
+
+# -- the models beyond image classifiers ----------------------------------------
+
+
+def _stdlib_bytes(n: int) -> np.ndarray:
+  """Real text: the first `n` bytes of a standard-library module's source."""
+  import sysconfig
+
+  path = os.path.join(sysconfig.get_paths()["stdlib"], "argparse.py")
+  with open(path, "rb") as f:
+    return np.frombuffer(f.read(n), np.uint8).astype(np.int32)
+
+
+def _lm(**kw):
+  args = dict(hidden=(32, 32), num_classes=256, input_shape=(), batch_size=16)
+  args.update(data_kind="text", heads=4, seq_len=32, **kw)
+  return models.make_task("transformer", **args)
+
+
+def _adam_steps(task, x, y, steps, lr=3e-3):
+  """(first loss, mean of the last 10 losses) of Adam from a fresh init."""
+  tx = optax.adam(lr)
+
+  def step(carry, key):
+    params, opt_state = carry
+    xb, yb = task.sample_batch(key, x, y)
+    loss, grads = jax.value_and_grad(task.loss)(params, xb, yb)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  params = task.init(jax.random.key(0))
+  keys = jax.random.split(jax.random.key(1), steps)
+  _, losses = jax.jit(lambda c: jax.lax.scan(step, c, keys))(
+    (params, tx.init(params))
+  )
+  return float(losses[0]), float(losses[-10:].mean())
+
+
+@pytest.mark.parametrize(
+  "kind",
+  [
+    "resnet_layer",
+    "resnet_group",
+    "ae_mse",
+    "ae_bernoulli",
+    "regression",
+    "lm",
+  ],
+)
+def test_every_kind_of_model_learns_its_real_data(kind):
+  # Real data for each: the digits' images, scikit-learn's diabetes table
+  # (standardised) and the bytes of a standard-library module.
+
+  digits = load_digits()
+  images = jnp.asarray(digits.images[..., None] / 16.0, jnp.float32)
+  labels = jnp.asarray(digits.target, jnp.int32)
+  if kind.startswith("resnet"):
+    task = models.make_task(
+      "resnet",
+      hidden=(8, 16),
+      num_classes=10,
+      input_shape=(8, 8, 1),
+      batch_size=64,
+      norm=kind.split("_")[1],
+    )
+    first, last = _adam_steps(task, images, labels, 150)
+    assert last < 0.5 * first
+  elif kind.startswith("ae"):
+    task = models.make_task(
+      "autoencoder",
+      hidden=(32, 8),
+      num_classes=10,
+      input_shape=(8, 8, 1),
+      batch_size=64,
+      reconstruction=kind.split("_")[1],
+    )
+    assert task.objective == "reconstruction"
+    first, last = _adam_steps(task, images, labels, 300)
+    assert last < (0.5 if kind == "ae_mse" else 0.95) * first
+  elif kind == "regression":
+    x, y = load_diabetes(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    y = (y - y.mean()) / y.std()
+    task = models.make_task(
+      "mlp",
+      hidden=(16,),
+      num_classes=0,
+      input_shape=(10,),
+      batch_size=32,
+      data_kind="regression",
+    )
+    assert task.objective == "regression"
+    first, last = _adam_steps(
+      task, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), 300
+    )
+    # Standardised targets: chance is an MSE of 1; the features explain half.
+    assert last < 0.7
+  else:
+    stream = jnp.asarray(_stdlib_bytes(20_000))
+    first, last = _adam_steps(_lm(), stream, jnp.zeros((0,), jnp.int32), 200)
+    # From ln 256 = 5.5 nats to below the unigram entropy of code (~4.5).
+    assert first > 5.0 and last < 3.5
+
+
+def test_transformer_is_causal_and_inits_its_norms_and_tables():
+  task = _lm()
+  params = task.init(jax.random.key(0))
+  assert task.objective == "language_model" and task.seq_len == 32
+  np.testing.assert_array_equal(params["LayerNorm_0"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["block_0"]["qkv"]["bias"], 0.0)
+  table = np.asarray(params["embed"]["embedding"])
+  assert table.shape == (256, 32)
+  assert abs(table.std() * np.sqrt(32) - 1) < 0.1  # N(0, 1 / width)
+  tokens = jnp.asarray(_stdlib_bytes(32))[None]
+  changed = tokens.at[0, 20:].set(7)
+  a, b = task.apply(params, tokens), task.apply(params, changed)
+  np.testing.assert_allclose(a[0, :20], b[0, :20], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(a[0, 20:], b[0, 20:])
+
+
+def test_a_held_out_stream_is_scored_on_its_first_windows():
+  task = _lm()
+  params = task.init(jax.random.key(0))
+  stream = jnp.asarray(_stdlib_bytes(100_000))
+  length = task.seq_len + 1
+  windows = stream[: models.EVAL_WINDOWS * length].reshape(-1, length)
+  expected = task.loss(params, windows[:, :-1], windows[:, 1:])
+  np.testing.assert_allclose(
+    task.loss(params, stream, None), expected, rtol=1e-6
+  )
+  # A batch of windows is scored as it is (training batches).
+  x, y = task.sample_batch(jax.random.key(2), stream, None)
+  assert x.shape == y.shape == (16, 32)
+  np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+@pytest.mark.parametrize("kind", ["lm", "regression", "ae"])
+def test_example_weights_average_the_kept_examples(kind):
+  # The batch-fraction augmentation weighs examples 1/0; every objective
+  # must then score the kept ones only.
+  key = jax.random.key(3)
+  if kind == "lm":
+    task, x, y = _lm(), jnp.asarray(_stdlib_bytes(5000)), None
+  elif kind == "regression":
+    task = models.make_task(
+      "mlp",
+      hidden=(4,),
+      num_classes=0,
+      input_shape=(3,),
+      batch_size=8,
+      data_kind="regression",
+    )
+    x = jax.random.normal(key, (50, 3))
+    y = x.sum(1)
+  else:
+    task = models.make_task(
+      "autoencoder",
+      hidden=(4,),
+      num_classes=0,
+      input_shape=(4, 4, 1),
+      batch_size=8,
+    )
+    x, y = jax.random.uniform(key, (50, 4, 4, 1)), jnp.zeros((50,))
+  params = task.init(key)
+  xb, yb = task.sample_batch(key, x, y)
+  keep = jnp.arange(task.batch_size) < 3
+  weighted = task.loss(params, xb, yb, keep.astype(jnp.float32))
+  np.testing.assert_allclose(
+    weighted, task.loss(params, xb[:3], yb[:3]), rtol=1e-6
+  )

@@ -1,4 +1,5 @@
-"""Held-out evaluation suites: a learned optimizer against Adam tuned per task.
+"""Held-out evaluation suites: a learned optimizer against Adam tuned per task
+and against the optimizers that need no tuning.
 
     python -m lopt.evaluate --workdir=/tmp/lopt --suite=heldout
 
@@ -14,6 +15,13 @@ Seeds and learning rates are vmapped inside one jit per schedule. The best
 Adam of a task is the configuration of lowest mean training loss over seeds;
 a configuration with a non-finite run is never the best.
 
+A learned optimizer is sold on needing no tuning, so its real competitors
+are the optimizers a user runs untuned: every task also trains the
+baselines of `lopt.suite.baselines` (Adam at 1e-3, Prodigy, schedule-free
+AdamW, at their documented defaults) on the same inits and batches, by the
+same `train_models`; schedule-free ones are tested at their averaged
+iterate (`baselines.eval_params`).
+
 Per task:
 
 * `ratio`: the learned optimizer's mean training loss over the T steps (the
@@ -27,22 +35,32 @@ Per task:
   `adam_never_reached` is true, and the task counts as a speedup win.
 * test accuracies of both, and `failed`: a learned run ended non-finite or
   with its final loss above its initial loss.
+* `test_loss_ratio`: the learned optimizer's held-out (test) loss over the
+  best Adam's (seed means): whether faster training costs generalisation.
+* `ratios[b]` and `final_ratios[b]` against each baseline b, and against
+  `tuning_free`, the better (lower mean training loss) of the tuning-free
+  baselines there, named by `tuning_free_best`.
 
-Aggregates over tasks: the fraction where the learned optimizer wins
-(ratio < 1), the median, worst (largest) and interquartile mean of the
-ratios, each with a 95% bootstrap interval that resamples seeds within
-tasks (the best Adam configuration is kept fixed), and the speedup wins.
+Aggregates over tasks, per axis (`lopt.suite.metrics.AXES`: tuned Adam's
+mean loss, which are also the top-level keys, Adam 1e-3, the best
+tuning-free, tuned Adam's final loss, tuned Adam's test loss): the fraction
+where the learned optimizer wins (ratio < 1), the median, worst (largest)
+and interquartile mean of the ratios, each with a 95% bootstrap interval
+that resamples seeds within tasks (the best Adam configuration and the
+best tuning-free baseline are kept fixed); and the speedup wins.
 
 Tuned-Adam results are cached, one JSON file per task, under
 `~/.cache/lopt/adam_suite` by default, keyed by a hash of the task spec, the
 seeds, the grid and `ADAM_CACHE_VERSION`; a second optimizer scored on the
 same suite reuses them. Bump the version when anything that changes Adam's
-numbers changes (training code, data, the Adam settings).
+numbers changes (training code, data, the Adam settings). Each baseline is
+cached the same way in the same directory, one file per task and baseline,
+keyed by the spec, the seeds, the baseline's name, the optax version and
+`BASELINE_CACHE_VERSION` (bump it when a baseline's definition changes).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -58,6 +76,7 @@ import optax
 
 from lopt import console, export, jsonio
 from lopt.learned import optimizers
+from lopt.suite import baselines as baselines_lib
 from lopt.suite import metrics as suite_metrics
 from lopt.suite import report as suite_report
 from lopt.suite.tasks import SUITES, Suite, SuiteTask, build_task, task_keys
@@ -71,6 +90,8 @@ LEARNING_RATES = tuple(
 SCHEDULES = ("constant", "linear", "cosine")
 #: Part of every Adam cache key; bump it when Adam's numbers would change.
 ADAM_CACHE_VERSION = 1
+#: Part of every baseline's cache key; bump it when their numbers would change.
+BASELINE_CACHE_VERSION = 1
 DEFAULT_ADAM_CACHE_DIR = "~/.cache/lopt/adam_suite"
 
 # -- training -----------------------------------------------------------------
@@ -87,11 +108,13 @@ def adam(lr, num_steps: int, schedule: str) -> optax.GradientTransformation:
   raise ValueError(f"Unknown schedule {schedule!r}; valid: {list(SCHEDULES)}")
 
 
-def train_models(task, make_tx, data, keys, num_steps, hypers):
+def train_models(
+  task, make_tx, data, keys, num_steps, hypers, eval_params=None
+):
   """Trains one model per (hyperparameter, key) in one jit.
 
   Args:
-    task: a `lopt.tasks.models.Task` or `lopt.suite.tasks.NNXTask`.
+    task: a `lopt.tasks.models.Task` or `lopt.suite.nnx.NNXTask`.
     make_tx: maps one hyperparameter (a traced scalar or pytree) to an optax
       transformation.
     data: arrays `train_x`, `train_y`, `test_x`, `test_y`.
@@ -99,6 +122,8 @@ def train_models(task, make_tx, data, keys, num_steps, hypers):
     num_steps: T.
     hypers: a pytree whose leaves lead with an [H] axis, vmapped over
       (learning rates; or theta with a unit axis).
+    eval_params: `lopt.tasks.inner.train_model`'s: where the test scores are
+      taken (None: the final parameters).
 
   Returns:
     numpy arrays `losses` [H, S, T], `test_accuracy` and `test_loss` [H, S].
@@ -106,9 +131,11 @@ def train_models(task, make_tx, data, keys, num_steps, hypers):
 
   def run(data, keys, h):
     tx = make_tx(h)
-    return jax.vmap(lambda k: inner.train_model(task, tx, data, k, num_steps))(
-      keys
-    )
+    return jax.vmap(
+      lambda k: inner.train_model(
+        task, tx, data, k, num_steps, eval_params=eval_params
+      )
+    )(keys)
 
   out = jax.jit(jax.vmap(run, in_axes=(None, None, 0)))(data, keys, hypers)
   return jax.tree.map(np.asarray, out)
@@ -136,11 +163,9 @@ def choose_best(sweep: Sequence[dict]) -> int:
   chosen while a finite one exists.
   """
 
-  def rank(i):
-    m = float(np.mean(sweep[i]["per_seed"]["mean_train_loss"]))
-    return (not math.isfinite(m), m if math.isfinite(m) else 0.0)
-
-  return min(range(len(sweep)), key=rank)
+  return suite_metrics.lowest_mean(
+    [e["per_seed"]["mean_train_loss"] for e in sweep]
+  )
 
 
 def run_adam_grid(spec, task, data, keys, learning_rates, schedules) -> dict:
@@ -177,7 +202,7 @@ def adam_cache_key(spec: SuiteTask, seeds, learning_rates, schedules) -> str:
   """The hash that names a task's cache file (see the module docstring)."""
   key = {
     "version": ADAM_CACHE_VERSION,
-    "spec": dataclasses.asdict(spec),
+    "spec": spec.key(),
     "seeds": [int(s) for s in seeds],
     "learning_rates": [float(x) for x in learning_rates],
     "schedules": list(schedules),
@@ -186,39 +211,54 @@ def adam_cache_key(spec: SuiteTask, seeds, learning_rates, schedules) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def baseline_cache_key(spec: SuiteTask, seeds, name: str) -> str:
+  """The hash that names a baseline's cache file for a task."""
+  key = {
+    "version": BASELINE_CACHE_VERSION,
+    "baseline": name,
+    "optax": optax.__version__,
+    "spec": spec.key(),
+    "seeds": [int(s) for s in seeds],
+  }
+  text = json.dumps(key, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _array(vals) -> np.ndarray:
+  """A cached JSON list back to an array (null = non-finite: NaN)."""
+  return np.asarray([np.nan if v is None else v for v in vals], np.float64)
+
+
 def _from_json(obj):
-  """Cached JSON back to arrays (null = a non-finite number: NaN)."""
+  """Cached Adam JSON back to arrays."""
   for entry in obj["sweep"]:
-    entry["per_seed"] = {
-      k: np.asarray([np.nan if v is None else v for v in vals], np.float64)
-      for k, vals in entry["per_seed"].items()
-    }
-  obj["best_curve"] = np.asarray(
-    [np.nan if v is None else v for v in obj["best_curve"]], np.float64
-  )
+    entry["per_seed"] = {k: _array(v) for k, v in entry["per_seed"].items()}
+  obj["best_curve"] = _array(obj["best_curve"])
   return obj
 
 
-def tuned_adam(spec, task, data, seeds, grid, cache_dir) -> dict:
-  """`run_adam_grid`'s result for the task, from the cache when it is there."""
-  learning_rates, schedules = grid
-  digest = adam_cache_key(spec, seeds, learning_rates, schedules)
+def _baseline_from_json(obj):
+  """Cached baseline JSON back to arrays."""
+  obj["per_seed"] = {k: _array(v) for k, v in obj["per_seed"].items()}
+  obj["curve"] = _array(obj["curve"])
+  return obj
+
+
+def _cached(cache_dir, stem: str, digest: str, compute, decode) -> dict:
+  """`compute()` (a dict), or its cached copy `{stem}-{digest}.json` in
+  `cache_dir` (None: no cache) decoded by `decode`; `cached` says which."""
   path = None
   if cache_dir:
-    path = os.path.join(
-      os.path.expanduser(cache_dir), f"{spec.name}-{digest}.json"
-    )
+    path = os.path.join(os.path.expanduser(cache_dir), f"{stem}-{digest}.json")
     try:
       with open(path) as f:
         cached = json.load(f)
       if cached.get("key") == digest:
-        return dict(_from_json(cached), cached=True)
+        return dict(decode(cached), cached=True)
     except (OSError, ValueError, KeyError, TypeError):
       pass  # missing or unreadable: recompute and overwrite
   start = time.perf_counter()
-  result = run_adam_grid(
-    spec, task, data, task_keys(seeds), learning_rates, schedules
-  )
+  result = compute()
   result["seconds"] = time.perf_counter() - start
   if path:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -226,6 +266,55 @@ def tuned_adam(spec, task, data, seeds, grid, cache_dir) -> dict:
     jsonio.dump(dict(result, key=digest), tmp)
     os.replace(tmp, path)  # whole files only, even with two writers
   return dict(result, cached=False)
+
+
+def tuned_adam(spec, task, data, seeds, grid, cache_dir) -> dict:
+  """`run_adam_grid`'s result for the task, from the cache when it is there."""
+  learning_rates, schedules = grid
+  return _cached(
+    cache_dir,
+    spec.name,
+    adam_cache_key(spec, seeds, learning_rates, schedules),
+    lambda: run_adam_grid(
+      spec, task, data, task_keys(seeds), learning_rates, schedules
+    ),
+    _from_json,
+  )
+
+
+def run_baseline(spec, task, data, keys, name: str) -> dict:
+  """Trains baseline `name` of `lopt.suite.baselines.BASELINES`.
+
+  Returns:
+    `name`, `per_seed` (scores, as a sweep entry's) and `curve` (the
+    seed-mean training loss per step).
+  """
+  factory = baselines_lib.BASELINES[name]
+  out = train_models(
+    task,
+    lambda _: factory(spec.horizon),
+    data,
+    keys,
+    spec.horizon,
+    jnp.zeros((1,)),
+    eval_params=baselines_lib.eval_params,
+  )
+  return {
+    "name": name,
+    "per_seed": suite_metrics.per_seed_scores(out, 0),
+    "curve": out["losses"][0].mean(0),
+  }
+
+
+def baseline(spec, task, data, seeds, name: str, cache_dir) -> dict:
+  """`run_baseline`'s result for the task, from the cache when it is there."""
+  return _cached(
+    cache_dir,
+    f"{spec.name}-{name}",
+    baseline_cache_key(spec, seeds, name),
+    lambda: run_baseline(spec, task, data, task_keys(seeds), name),
+    _baseline_from_json,
+  )
 
 
 # -- the runner ---------------------------------------------------------------
@@ -260,11 +349,12 @@ def evaluate_suite(
   output: str | None = None,
   adam_cache_dir: str | None = DEFAULT_ADAM_CACHE_DIR,
   data_dir: str | None = None,
-  learning_rates: Sequence[float] = LEARNING_RATES,
-  schedules: Sequence[str] = SCHEDULES,
+  learning_rates: Sequence[float] | None = None,
+  schedules: Sequence[str] | None = None,
+  baselines: Sequence[str] = tuple(baselines_lib.BASELINES),
   num_bootstrap: int = suite_metrics.NUM_BOOTSTRAP,
 ) -> dict:
-  """Scores a learned optimizer on a suite against tuned Adam.
+  """Scores a learned optimizer on a suite against tuned Adam and baselines.
 
   Args:
     learned: a meta-training workdir or checkpoint dir; a `(theta,
@@ -272,11 +362,15 @@ def evaluate_suite(
     suite: a name of `lopt.suite.tasks.SUITES` or a `Suite`.
     output: directory for `suite_<name>.{json,md,png}`; None writes nothing
       (a workdir `learned` defaults it to the workdir).
-    adam_cache_dir: where tuned-Adam results are cached; None or "" = off.
+    adam_cache_dir: where tuned-Adam and baseline results are cached; None
+      or "" = off.
     data_dir: the tfds data directory (default:
       `lopt.tasks.data.default_data_dir()`).
-    learning_rates: Adam's grid.
-    schedules: Adam's schedules, of `SCHEDULES`.
+    learning_rates: Adam's grid; by default the suite's, else
+      `LEARNING_RATES`.
+    schedules: Adam's schedules, of `SCHEDULES`; by default the suite's,
+      else all of them.
+    baselines: names of `lopt.suite.baselines.BASELINES` to train too.
     num_bootstrap: bootstrap resamples of the aggregates' intervals.
 
   Returns:
@@ -284,6 +378,14 @@ def evaluate_suite(
     seeds and timings; plus `outputs` (the written paths) when written.
   """
   suite = SUITES[suite] if isinstance(suite, str) else suite
+  learning_rates = learning_rates or suite.learning_rates or LEARNING_RATES
+  schedules = schedules or suite.schedules or SCHEDULES
+  unknown = set(baselines) - set(baselines_lib.BASELINES)
+  if unknown:
+    raise ValueError(
+      f"Unknown baselines {sorted(unknown)}; "
+      f"valid: {list(baselines_lib.BASELINES)}"
+    )
   theta, make_tx, label = _learned_factory(learned)
   if output is None and isinstance(learned, (str, os.PathLike)):
     output = os.fspath(learned)
@@ -296,7 +398,7 @@ def evaluate_suite(
     if where not in datasets:
       datasets[where] = load_data(spec, data_dir)
     data, ds = datasets[where]
-    task = build_task(spec, ds.image_shape, ds.num_classes)
+    task = build_task(spec, ds.image_shape, ds.num_classes, ds.kind)
     t0 = time.perf_counter()
     lrn = train_models(
       task,
@@ -310,10 +412,20 @@ def evaluate_suite(
     adam_ = tuned_adam(
       spec, task, data, suite.seeds, (learning_rates, schedules), adam_cache_dir
     )
-    scored.append(suite_metrics.score_task(spec, lrn, adam_, learning_rates))
+    t2 = time.perf_counter()
+    base = {
+      name: baseline(spec, task, data, suite.seeds, name, adam_cache_dir)
+      for name in baselines
+    }
+    scored.append(
+      suite_metrics.score_task(spec, lrn, adam_, learning_rates, base)
+    )
     scored[-1]["seconds"] = {
       "learned": t1 - t0,
-      "adam": 0.0 if adam_["cached"] else time.perf_counter() - t1,
+      "adam": 0.0 if adam_["cached"] else t2 - t1,
+      "baselines": sum(
+        0.0 if b["cached"] else b["seconds"] for b in base.values()
+      ),
     }
     scored[-1]["num_params"] = sum(
       math.prod(x.shape)
@@ -328,6 +440,12 @@ def evaluate_suite(
       "learning_rates": list(learning_rates),
       "schedules": list(schedules),
       "cache_version": ADAM_CACHE_VERSION,
+    },
+    "baselines": {
+      "names": list(baselines),
+      "tuning_free": [b for b in baselines if b in baselines_lib.TUNING_FREE],
+      "cache_version": BASELINE_CACHE_VERSION,
+      "optax": optax.__version__,
     },
     "tasks": scored,
     "aggregates": suite_metrics.aggregate(scored, num_bootstrap),

@@ -7,8 +7,8 @@ an object with the interface of `lopt.tasks.models.Task` (`init`, `loss`,
 `accuracy`, `sample_batch`, `batch_size`), so that
 `lopt.tasks.inner.train_model` trains every model the same way.
 
-Models: the linen `mlp` and `cnn` of `lopt.tasks.models`, and `nnx_mlp`, an
-MLP written here as a Flax NNX module. Its parameters are the `nnx.State`
+Models: the linen models of `lopt.tasks.models`, and `nnx_mlp`, an MLP
+written as a Flax NNX module (`lopt.suite.nnx`). Its parameters are the `nnx.State`
 of its `nnx.Param`s (`nnx.split`), and its loss `nnx.merge`s them back into
 the module: the optimizers see an NNX state pytree, not a linen params
 dict, so the suite checks that the exported optax transformation works on
@@ -28,19 +28,25 @@ use the offline `digits` (results are "offline": one dataset).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
+from lopt.suite.nnx import NNXTask
 from lopt.tasks import models
 
 #: Models a suite task may name.
-SUITE_MODELS = ("mlp", "cnn", "nnx_mlp")
+SUITE_MODELS = (*models.MODELS, "nnx_mlp")
+#: The model settings only some models read, with their defaults. A spec's
+#: cache key leaves them out at these values, so the caches of suites
+#: written before they existed stay valid.
+MODEL_DEFAULTS = {
+  "heads": 4,
+  "seq_len": 64,
+  "norm": "layer",
+  "reconstruction": "bernoulli",
+}
 #: The side of digits' native images (image_size 0).
 NATIVE_SIZE = 8
 
@@ -51,13 +57,19 @@ class SuiteTask:
 
   Attributes:
     name: unique within its suite; names the cache file and the figure panel.
-    model: 'mlp', 'cnn' or 'nnx_mlp'.
-    hidden: hidden widths (MLPs) or conv-block channels (CNN).
+    model: a name of `SUITE_MODELS`: a model of `lopt.tasks.models`, or
+      'nnx_mlp' (an MLP written in Flax NNX, below).
+    hidden: hidden widths (MLPs, autoencoder), conv channels (CNN, ResNet)
+      or the transformer blocks' widths.
     activation: a name of `lopt.tasks.models.ACTIVATIONS`.
-    dataset: a `lopt.tasks.data` dataset name; the suites use 'digits' (offline).
+    dataset: an offline `lopt.tasks.data` dataset: 'digits', 'diabetes' or
+      'python_stdlib'.
     image_size: 0 = native (8x8 for digits), else resized to this square.
     batch_size: training batch size.
     horizon: T, training steps per model.
+    heads, seq_len: the transformer's attention heads and window.
+    norm: the ResNet's normalisation layer.
+    reconstruction: the autoencoder's loss.
   """
 
   name: str
@@ -68,6 +80,10 @@ class SuiteTask:
   image_size: int = 0
   batch_size: int = 128
   horizon: int = 1000
+  heads: int = MODEL_DEFAULTS["heads"]
+  seq_len: int = MODEL_DEFAULTS["seq_len"]
+  norm: str = MODEL_DEFAULTS["norm"]
+  reconstruction: str = MODEL_DEFAULTS["reconstruction"]
 
   def __post_init__(self):
     if self.model not in SUITE_MODELS:
@@ -80,7 +96,10 @@ class SuiteTask:
         f"Suite task {self.name!r}: activation must be one of "
         f"{sorted(models.ACTIVATIONS)}, got {self.activation!r}."
       )
-    if self.horizon < 10 or self.batch_size < 1 or not self.hidden:
+    linear_ok = self.model in ("mlp", "nnx_mlp")  # no hidden: linear
+    if (
+      self.horizon < 10 or self.batch_size < 1 or not (self.hidden or linear_ok)
+    ):
       raise ValueError(
         f"Suite task {self.name!r}: needs horizon >= 10 (the final loss "
         "is a 10-step mean), batch_size >= 1 and hidden widths."
@@ -101,7 +120,18 @@ class SuiteTask:
       self.batch_size,
       side,
       self.horizon,
+      self.dataset,
+      *(getattr(self, f) for f in MODEL_DEFAULTS),
     )
+
+  def key(self) -> dict:
+    """The spec as a cache key: every field, but the model settings only
+    where they differ from `MODEL_DEFAULTS` (see there)."""
+    fields = dataclasses.asdict(self)
+    for name, default in MODEL_DEFAULTS.items():
+      if fields[name] == default:
+        del fields[name]
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +145,16 @@ class Suite:
       batches) from `jax.random.fold_in(jax.random.key(SEED_BASE), s)`, the
       same for every optimizer.
     description: one line for the reports.
+    learning_rates, schedules: tuned Adam's grid for this suite; None takes
+      `lopt.suite.evaluation`'s default grid.
   """
 
   name: str
   tasks: tuple[SuiteTask, ...]
   seeds: tuple[int, ...]
   description: str = ""
+  learning_rates: tuple[float, ...] | None = None
+  schedules: tuple[str, ...] | None = None
 
   def __post_init__(self):
     names = [t.name for t in self.tasks]
@@ -144,6 +178,21 @@ def task_keys(seeds) -> jax.Array:
 def _t(name, model, hidden, activation, batch_size=128, **kw) -> SuiteTask:
   return SuiteTask(
     name, model, tuple(hidden), activation, batch_size=batch_size, **kw
+  )
+
+
+def _lm(name, hidden, heads, seq_len, batch_size, horizon) -> SuiteTask:
+  """A transformer on the standard library's bytes."""
+  return _t(
+    name,
+    "transformer",
+    hidden,
+    "gelu",
+    batch_size,
+    dataset="python_stdlib",
+    heads=heads,
+    seq_len=seq_len,
+    horizon=horizon,
   )
 
 
@@ -194,116 +243,152 @@ QUICK = Suite(
   ),
 )
 
+#: Tuned Adam's grid on the wide suite: 7 rates, 1e-4 .. 1e-1 at 1 and 3
+#: per decade, constant and cosine-decayed (its transformers would make the
+#: default 10 x 3 grid most of the suite's hour).
+WIDE_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+WIDE_SCHEDULES = ("constant", "cosine")
+
+WIDE = Suite(
+  name="wide",
+  description=(
+    "beyond image classifiers: transformer LMs on the standard library's "
+    "bytes, autoencoders and ResNets on digits, regressors on diabetes, "
+    "and classifiers outside every shipped family; all offline"
+  ),
+  seeds=(0, 1),
+  learning_rates=WIDE_LEARNING_RATES,
+  schedules=WIDE_SCHEDULES,
+  tasks=(
+    # Transformers: next-byte loss on held-out-file windows.
+    _lm("lm_w64x2_s64", (64, 64), 4, 64, 8, 1000),
+    _lm("lm_w32x2_s32", (32, 32), 4, 32, 16, 1000),
+    _lm("lm_w48x3_h6_s48", (48, 48, 48), 6, 48, 8, 800),
+    _lm("lm_w32x1_s128_T2000", (32,), 2, 128, 4, 2000),
+    # Autoencoders on digits.
+    _t("ae64x16_bern", "autoencoder", (64, 16), "gelu", 64, horizon=2000),
+    _t(
+      "ae128x64x16_mse",
+      "autoencoder",
+      (128, 64, 16),
+      "relu",
+      32,
+      reconstruction="mse",
+    ),
+    _t(
+      "ae32x8_mse_16px",
+      "autoencoder",
+      (32, 8),
+      "tanh",
+      64,
+      image_size=16,
+      horizon=3000,
+      reconstruction="mse",
+    ),
+    _t(
+      "ae256x2_bern_T5000", "autoencoder", (256, 2), "silu", 128, horizon=5000
+    ),
+    # Regressors on diabetes (standardised target).
+    _t(
+      "reg32_gelu", "mlp", (32,), "gelu", 32, dataset="diabetes", horizon=2000
+    ),
+    _t(
+      "reg64x2_tanh_T5000",
+      "mlp",
+      (64, 64),
+      "tanh",
+      16,
+      dataset="diabetes",
+      horizon=5000,
+    ),
+    _t(
+      "reg128_relu_T10000",
+      "mlp",
+      (128,),
+      "relu",
+      64,
+      dataset="diabetes",
+      horizon=10000,
+    ),
+    _t(
+      "reg16x3_silu_b8",
+      "mlp",
+      (16, 16, 16),
+      "silu",
+      8,
+      dataset="diabetes",
+      horizon=3000,
+    ),
+    # Residual CNNs with a normalisation layer.
+    _t("resnet8x16_layer_16px", "resnet", (8, 16), "relu", 32, image_size=16),
+    _t(
+      "resnet4x8_group",
+      "resnet",
+      (4, 8),
+      "relu",
+      64,
+      horizon=2000,
+      norm="group",
+    ),
+    _t("resnet16_layer_b128", "resnet", (16,), "gelu", 128, horizon=500),
+    _t(
+      "resnet8x8_group_12px",
+      "resnet",
+      (8, 8),
+      "silu",
+      32,
+      image_size=12,
+      norm="group",
+    ),
+    # Classifiers outside the digits families, two in Flax NNX.
+    _t("mlp256x2_relu_T3000", "mlp", (256, 256), "relu", horizon=3000),
+    _t("logreg_b32_T500", "mlp", (), "gelu", 32, horizon=500),
+    _t("nnx_mlp128_tanh_T1500", "nnx_mlp", (128,), "tanh", 64, horizon=1500),
+    _t(
+      "nnx_mlp48x2_silu_12px",
+      "nnx_mlp",
+      (48, 48),
+      "silu",
+      32,
+      image_size=12,
+      horizon=2000,
+    ),
+  ),
+)
+
+WIDE_QUICK = Suite(
+  name="wide_quick",
+  description="a smoke subset of the wide suite (make demo): 3 kinds, 2 seeds",
+  seeds=(0, 1),
+  learning_rates=WIDE_LEARNING_RATES,
+  schedules=WIDE_SCHEDULES,
+  tasks=(
+    _lm("lm_w32x2_s32_T300", (32, 32), 4, 32, 8, 300),
+    _t("ae64x16_bern_T300", "autoencoder", (64, 16), "gelu", 64, horizon=300),
+    _t(
+      "reg32_gelu_T300",
+      "mlp",
+      (32,),
+      "gelu",
+      32,
+      dataset="diabetes",
+      horizon=300,
+    ),
+  ),
+)
+
 #: The suites by `--suite` name.
-SUITES = {s.name: s for s in (HELDOUT, QUICK)}
-
-# -- models -------------------------------------------------------------------
+SUITES = {s.name: s for s in (HELDOUT, QUICK, WIDE, WIDE_QUICK)}
 
 
-class NNXMLP(nnx.Module):
-  """An MLP on flattened images, as a Flax NNX module.
-
-  Hidden layers are `nnx.Linear` (its default init: LeCun-normal kernels,
-  zero biases) followed by the activation; the last layer gives the logits.
-  """
-
-  def __init__(
-    self,
-    in_features: int,
-    hidden: tuple[int, ...],
-    num_classes: int,
-    activation: str,
-    *,
-    rngs: nnx.Rngs,
-  ):
-    dims = (in_features, *hidden)
-    self.layers = nnx.List(
-      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
-    )
-    self.head = nnx.Linear(dims[-1], num_classes, rngs=rngs)
-    self.activation = activation
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    # The activation table of lopt.tasks.models, so that names mean the
-    # same everywhere.
-    act = models._activation(self.activation)  # noqa: SLF001
-    x = x.reshape((x.shape[0], -1))
-    for layer in self.layers:
-      x = act(layer(x))
-    return self.head(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class NNXTask:
-  """An `NNXMLP` behind the `lopt.tasks.models.Task` interface.
-
-  The parameters are an `nnx.State` of the module's `nnx.Param`s; `loss`
-  rebuilds the module with `nnx.merge`, so every function is pure and runs
-  under `jit`, `vmap` and `lax.scan` like a linen task's.
-  """
-
-  name: str
-  input_shape: tuple[int, ...]
-  hidden: tuple[int, ...]
-  num_classes: int
-  activation: str
-  batch_size: int
-
-  def _build(self, key: jax.Array) -> NNXMLP:
-    return NNXMLP(
-      math.prod(self.input_shape),
-      self.hidden,
-      self.num_classes,
-      self.activation,
-      rngs=nnx.Rngs(params=key),
-    )
-
-  @functools.cached_property
-  def graphdef(self):
-    """The module's structure, from an abstract instance (no computation)."""
-    graphdef, _ = nnx.split(
-      nnx.eval_shape(lambda: self._build(jax.random.key(0)))
-    )
-    return graphdef
-
-  @property
-  def num_params(self) -> int:
-    """Total number of scalar parameters."""
-    state = jax.eval_shape(self.init, jax.random.key(0))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
-
-  def init(self, key: jax.Array) -> nnx.State:
-    """Fresh parameters: the `nnx.State` of the module's Params."""
-    _, params = nnx.split(self._build(key), nnx.Param)
-    return params
-
-  def apply(self, params: nnx.State, images: jax.Array) -> jax.Array:
-    """The logits, shape (batch, num_classes)."""
-    return nnx.merge(self.graphdef, params)(images)
-
-  def loss(self, params, images, labels) -> jax.Array:
-    """Mean softmax cross-entropy of a batch."""
-    logits = self.apply(params, images)
-    return optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels
-    ).mean()
-
-  def accuracy(self, params, images, labels) -> jax.Array:
-    """Fraction of the batch classified correctly."""
-    return jnp.mean(jnp.argmax(self.apply(params, images), -1) == labels)
-
-  def sample_batch(self, key, images, labels):
-    """`batch_size` rows uniformly with replacement (as `models.Task`)."""
-    idx = jax.random.randint(key, (self.batch_size,), 0, images.shape[0])
-    return images[idx], labels[idx]
-
-
-def build_task(spec: SuiteTask, image_shape, num_classes: int) -> Any:
-  """The trainable task of `spec` for images of `image_shape`.
+def build_task(
+  spec: SuiteTask, image_shape, num_classes: int, data_kind: str = "images"
+) -> Any:
+  """The trainable task of `spec` for examples of `image_shape`.
 
   Returns:
-    A `lopt.tasks.models.Task` (mlp, cnn) or an `NNXTask` (nnx_mlp); both
-    work with `lopt.tasks.inner.train_model`.
+    A `lopt.tasks.models.Task`, or an `NNXTask` (nnx_mlp); both work with
+    `lopt.tasks.inner.train_model`.
   """
   if spec.model == "nnx_mlp":
     return NNXTask(
@@ -321,4 +406,9 @@ def build_task(spec: SuiteTask, image_shape, num_classes: int) -> Any:
     input_shape=image_shape,
     activation=spec.activation,
     batch_size=spec.batch_size,
+    data_kind=data_kind,
+    heads=spec.heads,
+    seq_len=spec.seq_len,
+    norm=spec.norm,
+    reconstruction=spec.reconstruction,
   )

@@ -1,8 +1,8 @@
-"""Small vision datasets, loaded whole into host memory as numpy.
+"""Small datasets, loaded whole into host memory as numpy.
 
-The learned-optimizer tasks train tiny models on small image datasets. The
-arrays are loaded once, put on the devices replicated, and minibatches are
-sampled inside jit (see design.md, "Data"), so this module only has to turn a
+The learned-optimizer tasks train tiny models on small datasets. The arrays
+are loaded once, put on the devices replicated, and minibatches are sampled
+inside jit (see design.md, "Data"), so this module only has to turn a
 dataset name into three in-memory splits:
 
   ds = load_dataset("fashion_mnist", image_size=8)
@@ -18,6 +18,9 @@ with downloads off:
   (`tfrecord` under a gs:// `data_dir`: array_record reads local files
   only). After that it is a prepared tfds dataset like any other
   (`tfds.data_source("digits", data_dir=...)` reads it too).
+* `python_stdlib` (kind "text": this Python's standard library as bytes,
+  `lopt.tasks.text`) and `diabetes` (kind "regression", `lopt.tasks.tabular`)
+  are offline builders like `digits`; their modules give their splits.
 * `mnist`, `fashion_mnist`, ... (see `DATASETS`) must already be prepared in
   `data_dir`; otherwise `DatasetNotFoundError` says how to get them.
 * `tfds:<name>` loads any other registered tfds dataset with an image and a
@@ -68,8 +71,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-# Importing it registers the offline tfds builder under the name "digits".
-from lopt.tasks import digits  # noqa: F401
+# Importing them registers the offline tfds builders (see `DATASETS`).
+from lopt.tasks import digits, tabular, text  # noqa: F401
 
 # Name prefix that selects an arbitrary registered tfds dataset.
 TFDS_PREFIX = "tfds:"
@@ -88,11 +91,13 @@ class DatasetSpec(NamedTuple):
     offline: whether lopt can prepare it without network (else it must be
       prepared in `data_dir` beforehand).
     note: what the dataset is and what getting it takes.
+    kind: "images", "text" or "regression": what its splits hold (`Split`).
   """
 
   tfds_name: str
   offline: bool
   note: str
+  kind: str = "images"
 
 
 # The datasets `task.dataset` accepts by short name. Any other registered tfds
@@ -123,6 +128,12 @@ DATASETS: Mapping[str, DatasetSpec] = {
     False,
     "32x32x3, 100 classes, 60k images; ~160 MiB download",
   ),
+  "python_stdlib": DatasetSpec(
+    text.TFDS_NAME, True, "text, 256 byte values, ~4.7 MB; offline", "text"
+  ),
+  "diabetes": DatasetSpec(
+    "diabetes", True, "10 features, 442 rows; offline", "regression"
+  ),
 }
 
 
@@ -131,11 +142,15 @@ class DatasetNotFoundError(ValueError):
 
 
 class Split(NamedTuple):
-  """One split held in memory.
+  """One split held in memory; what it holds depends on the dataset's kind.
 
   Attributes:
-    images: float32 array of shape (n, height, width, channels) in [0, 1].
-    labels: int32 array of shape (n,).
+    images: "images": float32 (n, height, width, channels) in [0, 1].
+      "text": the split's int32 token stream, shape (n,), values in
+      [0, num_classes). "regression": float32 features (n, d), standardised.
+    labels: "images": int32 class labels (n,). "text": empty, int32 (0,)
+      (the targets are the stream's next tokens). "regression": float32
+      targets (n,), standardised.
   """
 
   images: np.ndarray
@@ -144,14 +159,19 @@ class Split(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """A small image-classification dataset held in memory.
+  """A small dataset held in memory.
 
   Attributes:
     name: the name it was loaded by, e.g. `"digits"` or `"tfds:kmnist"`.
     train: the inner-training split.
     validation: the held-out split (see the module docstring for the rule).
     test: the dataset's test split.
-    num_classes: number of label classes.
+    num_classes: number of label classes ("images"), the vocabulary size
+      ("text"), 0 ("regression").
+    kind: "images", "text" or "regression"; `Split` says what each holds.
+    target_mean: "regression": the train target's mean, None otherwise.
+    target_std: "regression": the train target's std; a standardised
+      prediction p maps back to `p * target_std + target_mean`.
   """
 
   name: str
@@ -159,10 +179,13 @@ class Dataset:
   validation: Split
   test: Split
   num_classes: int
+  kind: str = "images"
+  target_mean: float | None = None
+  target_std: float | None = None
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
-    """(height, width, channels) of every image."""
+  def image_shape(self) -> tuple[int, ...]:
+    """(height, width, channels) of every image; for text (), for rows (d,)."""
     return tuple(self.train.images.shape[1:])
 
 
@@ -205,6 +228,15 @@ def check_dataset_name(name: str) -> str:
   )
 
 
+def dataset_kind(name: str) -> str:
+  """The kind of `name` (see `Split`): "images", "text" or "regression".
+
+  Reads no disk; `tfds:<name>` is "images"; unknown names raise ValueError.
+  """
+  check_dataset_name(name)
+  return DATASETS[name].kind if name in DATASETS else "images"
+
+
 def load_dataset(
   name: str,
   *,
@@ -213,17 +245,17 @@ def load_dataset(
   validation_fraction: float = 0.2,
   antialias: bool = True,
 ) -> Dataset:
-  """Loads a small image-classification dataset into memory.
+  """Loads a small dataset into memory.
 
   Args:
     name: a key of `DATASETS` (`"digits"`, `"fashion_mnist"`, ...) or
       `"tfds:<name>"` for another registered tfds dataset with `image` and
       `label` features (or supervised keys).
     data_dir: the tfds data directory; defaults to `default_data_dir()`.
-      `digits` is prepared into it on first use; other datasets must already
-      be prepared there (nothing is downloaded).
+      The offline datasets are prepared into it on first use; the others
+      must already be prepared there (nothing is downloaded).
     image_size: if > 0, resize images to `image_size` x `image_size`; 0 keeps
-      the native size.
+      the native size, and is the only value for text and regression.
     validation_fraction: used only when the dataset has no `validation`
       split: the last `round(validation_fraction * n_train)` examples of
       `train` become the validation split. Must be in [0, 1).
@@ -232,16 +264,19 @@ def load_dataset(
       learned_optimization applies to its 8x8 Fashion-MNIST.
 
   Returns:
-    A `Dataset` with float32 images in [0, 1] of shape (n, H, W, C) and int32
-    labels for `train`, `validation` and `test`.
+    A `Dataset` of its kind (see `Split`); for images, float32 images in
+    [0, 1] of shape (n, H, W, C) and int32 labels.
 
   Raises:
     ValueError: unknown name or bad argument.
     DatasetNotFoundError: the dataset is not prepared in `data_dir`.
   """
   tfds_name = check_dataset_name(name)
+  kind = dataset_kind(name)
   if image_size < 0:
     raise ValueError(f"image_size must be >= 0, got {image_size}.")
+  if image_size and kind != "images":
+    raise ValueError(f"image_size must be 0 for {kind} data, got {image_size}.")
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(
       f"validation_fraction must be in [0, 1), got {validation_fraction}."
@@ -269,6 +304,8 @@ def load_dataset(
       )
     else:
       raise DatasetNotFoundError(_not_found_message(name, tfds_name, data_dir))
+  if kind != "images":
+    return _load_text_or_table(name, kind, builder, validation_fraction)
 
   info = builder.info
   image_key, label_key = info.supervised_keys or ("image", "label")
@@ -291,10 +328,7 @@ def load_dataset(
   if "validation" in info.splits:
     validation = _read_split(builder, "validation", image_key, label_key)
   else:
-    num_train = len(train.labels)
-    cut = num_train - round(validation_fraction * num_train)
-    validation = Split(train.images[cut:], train.labels[cut:])
-    train = Split(train.images[:cut], train.labels[:cut])
+    train, validation = _carve(train, validation_fraction)
 
   if image_size > 0:
     # One call for the three splits: one compilation instead of three.
@@ -309,13 +343,30 @@ def load_dataset(
       Split(images, s.labels)
       for images, s in zip(np.split(resized, cuts), splits)
     )
-  return Dataset(
-    name=name,
-    train=train,
-    validation=validation,
-    test=test,
-    num_classes=int(info.features[label_key].num_classes),
+  num_classes = int(info.features[label_key].num_classes)
+  return Dataset(name, train, validation, test, num_classes)
+
+
+def _carve(train: Split, validation_fraction: float) -> tuple[Split, Split]:
+  """(train, validation): the last `validation_fraction` of train held out."""
+  cut = len(train.labels) - round(validation_fraction * len(train.labels))
+  return Split(*(a[:cut] for a in train)), Split(*(a[cut:] for a in train))
+
+
+def _load_text_or_table(name, kind, builder, fraction) -> Dataset:
+  """Loads `python_stdlib` ("text") or `diabetes` (validation: `fraction`)."""
+  if kind == "text":  # Each split's chunks, in order, as one token stream.
+    chunks = [_read_features(builder, s, ("tokens",))[0] for s in text.SPLITS]
+    no_labels = np.zeros((0,), np.int32)
+    splits = [Split(c.reshape(-1).astype(np.int32), no_labels) for c in chunks]
+    return Dataset(name, *splits, text.VOCAB_SIZE, kind)
+  train, test = (
+    Split(*_read_features(builder, s, ("features", "target")))
+    for s in ("train", "test")
   )
+  rows, mean, std = tabular.standardise([*_carve(train, fraction), test])
+  splits = [Split(*r) for r in rows]
+  return Dataset(name, *splits, 0, kind, target_mean=mean, target_std=std)
 
 
 def _not_found_message(name: str, tfds_name: str, data_dir: str) -> str:
@@ -358,31 +409,32 @@ def _hide_gpus_from_tensorflow() -> None:
 _tf_gpus_checked = False
 
 
-def _read_split(
-  builder: tfds.core.DatasetBuilder,
-  split: str,
-  image_key: str,
-  label_key: str,
-) -> Split:
-  """Reads a whole prepared split, in stored order, as float images."""
-  info = builder.info
+def _read_features(
+  builder: tfds.core.DatasetBuilder, split: str, keys: tuple[str, ...]
+) -> list[np.ndarray]:
+  """Reads features of a whole prepared split, stacked in stored order."""
   random_access = tfds.core.file_adapters.FileFormat.with_random_access()
-  if info.available_file_formats() & random_access:
+  if builder.info.available_file_formats() & random_access:
     # A list-like over the stored records, decoded to numpy by tfds's own
     # features (PIL for encoded images); no TensorFlow involved.
     source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))
     if not examples:
       raise ValueError(f"{builder.name}/{split} is empty.")
-    images = np.stack([e[image_key] for e in examples])
-    labels = np.asarray([e[label_key] for e in examples])
-  else:
-    # tfrecord: only tf.data reads it. batch_size=-1 reads the split as one
-    # batch; files are read in order (shuffle_files defaults to False), so
-    # the result is deterministic.
-    _hide_gpus_from_tensorflow()
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images, labels = np.asarray(data[image_key]), np.asarray(data[label_key])
+    return [np.stack([np.asarray(e[k]) for e in examples]) for k in keys]
+  # tfrecord: only tf.data reads it. batch_size=-1 reads the split as one
+  # batch; files are read in order (shuffle_files defaults to False), so
+  # the result is deterministic.
+  _hide_gpus_from_tensorflow()
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  return [np.asarray(data[k]) for k in keys]
+
+
+def _read_split(
+  builder: tfds.core.DatasetBuilder, split: str, image_key: str, label_key: str
+) -> Split:
+  """Reads a whole prepared split, in stored order, as float images."""
+  images, labels = _read_features(builder, split, (image_key, label_key))
   if images.ndim == 3:  # (n, H, W) grayscale without a channel axis.
     images = images[..., None]
   if images.ndim != 4:

@@ -153,6 +153,7 @@ def train_model(
   key: jax.Array,
   num_steps: int,
   trace: Callable[[optax.OptState], Any] | None = None,
+  eval_params: Callable[[optax.OptState, Any], Any] | None = None,
 ):
   """Trains one fresh model with any optax optimizer; pure and jit-able.
 
@@ -170,11 +171,17 @@ def train_model(
     trace: optional; maps the optimizer state after each step to a pytree
       of arrays (e.g. the adaptive kind's per-tensor rates), returned
       stacked over the steps as `trace`.
+    eval_params: optional; maps the final optimizer state and parameters to
+      the parameters that `test_loss` and `test_accuracy` are taken at
+      (e.g. `optax.contrib.schedule_free_eval_params`, the averaged iterate
+      of a schedule-free method). Default: the final parameters. The
+      training losses are always those at the parameters the gradient is
+      taken at.
 
   Returns:
     A dict: `losses` (the training-batch loss before each step, shape
-    [num_steps]), `test_loss` and `test_accuracy` of the final parameters,
-    and `trace` when asked for.
+    [num_steps]), `test_loss` and `test_accuracy` of the final parameters
+    (or of `eval_params`' choice), and `trace` when asked for.
   """
   k_init, k_steps = jax.random.split(key)
   params = task.init(k_init)
@@ -187,9 +194,11 @@ def train_model(
     traced = () if trace is None else trace(opt_state)
     return (optax.apply_updates(params, updates), opt_state), (loss, traced)
 
-  (params, _), (losses, traced) = jax.lax.scan(
+  (params, opt_state), (losses, traced) = jax.lax.scan(
     step, (params, tx.init(params)), jax.random.split(k_steps, num_steps)
   )
+  if eval_params is not None:
+    params = eval_params(opt_state, params)
   out = {
     "losses": losses,
     "test_loss": task.loss(params, data["test_x"], data["test_y"]),

@@ -1,22 +1,34 @@
-"""Inner problems: small vision models and their losses.
+"""Inner problems: a model, its loss and its batches, as pure functions.
 
-A `Task` bundles an inner model with pure functions (`init`, `loss`,
-`accuracy`, `sample_batch`) that the inner training loop calls inside `jit`,
-`vmap` over particles and `lax.scan` over steps. The two models are the ones
-of the Noise-Reuse ES paper (Li, Harrison, Sohl-Dickstein, Smith, Metz,
-"Noise-Reuse in Online Evolution Strategies", NeurIPS 2023, arXiv 2304.12180):
+A `Task` bundles a network (`lopt.tasks.networks`) with pure functions
+(`init`, `loss`, `accuracy`, `sample_batch`) that the inner training loop
+calls inside `jit`, `vmap` over particles and `lax.scan` over steps. One
+interface serves every kind of model, so the estimators, the task families,
+the suites and the checkpoints treat them alike; what differs is the
+`objective`, which a task reads from its model and its dataset's kind:
 
-* `MLP`: flattened images -> hidden layers -> logits; the paper's main
-  learned-optimizer task is 64 -> 32 -> 32 -> 32 -> 10 with GELU on 8x8
-  images (4,522 parameters).
-* `CNN`: blocks of [Conv 3x3 SAME, ReLU, AvgPool 2x2 stride 2], then a dense
-  layer; four blocks of 32 channels on 32x32x3 CIFAR-10 images give 29,930
-  parameters.
+| objective        | model              | dataset kind | loss                    | score (`accuracy`)   |
+|------------------|--------------------|--------------|-------------------------|----------------------|
+| `classification` | mlp, cnn, resnet   | images       | softmax cross-entropy   | accuracy             |
+| `regression`     | mlp                | regression   | MSE (standardised y)    | R^2                  |
+| `reconstruction` | autoencoder        | images       | MSE or Bernoulli        | R^2 of the pixels    |
+| `language_model` | transformer        | text         | next-token cross-entropy| next-token accuracy  |
+
+The MLP and CNN are the ones of the Noise-Reuse ES paper (Li, Harrison,
+Sohl-Dickstein, Smith, Metz, NeurIPS 2023, arXiv 2304.12180): its main
+learned-optimizer task is an MLP 64 -> 32 -> 32 -> 32 -> 10 (GELU) on 8x8
+images, 4,522 parameters.
+
+A language model's data is one token stream per split; `sample_batch` cuts
+`batch_size` random windows of `seq_len + 1` tokens from it, and `loss` or
+`accuracy` given a whole stream (a 1-D array: the held-out evaluation of
+`lopt.tasks.inner.train_model`) score its first `EVAL_WINDOWS`
+non-overlapping windows, a fixed sample that bounds the cost.
 
 Example:
 
-  task = tasks.make_task('mlp', hidden=(32, 32, 32), num_classes=10,
-                         input_shape=(8, 8, 1))
+  task = models.make_task('mlp', hidden=(32, 32, 32), num_classes=10,
+                          input_shape=(8, 8, 1))
   params = task.init(jax.random.key(0))
   x, y = task.sample_batch(key, images, labels)
   loss = task.loss(params, x, y)
@@ -27,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -35,76 +47,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.tasks import networks
+
 Params = Any  # A nested dict of float32 arrays.
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  "gelu": functools.partial(jax.nn.gelu, approximate=True),
-  "relu": jax.nn.relu,
-  "tanh": jnp.tanh,
-  "silu": jax.nn.silu,
-  "elu": jax.nn.elu,
+ACTIVATIONS = tuple(networks.ACTIVATION_FNS)
+NORMS = networks.NORMS
+_DEFAULT_ACTIVATION = {
+  "mlp": "gelu",
+  "cnn": "relu",
+  "resnet": "relu",
+  "autoencoder": "gelu",
+  "transformer": "gelu",
 }
-_DEFAULT_ACTIVATION = {"mlp": "gelu", "cnn": "relu"}
 MODELS = tuple(_DEFAULT_ACTIVATION)
-ACTIVATIONS = tuple(_ACTIVATIONS)
+#: The dataset kind (`lopt.tasks.data`) each model trains on.
+MODEL_DATA = {
+  "mlp": ("images", "regression"),
+  "cnn": ("images",),
+  "resnet": ("images",),
+  "autoencoder": ("images",),
+  "transformer": ("text",),
+}
+#: An autoencoder's reconstruction loss: squared error, or the pixels as
+#: Bernoulli probabilities (sigmoid cross-entropy with soft targets).
+RECONSTRUCTIONS = ("mse", "bernoulli")
+#: Windows of a token stream scored by a held-out evaluation.
+EVAL_WINDOWS = 64
 
 
-def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in _ACTIVATIONS:
-    raise ValueError(
-      f"Unknown activation {name!r}; valid choices: {sorted(_ACTIVATIONS)}."
-    )
-  return _ACTIVATIONS[name]
-
-
-class MLP(nn.Module):
-  """Multi-layer perceptron on flattened inputs.
-
-  Attributes:
-    hidden: widths of the hidden layers.
-    num_classes: number of output logits.
-    activation: a name of `ACTIVATIONS` ('gelu' is the tanh approximation).
-  """
-
-  hidden: Sequence[int]
-  num_classes: int
-  activation: str = "gelu"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    act = _activation(self.activation)
-    x = x.reshape((x.shape[0], -1))
-    for width in self.hidden:
-      x = act(nn.Dense(width)(x))
-    return nn.Dense(self.num_classes)(x)
-
-
-class CNN(nn.Module):
-  """Small convolutional network (the NRES paper's CIFAR-10 model).
-
-  Each block is Conv 3x3 'SAME' -> activation -> average pool 2x2, stride 2;
-  the pooled features are flattened into one dense layer.
-
-  Attributes:
-    channels: output channels of each conv block.
-    num_classes: number of output logits.
-    activation: a name of `ACTIVATIONS`; 'relu' is the paper's.
-  """
-
-  channels: Sequence[int]
-  num_classes: int
-  activation: str = "relu"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    act = _activation(self.activation)
-    if x.ndim == 3:  # (batch, height, width) grayscale: add a channel axis.
-      x = x[..., None]
-    for width in self.channels:
-      x = act(nn.Conv(width, (3, 3), padding="SAME")(x))
-      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
-    return nn.Dense(self.num_classes)(x)
+def _objective(model: str, data_kind: str) -> str:
+  if model == "transformer":
+    return "language_model"
+  if model == "autoencoder":
+    return "reconstruction"
+  return "regression" if data_kind == "regression" else "classification"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +89,15 @@ class Task:
   """An inner model with pure, jit/vmap-friendly training functions.
 
   Attributes:
-    name: the model name ('mlp' or 'cnn').
+    name: the model name (a key of `MODELS`).
     model: the Flax linen module.
-    input_shape: shape of one input example, without the batch axis.
-    num_classes: number of classes.
-    batch_size: rows drawn by `sample_batch`.
+    input_shape: shape of one input example, without the batch axis (for a
+      language model: (seq_len,)).
+    num_classes: classes, or the vocabulary of a language model; 0 for
+      regression and reconstruction.
+    batch_size: rows (or windows) drawn by `sample_batch`.
+    objective: see the module docstring.
+    reconstruction: an autoencoder's loss, of `RECONSTRUCTIONS`.
   """
 
   name: str
@@ -124,11 +105,19 @@ class Task:
   input_shape: tuple[int, ...]
   num_classes: int
   batch_size: int = 128
+  objective: str = "classification"
+  reconstruction: str = "bernoulli"
+
+  @property
+  def seq_len(self) -> int:
+    """A language model's sequence length (0 for other objectives)."""
+    return self.input_shape[0] if self.objective == "language_model" else 0
 
   @functools.cached_property
   def param_shapes(self) -> Params:
     """The parameter pytree as `jax.ShapeDtypeStruct`s (no computation)."""
-    dummy = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+    dtype = jnp.int32 if self.objective == "language_model" else jnp.float32
+    dummy = jax.ShapeDtypeStruct((1, *self.input_shape), dtype)
     variables = jax.eval_shape(self.model.init, jax.random.key(0), dummy)
     return variables["params"]
 
@@ -138,10 +127,12 @@ class Task:
     return sum(math.prod(s.shape) for s in jax.tree.leaves(self.param_shapes))
 
   def init(self, key: jax.Array) -> Params:
-    """Draws fresh parameters: LeCun-normal kernels, zero biases.
+    """Draws fresh parameters.
 
-    Kernels are N(0, 1/fan_in) with fan_in the product of all but the last
-    kernel axis (as Flax's `lecun_normal`, but untruncated).
+    Kernels are N(0, 1/fan_in), with fan_in the product of all but the last
+    kernel axis (Flax's `lecun_normal`, untruncated); embedding tables and
+    positions are N(0, 1/width); normalisation scales are 1 and every other
+    vector (biases, norm offsets) is 0.
 
     Args:
       key: a PRNG key.
@@ -150,80 +141,136 @@ class Task:
       A nested dict of float32 arrays with the structure of the model's
       `params` collection.
     """
-    shapes, treedef = jax.tree.flatten(self.param_shapes)
-    kernels = [s for s in shapes if len(s.shape) >= 2]
+    paths_shapes, treedef = jax.tree.flatten_with_path(self.param_shapes)
+    names = [
+      str(getattr(path[-1], "key", path[-1])) for path, _ in paths_shapes
+    ]
+    shapes = [s for _, s in paths_shapes]
+    drawn = [len(s.shape) >= 2 for s in shapes]
     # Why one draw for all kernels, sliced afterwards: under vmap over
     # particles each separate threefry call adds seconds of XLA:CPU compile
     # time, and the inner init is re-traced inside every estimator step.
-    total = sum(math.prod(s.shape) for s in kernels)
+    total = sum(math.prod(s.shape) for s, d in zip(shapes, drawn) if d)
     flat = jax.random.normal(key, (total,), jnp.float32)
     leaves, offset = [], 0
-    for s in shapes:
-      if len(s.shape) < 2:
-        leaves.append(jnp.zeros(s.shape, jnp.float32))
+    for name, s, d in zip(names, shapes, drawn):
+      if not d:
+        fill = 1.0 if name == "scale" else 0.0
+        leaves.append(jnp.full(s.shape, fill, jnp.float32))
         continue
       size = math.prod(s.shape)
-      fan_in = math.prod(s.shape[:-1])
+      fan_in = s.shape[-1] if name in ("embedding", "positions") else None
+      fan_in = fan_in or math.prod(s.shape[:-1])
       w = flat[offset : offset + size].reshape(s.shape)
       leaves.append(w * (1.0 / math.sqrt(fan_in)))
       offset += size
     return jax.tree.unflatten(treedef, leaves)
 
-  def apply(self, params: Params, images: jax.Array) -> jax.Array:
-    """Returns the logits, shape (batch, num_classes)."""
-    return self.model.apply({"params": params}, images)
+  def apply(self, params: Params, x: jax.Array) -> jax.Array:
+    """The network's outputs for a batch (logits or predictions)."""
+    return self.model.apply({"params": params}, x)
+
+  def _windows(self, x: jax.Array, y: jax.Array):
+    """A held-out token stream as (inputs, next tokens) windows."""
+    if self.objective != "language_model" or x.ndim != 1:
+      return x, y
+    length = self.seq_len + 1
+    count = min(EVAL_WINDOWS, x.shape[0] // length)
+    w = x[: count * length].reshape(count, length)
+    return w[:, :-1], w[:, 1:]
+
+  def _per_example(self, params: Params, x: jax.Array, y: jax.Array):
+    """The loss of every example of a batch, shape (batch,)."""
+    out = self.apply(params, x)
+    if self.objective == "classification":
+      return optax.softmax_cross_entropy_with_integer_labels(out, y)
+    if self.objective == "language_model":
+      losses = optax.softmax_cross_entropy_with_integer_labels(out, y)
+      return losses.mean(axis=-1)
+    if self.objective == "regression":
+      return jnp.square(out[:, 0] - y)
+    target = x.reshape(out.shape)
+    if self.reconstruction == "mse":
+      return jnp.square(out - target).mean(axis=-1)
+    return optax.sigmoid_binary_cross_entropy(out, target).mean(axis=-1)
 
   def loss(
     self,
     params: Params,
-    images: jax.Array,
-    labels: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
     weights: jax.Array | None = None,
   ) -> jax.Array:
-    """Mean softmax cross-entropy of a batch.
+    """The mean loss of a batch (see the module docstring's table).
 
     Args:
       params: model parameters.
-      images: a batch of inputs, shape (batch, *input_shape).
-      labels: integer class labels, shape (batch,).
+      x: a batch of inputs, shape (batch, *input_shape); for a language
+        model also a whole token stream (held-out evaluation).
+      y: its targets: integer labels, next tokens, regression targets, or
+        anything (an autoencoder's target is its input).
       weights: optional non-negative example weights, shape (batch,), not
         all zero: the loss is then their weighted mean.
 
     Returns:
       A float32 scalar.
     """
-    logits = self.apply(params, images)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    x, y = self._windows(x, y)
+    losses = self._per_example(params, x, y)
     if weights is None:
       return losses.mean()
     return jnp.sum(weights * losses) / jnp.sum(weights)
 
-  def accuracy(
-    self, params: Params, images: jax.Array, labels: jax.Array
-  ) -> jax.Array:
-    """Fraction of the batch classified correctly (a float32 scalar)."""
-    logits = self.apply(params, images)
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+  def accuracy(self, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The task's score of a batch, higher is better (a float32 scalar).
+
+    Classification: the fraction classified correctly; language model: the
+    fraction of next tokens predicted; regression and reconstruction: R^2,
+    one minus the squared error over the targets' variance.
+    """
+    x, y = self._windows(x, y)
+    out = self.apply(params, x)
+    if self.objective in ("classification", "language_model"):
+      return jnp.mean(jnp.argmax(out, axis=-1) == y)
+    if self.objective == "regression":
+      pred, target = out[:, 0], y
+    else:
+      target = x.reshape(out.shape)
+      pred = jax.nn.sigmoid(out) if self.reconstruction == "bernoulli" else out
+    residual = jnp.sum(jnp.square(pred - target))
+    total = jnp.sum(jnp.square(target - target.mean(axis=0)))
+    return 1.0 - residual / total
 
   def sample_batch(
-    self, key: jax.Array, images: jax.Array, labels: jax.Array
+    self, key: jax.Array, x: jax.Array, y: jax.Array
   ) -> tuple[jax.Array, jax.Array]:
-    """Draws `batch_size` rows uniformly with replacement.
+    """Draws `batch_size` examples uniformly with replacement.
 
-    The dataset arrays are arguments rather than closed-over constants so
-    that, under `jit`, they stay device buffers instead of being baked into
-    the compiled program.
+    For a language model, `batch_size` windows of `seq_len + 1` tokens at
+    uniform random offsets of the stream `x` (`y` is unused): inputs and
+    their next tokens. The dataset arrays are arguments rather than
+    closed-over constants so that, under `jit`, they stay device buffers
+    instead of being baked into the compiled program.
 
     Args:
       key: a PRNG key.
-      images: all inputs, shape (num_examples, *input_shape).
-      labels: all labels, shape (num_examples,).
+      x: all inputs, shape (num_examples, *input_shape); or a token stream.
+      y: all targets, shape (num_examples,).
 
     Returns:
-      `(x, y)` with shapes (batch_size, *input_shape) and (batch_size,).
+      `(x, y)` batches.
     """
-    idx = jax.random.randint(key, (self.batch_size,), 0, images.shape[0])
-    return images[idx], labels[idx]
+    if self.objective == "language_model":
+      length = self.seq_len + 1
+      starts = jax.random.randint(
+        key, (self.batch_size,), 0, x.shape[0] - length
+      )
+      windows = jax.vmap(lambda s: jax.lax.dynamic_slice(x, (s,), (length,)))(
+        starts
+      )
+      return windows[:, :-1], windows[:, 1:]
+    idx = jax.random.randint(key, (self.batch_size,), 0, x.shape[0])
+    return x[idx], y[idx]
 
 
 def make_task(
@@ -234,54 +281,103 @@ def make_task(
   input_shape: Sequence[int],
   activation: str | None = None,
   batch_size: int = 128,
+  data_kind: str = "images",
+  heads: int = 4,
+  seq_len: int = 64,
+  norm: str = "layer",
+  reconstruction: str = "bernoulli",
 ) -> Task:
   """Builds a `Task`.
 
   Args:
-    model: 'mlp' or 'cnn'.
-    hidden: hidden-layer widths (MLP) or conv-block channels (CNN).
-    num_classes: number of classes.
-    input_shape: shape of one example without the batch axis, e.g. (8, 8, 1).
-    activation: a name of `ACTIVATIONS` ('gelu' is the tanh approximation);
-      None picks the model's paper default ('gelu' for the MLP, 'relu' for
-      the CNN).
-    batch_size: rows per sampled batch.
+    model: a key of `MODELS`.
+    hidden: hidden widths (mlp, autoencoder: the last is the code), conv
+      channels per block (cnn) or stage (resnet), or the width of each
+      transformer block (all equal: a transformer of depth len(hidden)).
+    num_classes: classes, or the vocabulary of a text dataset; 0 for a
+      regression dataset.
+    input_shape: one example's shape without the batch axis, e.g. (8, 8, 1);
+      ignored for a transformer (its inputs are `seq_len` tokens).
+    activation: a name of `ACTIVATIONS`; None picks the model's default.
+    batch_size: rows (or windows) per sampled batch.
+    data_kind: the dataset's kind: 'images', 'regression' or 'text'.
+    heads: attention heads (transformer).
+    seq_len: tokens per training window (transformer).
+    norm: the resnet's normalisation, of `NORMS`.
+    reconstruction: the autoencoder's loss, of `RECONSTRUCTIONS`.
 
   Returns:
     The task.
 
   Raises:
-    ValueError: for an unknown model or activation name, or impossible sizes.
+    ValueError: an unknown name, a model and dataset that do not fit, or
+      impossible sizes; the message names the setting.
   """
   if model not in MODELS:
     raise ValueError(
       f"Unknown task model {model!r}; valid choices: {list(MODELS)}."
     )
+  if data_kind not in MODEL_DATA[model]:
+    raise ValueError(
+      f"The {model} model trains on {' or '.join(MODEL_DATA[model])} data; "
+      f"the dataset is {data_kind} data."
+    )
   activation = activation or _DEFAULT_ACTIVATION[model]
-  _activation(activation)  # Validates the name early, not at trace time.
+  networks.activation(activation)  # Validates the name early.
   hidden = tuple(int(h) for h in hidden)
   if any(h <= 0 for h in hidden):
     raise ValueError(f"task.hidden must be positive widths, got {hidden}.")
-  if num_classes < 2:
-    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  objective = _objective(model, data_kind)
+  if objective in ("classification", "language_model") and num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
   input_shape = tuple(int(d) for d in input_shape)
-  if model == "mlp":
-    module = MLP(hidden=hidden, num_classes=num_classes, activation=activation)
-  else:
-    if len(input_shape) not in (2, 3):
-      raise ValueError(
-        "The cnn model needs image inputs (height, width[, channels]); "
-        f"got input_shape={input_shape}."
-      )
-    module = CNN(
-      channels=hidden, num_classes=num_classes, activation=activation
+  if model in ("cnn", "resnet", "autoencoder") and len(input_shape) not in (
+    2,
+    3,
+  ):
+    raise ValueError(
+      f"The {model} model needs image inputs (height, width[, channels]); "
+      f"got input_shape={input_shape}."
     )
+  if model in ("resnet", "autoencoder", "transformer") and not hidden:
+    raise ValueError(f"The {model} model needs at least one width in hidden.")
+  outputs = num_classes
+  if model == "mlp":
+    outputs = 1 if objective == "regression" else num_classes
+    module = networks.MLP(hidden, outputs, activation)
+  elif model == "cnn":
+    module = networks.CNN(hidden, num_classes, activation)
+  elif model == "resnet":
+    if norm not in NORMS:
+      raise ValueError(f"Unknown norm {norm!r}; valid choices: {list(NORMS)}.")
+    module = networks.ResNet(hidden, num_classes, norm, activation)
+  elif model == "autoencoder":
+    if reconstruction not in RECONSTRUCTIONS:
+      raise ValueError(
+        f"Unknown reconstruction {reconstruction!r}; valid choices: "
+        f"{list(RECONSTRUCTIONS)}."
+      )
+    module = networks.Autoencoder(hidden, math.prod(input_shape), activation)
+  else:
+    if len(set(hidden)) != 1 or hidden[0] % heads:
+      raise ValueError(
+        f"A transformer's blocks share one width, a multiple of heads = "
+        f"{heads}; got hidden={hidden}."
+      )
+    if seq_len < 1:
+      raise ValueError(f"seq_len must be >= 1, got {seq_len}.")
+    module = networks.Transformer(
+      hidden[0], len(hidden), heads, seq_len, num_classes
+    )
+    input_shape = (seq_len,)
   return Task(
     name=model,
     model=module,
     input_shape=input_shape,
-    num_classes=num_classes,
+    num_classes=num_classes if objective != "reconstruction" else 0,
     batch_size=batch_size,
+    objective=objective,
+    reconstruction=reconstruction,
   )
