@@ -171,18 +171,30 @@ def define_flags() -> dict[str, flags.FlagHolder]:
 
 
 def run_suite(f: dict) -> None:
-  """`--suite`: the held-out suite, its table and where the outputs went."""
+  """`--suite`: the held-out suite, its table and where the outputs went.
+
+  `--workdir` may also name an optimizer shipped with lopt (`--workdir=
+  generalist`); its outputs then need `--output`.
+  """
   validation.check_choice("--suite", f["suite"], suite_tasks.SUITES)
-  output = f["output"] or f["workdir"]
+  learned = f["workdir"]
+  if learned in export.SHIPPED and not os.path.exists(learned):
+    if not f["output"]:
+      raise validation.ConfigError(
+        f"--output is required with a shipped optimizer (--workdir={learned})"
+      )
+    learned = export.load_shipped(learned)[:2]
   summary = suite_lib.evaluate_suite(
-    f["workdir"],
+    learned,
     f["suite"],
-    output=output,
+    output=f["output"] or f["workdir"],
     adam_cache_dir=f["adam_cache_dir"] or None,
   )
   print(suite_report.format_table(summary))
   print()
   print(suite_report.summary_line(summary))
+  print()
+  print(suite_report.loss_lines(summary))
   paths = summary["outputs"]
   print(
     f"Outputs ({console.duration(summary['seconds'])}): {paths['md']}, "

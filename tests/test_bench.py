@@ -18,6 +18,7 @@ from test_family import batch_count_leaves
 from lopt import experiment
 from lopt.bench import cases as bench_cases
 from lopt.bench import family as bench_family
+from lopt.bench import kinds as bench_kinds
 from lopt.bench import measure
 from lopt.bench import run as bench
 from lopt.learned.config import LOptConfig
@@ -366,3 +367,30 @@ def test_a_second_start_of_the_same_config_hits_the_compilation_cache(
     ), second.stderr[-4000:]
   assert _entries(cache) == written
   assert not (tmp_path / "second" / "compilation_cache").exists()
+
+
+def test_a_task_kind_case_reports_throughput_flops_and_the_lopt_share():
+  # In-process, on the cheapest kind: the production step of a regressor.
+  spec = dict(
+    kind="kinds",
+    task_kind="regression",
+    num_particles=2,
+    unroll_length=2,
+    steps_per_dispatch=1,
+    reps=2,
+  )
+  case = bench_kinds.kinds_case(spec)
+  (group,) = case["groups"].values()
+  # configs/task_kinds.py:regression: 10 -> 64 -> 64 -> 1.
+  assert group["model"] == "mlp" and group["inner_params"] == 4929
+  assert group["inner_steps_per_outer_step"] == 2 * 2 * 2
+  assert group["flops_share"] == 1.0
+  assert group["flops_per_inner_step"] > 2 * 32 * 4929  # forward alone
+  assert case["inner_steps_per_sec"] > 0 and case["achieved_gflops"] > 0
+  assert 0.0 <= case["lopt_time_share"] < 1.0
+  lines = bench_kinds.table_lines([case])
+  assert lines[-1].startswith("| regression | 4,929 |")
+  assert [s.get("task_kind") for s in bench_kinds.plan(True)] == [
+    *bench_kinds.TASK_KINDS,
+    None,
+  ]

@@ -88,13 +88,19 @@ from absl import app, flags
 from lopt import console
 from lopt.bench import cases as bench_cases
 from lopt.bench import family as bench_family
+from lopt.bench import kinds as bench_kinds
 from lopt.bench import measure
 
 #: Every case, by the `kind` of its spec.
-CASES = {"family": bench_family.family_case, **bench_cases.CASES}
+CASES = {
+  "family": bench_family.family_case,
+  "kinds": bench_kinds.kinds_case,
+  **bench_cases.CASES,
+}
 
 SECTIONS = (
   "digits",
+  "kinds",
   "lorenz",
   "budget",
   "soak",
@@ -363,6 +369,8 @@ def format_table(report: dict) -> str:
     )
   if report.get("family"):
     lines.extend(_family_lines(report["family"]))
+  if report.get("kinds"):
+    lines.extend(bench_kinds.table_lines(report["kinds"]))
   return "\n".join(lines)
 
 
@@ -465,6 +473,8 @@ def main(f: dict) -> None:
     report["sharding_detail"] = sharding
   if "family" in sections:
     report["family"] = run_case(family_plan(quick, config, jax.device_count()))
+  if "kinds" in sections:
+    report["kinds"] = [run_case(s) for s in bench_kinds.plan(quick)]
   with open(f["output"], "w") as out:
     json.dump(report, out, indent=2)
   print(format_table(report))

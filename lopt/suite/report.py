@@ -213,3 +213,20 @@ def write_outputs(summary: dict, output: str) -> dict[str, str]:
     f.write(format_table(summary) + "\n\n" + summary_line(summary) + "\n")
   plot(summary, paths["png"])
   return paths
+
+
+def loss_lines(summary: dict) -> str:
+  """Each task's mean training loss under the learned optimizer, Adam at
+  1e-3 and the better tuning-free optimizer: what a user who tries them
+  side by side, untuned, sees."""
+  lines = ["Mean training loss (seed mean; lower is better):"]
+  for task in summary["tasks"]:
+    base = task.get("baselines") or {}
+    best = task.get("tuning_free_best")
+    parts = [f"learned {task['learned']['mean_train_loss']:.4f}"]
+    if "adam_1e-3" in base:
+      parts.append(f"Adam 1e-3 {base['adam_1e-3']['mean_train_loss']:.4f}")
+    if best:
+      parts.append(f"{best} {base[best]['mean_train_loss']:.4f}")
+    lines.append(f"  {task['name']}: " + ", ".join(parts))
+  return "\n".join(lines)

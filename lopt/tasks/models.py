@@ -359,7 +359,7 @@ def make_task(
         f"Unknown reconstruction {reconstruction!r}; valid choices: "
         f"{list(RECONSTRUCTIONS)}."
       )
-    module = networks.Autoencoder(hidden, math.prod(input_shape), activation)
+    module = networks.autoencoder(hidden, math.prod(input_shape), activation)
   else:
     if len(set(hidden)) != 1 or hidden[0] % heads:
       raise ValueError(

@@ -9,7 +9,7 @@ run, and covers one kind of model a learned optimizer meets in practice:
   layer (the NRES paper's CIFAR-10 model);
 * `ResNet`: residual blocks of pre-normalised 3x3 convolutions (LayerNorm
   or GroupNorm), the shape of modern vision backbones;
-* `Autoencoder`: an MLP through a bottleneck back to its input;
+* `autoencoder`: an MLP through a bottleneck back to its input;
 * `Transformer`: a causal language model of pre-LayerNorm blocks, token
   embeddings and learned positions.
 
@@ -150,29 +150,17 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_outputs)(x)
 
 
-class Autoencoder(nn.Module):
+def autoencoder(
+  hidden: Sequence[int], num_outputs: int, activation: str
+) -> MLP:
   """An MLP autoencoder: input -> `hidden` (the last is the code) -> input.
 
-  The decoder mirrors the encoder's widths; its output layer has one unit
-  per input value (a reconstruction, or its logits for a Bernoulli loss).
-
-  Attributes:
-    hidden: encoder widths; the last is the bottleneck.
-    num_outputs: the number of input values (height x width x channels).
-    activation: a name of `ACTIVATION_FNS`.
+  The decoder mirrors the encoder's widths, so the network is the MLP of
+  widths hidden + reversed(hidden[:-1]) with one output per input value (a
+  reconstruction, or its logits for a Bernoulli loss).
   """
-
-  hidden: Sequence[int]
-  num_outputs: int
-  activation: str = "gelu"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    act = activation(self.activation)
-    x = x.reshape((x.shape[0], -1))
-    for width in (*self.hidden, *reversed(self.hidden[:-1])):
-      x = act(nn.Dense(width)(x))
-    return nn.Dense(self.num_outputs)(x)
+  hidden = tuple(hidden)
+  return MLP((*hidden, *reversed(hidden[:-1])), num_outputs, activation)
 
 
 class _Block(nn.Module):
