@@ -46,6 +46,9 @@ def test_notebook_is_paired_and_stripped(name):
   )
 
 
+# Slow: each notebook meta-trains and trains models in a fresh kernel, what
+# tests/test_train.py and tests/test_export.py check in the default run.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name, monkeypatch, request):
   notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
