@@ -11,7 +11,7 @@ CNN with LayerNorm. Every per-step loss is divided by tuned Adam's mean
 loss on its task (`family.normalizer = 'adam'`): cross-entropies of 256
 bytes, pixel reconstructions and standardised squared errors then all read
 as a ratio to tuned Adam, so no kind's scale dominates the meta-objective
-(measured: docs/family/balance_wide.json), and each task's estimate is
+(measured: docs/family/wide/loss_scales.json), and each task's estimate is
 scaled to unit norm before the mean (`family.combine = 'unit'`).
 
 The held-out `wide` suite (`lopt.suite.tasks.WIDE`) shares no task with
