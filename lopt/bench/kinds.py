@@ -52,19 +52,6 @@ def _config(spec: dict):
   return config
 
 
-def _timed(fn, *args, reps: int) -> float:
-  """Median seconds of `fn(*args)` over `reps` calls after a warm-up."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _lopt_time_share(exp, data, theta, steps: int = 50) -> float:
   """The learned optimizer's share of one trajectory's inner-step time."""
   import functools  # pylint: disable=g-import-not-at-top
@@ -82,7 +69,7 @@ def _lopt_time_share(exp, data, theta, steps: int = 50) -> float:
     run = jax.jit(
       functools.partial(inner.train_model, group.task, tx, num_steps=steps)
     )
-    return _timed(run, data, key, reps=3)
+    return measure.median_seconds(run, data, key, reps=3)
 
   learned = seconds(optimizers.learned_optimizer(theta, exp.lopt, steps))
   return max(0.0, 1.0 - seconds(optax.adam(1e-3)) / learned)
