@@ -241,7 +241,25 @@ def test_the_family_resumes_elastically_onto_eight_devices(
   for name in a:
     if name.endswith(("counter", "noise")) or name in ("step", "rng"):
       np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-  # Float32 summation order differs across device counts; see
-  # tests/test_family.py for the tolerance of the adaptive kind.
-  assert_trees_close(a, b, tol=1e-3)
+  # Float32 summation order differs across device counts, and the
+  # transformer's inner state amplifies it: the key part of an attention
+  # bias gets a gradient that is exactly 0 in exact arithmetic (softmax
+  # ignores a shift shared by all keys), so those entries, and the adaptive
+  # kind's trace and per-tensor rates of their tensor, follow rounding
+  # noise (measured: 0.23 of that leaf's own small scale, 0.007 absolute).
+  # The transformer group's inner state is held to 3e-2 of the group's
+  # largest entry; everything else, theta and the outer optimizer
+  # included, to 1e-3 of each leaf's scale. A wrong key, particle or
+  # reduction is off by order 1.
+  lm = {n for n in a if n.startswith("estimator_state.lm.inner.")}
+  assert lm
+  scale = max(float(np.abs(a[n]).max()) for n in lm)
+  for name in sorted(lm):
+    error = float(np.abs(np.asarray(a[name]) - np.asarray(b[name])).max())
+    assert error <= 3e-2 * scale, (name, error, scale)
+  assert_trees_close(
+    {n: a[n] for n in a if n not in lm},
+    {n: b[n] for n in b if n not in lm},
+    tol=1e-3,
+  )
   assert os.path.isdir(elastic / "checkpoints" / "4")
