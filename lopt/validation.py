@@ -213,7 +213,7 @@ def check_model(
 
 def _classifies(spec: family.TaskSpec) -> bool:
   kind = data_lib.dataset_kind(spec.dataset)
-  return spec.model != "autoencoder" and kind == "images"
+  return models.objective(spec.model, kind) == "classification"
 
 
 #: Settings that a config may leave out; the builders default them.

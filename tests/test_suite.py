@@ -32,7 +32,7 @@ from lopt.suite import nnx as suite_nnx
 from lopt.suite import report as suite_report
 from lopt.suite import tasks as suite_tasks
 from lopt.suite.tasks import Suite, SuiteTask
-from lopt.tasks import inner
+from lopt.tasks import inner, models
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GRID = ((1e-3, 3e-2), suite.SCHEDULES)
@@ -60,7 +60,7 @@ def _signature(task_cfg, horizon):
     task_cfg["image_size"] or suite_tasks.NATIVE_SIZE,
     horizon,
     task_cfg.get("dataset", "digits"),
-    *(task_cfg.get(f, d) for f, d in suite_tasks.MODEL_DEFAULTS.items()),
+    *(task_cfg.get(f, d) for f, d in models.MODEL_DEFAULTS.items()),
   )
 
 
@@ -69,8 +69,7 @@ def _meta_training_signatures():
   default = experiment.load_config(os.path.join(_REPO, "configs/default.py"))
   found = {_signature(default.task, default.inner.horizon)}
   found.update(
-    (*g, "digits", *suite_tasks.MODEL_DEFAULTS.values())
-    for g in _GENERALIST_GROUPS
+    (*g, "digits", *models.MODEL_DEFAULTS.values()) for g in _GENERALIST_GROUPS
   )
   family = []
   for name in ("generalist", "wide_generalist"):

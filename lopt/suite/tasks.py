@@ -38,15 +38,6 @@ from lopt.tasks import models
 
 #: Models a suite task may name.
 SUITE_MODELS = (*models.MODELS, "nnx_mlp")
-#: The model settings only some models read, with their defaults. A spec's
-#: cache key leaves them out at these values, so the caches of suites
-#: written before they existed stay valid.
-MODEL_DEFAULTS = {
-  "heads": 4,
-  "seq_len": 64,
-  "norm": "layer",
-  "reconstruction": "bernoulli",
-}
 #: The side of digits' native images (image_size 0).
 NATIVE_SIZE = 8
 
@@ -80,10 +71,10 @@ class SuiteTask:
   image_size: int = 0
   batch_size: int = 128
   horizon: int = 1000
-  heads: int = MODEL_DEFAULTS["heads"]
-  seq_len: int = MODEL_DEFAULTS["seq_len"]
-  norm: str = MODEL_DEFAULTS["norm"]
-  reconstruction: str = MODEL_DEFAULTS["reconstruction"]
+  heads: int = models.MODEL_DEFAULTS["heads"]
+  seq_len: int = models.MODEL_DEFAULTS["seq_len"]
+  norm: str = models.MODEL_DEFAULTS["norm"]
+  reconstruction: str = models.MODEL_DEFAULTS["reconstruction"]
 
   def __post_init__(self):
     if self.model not in SUITE_MODELS:
@@ -121,14 +112,15 @@ class SuiteTask:
       side,
       self.horizon,
       self.dataset,
-      *(getattr(self, f) for f in MODEL_DEFAULTS),
+      *(getattr(self, f) for f in models.MODEL_DEFAULTS),
     )
 
   def key(self) -> dict:
     """The spec as a cache key: every field, but the model settings only
-    where they differ from `MODEL_DEFAULTS` (see there)."""
+    where they differ from `models.MODEL_DEFAULTS`, so that the caches of
+    suites written before those settings existed stay valid."""
     fields = dataclasses.asdict(self)
-    for name, default in MODEL_DEFAULTS.items():
+    for name, default in models.MODEL_DEFAULTS.items():
       if fields[name] == default:
         del fields[name]
     return fields

@@ -69,6 +69,7 @@ import ml_collections
 
 from lopt.estimators import Estimator
 from lopt.estimators.base import snr
+from lopt.tasks import models
 
 PyTree = Any
 
@@ -94,15 +95,6 @@ TASK_FIELDS = (
   "num_particles",
   "weight",
 )
-#: The model settings that only some models read, with the defaults a
-#: config without them gets (so configs written before they existed keep
-#: their meaning).
-MODEL_DEFAULTS = {
-  "heads": 4,
-  "seq_len": 64,
-  "norm": "layer",
-  "reconstruction": "bernoulli",
-}
 #: Adam learning rates tried for the `adam` normaliser's reference loss.
 REFERENCE_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 #: Seeds of the reference loss (held out: `reference_keys`).
@@ -126,10 +118,10 @@ class TaskSpec:
   horizon: int
   num_particles: int
   weight: float = 1.0
-  heads: int = MODEL_DEFAULTS["heads"]
-  seq_len: int = MODEL_DEFAULTS["seq_len"]
-  norm: str = MODEL_DEFAULTS["norm"]
-  reconstruction: str = MODEL_DEFAULTS["reconstruction"]
+  heads: int = models.MODEL_DEFAULTS["heads"]
+  seq_len: int = models.MODEL_DEFAULTS["seq_len"]
+  norm: str = models.MODEL_DEFAULTS["norm"]
+  reconstruction: str = models.MODEL_DEFAULTS["reconstruction"]
 
   @property
   def data_key(self) -> tuple[str, int]:
@@ -201,7 +193,7 @@ def resolve(config) -> Family:
     "image_size": config.task.image_size,
     "horizon": config.inner.horizon,
     "num_particles": config.estimator.num_particles,
-    **{f: config.task.get(f, d) for f, d in MODEL_DEFAULTS.items()},
+    **{f: config.task.get(f, d) for f, d in models.MODEL_DEFAULTS.items()},
   }
   if not declared(config):
     return Family((TaskSpec(SINGLE, **base_fields),))

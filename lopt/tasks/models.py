@@ -74,9 +74,19 @@ MODEL_DATA = {
 RECONSTRUCTIONS = ("mse", "bernoulli")
 #: Windows of a token stream scored by a held-out evaluation.
 EVAL_WINDOWS = 64
+#: The settings only some models read, and their defaults: `make_task`'s,
+#: a config's without them (so configs written before they existed keep
+#: their meaning), and a suite task's.
+MODEL_DEFAULTS = {
+  "heads": 4,
+  "seq_len": 64,
+  "norm": "layer",
+  "reconstruction": "bernoulli",
+}
 
 
-def _objective(model: str, data_kind: str) -> str:
+def objective(model: str, data_kind: str) -> str:
+  """The objective (see the module docstring) of `model` on `data_kind`."""
   if model == "transformer":
     return "language_model"
   if model == "autoencoder":
@@ -106,7 +116,7 @@ class Task:
   num_classes: int
   batch_size: int = 128
   objective: str = "classification"
-  reconstruction: str = "bernoulli"
+  reconstruction: str = MODEL_DEFAULTS["reconstruction"]
 
   @property
   def seq_len(self) -> int:
@@ -282,10 +292,10 @@ def make_task(
   activation: str | None = None,
   batch_size: int = 128,
   data_kind: str = "images",
-  heads: int = 4,
-  seq_len: int = 64,
-  norm: str = "layer",
-  reconstruction: str = "bernoulli",
+  heads: int = MODEL_DEFAULTS["heads"],
+  seq_len: int = MODEL_DEFAULTS["seq_len"],
+  norm: str = MODEL_DEFAULTS["norm"],
+  reconstruction: str = MODEL_DEFAULTS["reconstruction"],
 ) -> Task:
   """Builds a `Task`.
 
@@ -329,8 +339,8 @@ def make_task(
     raise ValueError(f"task.hidden must be positive widths, got {hidden}.")
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  objective = _objective(model, data_kind)
-  if objective in ("classification", "language_model") and num_classes < 2:
+  task_objective = objective(model, data_kind)
+  if task_objective in ("classification", "language_model") and num_classes < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
   input_shape = tuple(int(d) for d in input_shape)
   if model in ("cnn", "resnet", "autoencoder") and len(input_shape) not in (
@@ -345,7 +355,7 @@ def make_task(
     raise ValueError(f"The {model} model needs at least one width in hidden.")
   outputs = num_classes
   if model == "mlp":
-    outputs = 1 if objective == "regression" else num_classes
+    outputs = 1 if task_objective == "regression" else num_classes
     module = networks.MLP(hidden, outputs, activation)
   elif model == "cnn":
     module = networks.CNN(hidden, num_classes, activation)
@@ -376,8 +386,8 @@ def make_task(
     name=model,
     model=module,
     input_shape=input_shape,
-    num_classes=num_classes if objective != "reconstruction" else 0,
+    num_classes=num_classes if task_objective != "reconstruction" else 0,
     batch_size=batch_size,
-    objective=objective,
+    objective=task_objective,
     reconstruction=reconstruction,
   )
