@@ -178,7 +178,7 @@ def run_suite(f: dict) -> None:
   """
   validation.check_choice("--suite", f["suite"], suite_tasks.SUITES)
   learned = f["workdir"]
-  if learned in export.SHIPPED and not os.path.exists(learned):
+  if export.is_shipped(learned):
     if not f["output"]:
       raise validation.ConfigError(
         f"--output is required with a shipped optimizer (--workdir={learned})"

@@ -74,6 +74,11 @@ def load_theta(path: str, step: int | None = None):
   return theta, cfg, saved
 
 
+def is_shipped(path: str) -> bool:
+  """Whether `path` names a shipped optimizer (and no file or directory)."""
+  return path in SHIPPED and not os.path.exists(path)
+
+
 def theta_digest(theta) -> str:
   """SHA-256 of theta's leaves (float32 bytes, in tree order)."""
   sha = hashlib.sha256()
@@ -186,7 +191,7 @@ def load_optimizer(
     needs `params`. It works on any parameter pytree (Flax linen, Flax NNX
     via `nnx.Optimizer(model, tx, wrt=nnx.Param)`, plain dicts).
   """
-  if path in SHIPPED and not os.path.exists(path):
+  if is_shipped(path):
     if step is not None:
       raise ValueError(f"A shipped optimizer has one theta; got step={step}.")
     theta, cfg, saved = load_shipped(path)

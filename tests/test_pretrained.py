@@ -17,12 +17,11 @@ import zipfile
 
 import jax
 import numpy as np
-import optax
 import pytest
+from test_tasks import lm_task, stdlib_bytes, train_losses
 
 import lopt
 from lopt import export
-from lopt.tasks import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARD = os.path.join(REPO, "lopt", "pretrained", "generalist.json")
@@ -57,37 +56,10 @@ def test_a_damaged_theta_is_refused(tmp_path):
 def test_the_shipped_optimizer_trains_a_transformer():
   # A model from outside every family the card lists: a causal transformer
   # on real text (the bytes of a standard-library module).
-  import sysconfig
-
-  path = os.path.join(sysconfig.get_paths()["stdlib"], "argparse.py")
-  with open(path, "rb") as f:
-    stream = np.frombuffer(f.read(40_000), np.uint8).astype(np.int32)
-  task = models.make_task(
-    "transformer",
-    hidden=(32, 32),
-    num_classes=256,
-    input_shape=(),
-    batch_size=8,
-    data_kind="text",
-    heads=4,
-    seq_len=32,
-  )
   num_steps = 150
   tx = lopt.load_optimizer("generalist", num_steps=num_steps)
-
-  def step(carry, key):
-    params, state = carry
-    x, y = task.sample_batch(key, stream, None)
-    loss, grads = jax.value_and_grad(task.loss)(params, x, y)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), loss
-
-  params = task.init(jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), num_steps)
-  _, losses = jax.jit(lambda c: jax.lax.scan(step, c, keys))(
-    (params, tx.init(params))
-  )
-  losses = np.asarray(losses)
+  stream = stdlib_bytes(40_000)
+  losses = train_losses(lm_task(batch_size=8), tx, stream, None, num_steps)
   assert np.all(np.isfinite(losses))
   assert losses[-10:].mean() < 0.7 * losses[:5].mean()
 

@@ -162,7 +162,7 @@ def test_bad_arguments_raise(kwargs, match):
 # -- the models beyond image classifiers ----------------------------------------
 
 
-def _stdlib_bytes(n: int) -> np.ndarray:
+def stdlib_bytes(n: int) -> np.ndarray:
   """Real text: the first `n` bytes of a standard-library module's source."""
   import sysconfig
 
@@ -171,15 +171,14 @@ def _stdlib_bytes(n: int) -> np.ndarray:
     return np.frombuffer(f.read(n), np.uint8).astype(np.int32)
 
 
-def _lm(**kw):
+def lm_task(**kw):
   args = dict(hidden=(32, 32), num_classes=256, input_shape=(), batch_size=16)
   args.update(data_kind="text", heads=4, seq_len=32, **kw)
   return models.make_task("transformer", **args)
 
 
-def _adam_steps(task, x, y, steps, lr=3e-3):
-  """(first loss, mean of the last 10 losses) of Adam from a fresh init."""
-  tx = optax.adam(lr)
+def train_losses(task, tx, x, y, steps) -> np.ndarray:
+  """Each step's training loss of `tx` from a fresh init (one jitted scan)."""
 
   def step(carry, key):
     params, opt_state = carry
@@ -193,6 +192,12 @@ def _adam_steps(task, x, y, steps, lr=3e-3):
   _, losses = jax.jit(lambda c: jax.lax.scan(step, c, keys))(
     (params, tx.init(params))
   )
+  return np.asarray(losses)
+
+
+def _adam_steps(task, x, y, steps, lr=3e-3):
+  """(first loss, mean of the last 10 losses) of Adam from a fresh init."""
+  losses = train_losses(task, optax.adam(lr), x, y, steps)
   return float(losses[0]), float(losses[-10:].mean())
 
 
@@ -256,14 +261,16 @@ def test_every_kind_of_model_learns_its_real_data(kind):
     # Standardised targets: chance is an MSE of 1; the features explain half.
     assert last < 0.7
   else:
-    stream = jnp.asarray(_stdlib_bytes(20_000))
-    first, last = _adam_steps(_lm(), stream, jnp.zeros((0,), jnp.int32), 200)
+    stream = jnp.asarray(stdlib_bytes(20_000))
+    first, last = _adam_steps(
+      lm_task(), stream, jnp.zeros((0,), jnp.int32), 200
+    )
     # From ln 256 = 5.5 nats to below the unigram entropy of code (~4.5).
     assert first > 5.0 and last < 3.5
 
 
 def test_transformer_is_causal_and_inits_its_norms_and_tables():
-  task = _lm()
+  task = lm_task()
   params = task.init(jax.random.key(0))
   assert task.objective == "language_model" and task.seq_len == 32
   np.testing.assert_array_equal(params["LayerNorm_0"]["scale"], 1.0)
@@ -271,7 +278,7 @@ def test_transformer_is_causal_and_inits_its_norms_and_tables():
   table = np.asarray(params["embed"]["embedding"])
   assert table.shape == (256, 32)
   assert abs(table.std() * np.sqrt(32) - 1) < 0.1  # N(0, 1 / width)
-  tokens = jnp.asarray(_stdlib_bytes(32))[None]
+  tokens = jnp.asarray(stdlib_bytes(32))[None]
   changed = tokens.at[0, 20:].set(7)
   a, b = task.apply(params, tokens), task.apply(params, changed)
   np.testing.assert_allclose(a[0, :20], b[0, :20], rtol=1e-5, atol=1e-5)
@@ -279,9 +286,9 @@ def test_transformer_is_causal_and_inits_its_norms_and_tables():
 
 
 def test_a_held_out_stream_is_scored_on_its_first_windows():
-  task = _lm()
+  task = lm_task()
   params = task.init(jax.random.key(0))
-  stream = jnp.asarray(_stdlib_bytes(100_000))
+  stream = jnp.asarray(stdlib_bytes(100_000))
   length = task.seq_len + 1
   windows = stream[: models.EVAL_WINDOWS * length].reshape(-1, length)
   expected = task.loss(params, windows[:, :-1], windows[:, 1:])
@@ -300,7 +307,7 @@ def test_example_weights_average_the_kept_examples(kind):
   # must then score the kept ones only.
   key = jax.random.key(3)
   if kind == "lm":
-    task, x, y = _lm(), jnp.asarray(_stdlib_bytes(5000)), None
+    task, x, y = lm_task(), jnp.asarray(stdlib_bytes(5000)), None
   elif kind == "regression":
     task = models.make_task(
       "mlp",
