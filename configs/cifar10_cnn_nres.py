@@ -36,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.outer.clip = 0.0
   config.outer.num_steps = 20_000
   config.outer.steps_per_dispatch = 10
-  config.checkpoint.every_steps = 500
   config.eval.every_steps = 500
   config.log.every_steps = 50
   return config

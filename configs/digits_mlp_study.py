@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.outer.clip = 0.0  # the papers clip nothing
   config.outer.learning_rate = 1e-3
   config.outer.steps_per_dispatch = 5
+  # compare sets its own step cadence (and turns the clock's off).
   config.checkpoint.every_steps = 100
   config.checkpoint.keep = 3
   config.eval.every_steps = 0  # compare scores every checkpoint afterwards

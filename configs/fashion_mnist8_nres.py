@@ -37,7 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.outer.clip = 0.0  # the paper does not clip
   config.outer.num_steps = 240_000
   config.outer.steps_per_dispatch = 100
-  config.checkpoint.every_steps = 5_000
   config.eval.every_steps = 5_000
   config.log.every_steps = 1_000
   return config

@@ -102,10 +102,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 0.768, 0.773 and 0.777 (docs/generalist/choose_theta.json), a choice
   # within the noise (the paired intervals of the differences hold 0).
   config.outer.num_steps = 500
-  # Every 100 steps (about 2.5 minutes), so that a kill loses little; the
-  # 15 checkpoints of a run continued to 1,500 steps are all kept.
-  config.checkpoint.every_steps = 100
-  config.checkpoint.keep = 20
+  # Every minute (default.py's), so that a kill loses little, and at every
+  # 500 steps, which are kept whatever follows them: the budgets that
+  # docs/generalist/budgets.py and choose_theta.py score.
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep_period = 500
   config.eval.every_steps = 500
   config.eval.num_seeds = 2
   return config

@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 100 outer steps per dispatch: one host round trip per 100 updates keeps
   # the TPU busy; checkpoints, logs and evals fall between dispatches.
   config.outer.steps_per_dispatch = 100
-  config.checkpoint.every_steps = 2_000
+  config.checkpoint.every_seconds = 300.0  # see generalist_pod.py
   config.checkpoint.keep = 3
   config.eval.every_steps = 10_000
   config.log.every_steps = 500

@@ -13,7 +13,12 @@ other hosts itself; elsewhere add `--coordinator_address=HOST:PORT
 process 0 writes metrics and logs at INFO level (the others log warnings and
 errors, unless `--verbosity` is given); every process joins the checkpoint
 saves and restores. SIGTERM (or a TPU preemption notice) makes the run save
-a checkpoint at the next step boundary and exit with status 0.
+a checkpoint at the next step boundary and exit.
+
+Exit status: 0 = meta-trained to `outer.num_steps`; 75 (`EXIT_PREEMPTED`,
+sysexits.h's EX_TEMPFAIL) = stopped early by SIGTERM or a preemption notice,
+its checkpoint saved: run the same command again to resume (the launch
+scripts do); 1 = failed (a bad config, a corrupted checkpoint, a crash).
 """
 
 import os
@@ -22,7 +27,12 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from lopt import console, train
+from lopt import console, sharding, train
+
+#: The exit status of a run that SIGTERM or a preemption notice stopped
+#: before `outer.num_steps`, after saving the step it had reached: "try again
+#: later", distinct from success (0) and from failure (1).
+EXIT_PREEMPTED = 75
 
 
 def define_flags() -> dict[str, flags.FlagHolder]:
@@ -99,9 +109,19 @@ def main(f: dict) -> None:
   if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
     # N copies of every progress line help no one; problems still show.
     logging.set_verbosity(logging.WARNING)
-  train.train_and_evaluate(
+  run_state = train.train_and_evaluate(
     f["config"], f["workdir"], allow_config_change=f["allow_config_change"]
   )
+  step = int(sharding.to_host(run_state["step"]))
+  if step < f["config"].outer.num_steps:
+    logging.warning(
+      "Stopped at step %d of %d; exit status %d (preempted): the same "
+      "command resumes.",
+      step,
+      f["config"].outer.num_steps,
+      EXIT_PREEMPTED,
+    )
+    raise SystemExit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -370,7 +370,6 @@ def check_config(
   for field in (
     "outer.num_steps",
     "outer.steps_per_dispatch",
-    "checkpoint.every_steps",
     "checkpoint.keep",
     "eval.num_seeds",
     "log.every_steps",
@@ -385,6 +384,7 @@ def check_config(
     low=0,
     strict=True,
   )
+  _check_checkpoint_cadence(config)
   dispatch = get("outer.steps_per_dispatch")
   for field in ("checkpoint.every_steps", "outer.num_steps"):
     value = get(field)
@@ -404,6 +404,25 @@ def check_config(
     sharding.check_divisible(est["num_particles"], num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _check_checkpoint_cadence(config: ml_collections.ConfigDict) -> None:
+  """Saving by step count, by time (> 0 if not by steps; optional) or both."""
+  every_steps = _get(config, "checkpoint.every_steps")
+  _check_int("checkpoint.every_steps", every_steps, 0, why=" (0 = by time)")
+  every_seconds = _get(config, "checkpoint.every_seconds", None)
+  if every_seconds is not None:
+    _check_real(
+      "checkpoint.every_seconds", every_seconds, low=0, strict=not every_steps
+    )
+  elif not every_steps:
+    raise ConfigError(
+      "checkpoint.every_seconds is missing and checkpoint.every_steps = 0: "
+      "a run must save by time, by step count or both"
+    )
+  _check_int(
+    "checkpoint.keep_period", _get(config, "checkpoint.keep_period", 0), 0
+  )
 
 
 def _check_family(config, est: Mapping[str, Any], num_devices: int) -> None:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from typing import NamedTuple
 
 import jax
@@ -213,6 +214,37 @@ def test_every_k_and_keep_n_policy(tmp_path):
     assert ckpt.all_steps() == [22, 25]
 
 
+def test_every_seconds_saves_by_the_clock_across_restarts(tmp_path):
+  """A save waits `every_seconds` after the previous one began, whatever the
+  step count, and a restarted run counts from the newest one on disk."""
+  every = 1.5
+  state = make_run_state(num_particles=2)
+  directory = tmp_path / "ckpt"
+  with checkpoint.Checkpointer(directory, every_seconds=every, keep=5) as ckpt:
+    assert ckpt.save(1, state, CONFIG)  # a fresh run's first step
+    assert not any(ckpt.save(s, state, CONFIG) for s in range(2, 40))
+    time.sleep(every + 0.2)
+    assert ckpt.save(40, state, CONFIG)
+    assert not ckpt.save(41, state, CONFIG)
+  with checkpoint.Checkpointer(directory, every_seconds=every, keep=5) as ckpt:
+    assert not ckpt.save(42, state, CONFIG)  # step 40 is not old enough
+    time.sleep(every + 0.2)
+    assert ckpt.save(43, state, CONFIG)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [1, 40, 43]
+
+
+def test_keep_period_keeps_the_milestones_beside_the_newest(tmp_path):
+  state = make_run_state(num_particles=2)
+  with checkpoint.Checkpointer(
+    tmp_path / "ckpt", every_steps=2, keep=2, keep_period=4
+  ) as ckpt:
+    for s in range(2, 15, 2):
+      ckpt.save(s, state, CONFIG)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [4, 8, 12, 14]
+
+
 def test_latest_step_ignores_incomplete_checkpoints(tmp_path):
   state = make_run_state(num_particles=2)
   directory = tmp_path / "ckpt"
@@ -293,8 +325,10 @@ def test_load_meta_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-  with pytest.raises(ValueError, match="every_steps"):
+  with pytest.raises(ValueError, match="every_seconds"):
     checkpoint.Checkpointer(tmp_path, every_steps=0, keep=1)
+  with pytest.raises(ValueError, match="every_seconds"):
+    checkpoint.Checkpointer(tmp_path, every_steps=1, every_seconds=-1, keep=1)
   with pytest.raises(ValueError, match="keep"):
     checkpoint.Checkpointer(tmp_path, every_steps=1, keep=0)
   with checkpoint.Checkpointer(tmp_path, every_steps=1, keep=1) as ckpt:

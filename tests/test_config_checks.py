@@ -58,14 +58,21 @@ WRONG_BY_FIELD = {
   "outer.learning_rate": [0.0],
   "outer.num_steps": [0, 1505],  # 1505: not a multiple of steps_per_dispatch
   "outer.steps_per_dispatch": [0, 7],  # 7 divides neither 1500 nor 100
-  "checkpoint.every_steps": [0, 105],
+  "checkpoint.every_steps": [105],
+  # 0 turns saving by time off, which every_steps = 0 then forbids.
+  "checkpoint.every_seconds": [0.0],
   "checkpoint.keep": [0],
   "eval.num_seeds": [0],
   "eval.adam_learning_rate": [0.0],
   "log.every_steps": [0],
 }
 #: Fields a config may leave out: the builders default them.
-OPTIONAL = {"estimator.noise_period", "estimator.step_unlocked", "outer.clip"}
+OPTIONAL = {
+  "estimator.noise_period",
+  "estimator.step_unlocked",
+  "outer.clip",
+  "checkpoint.keep_period",
+}
 #: Fields some of whose type's wrong values are right for them: only the
 #: values of WRONG_BY_FIELD are tried.
 OWN_VALUES_ONLY = {"task.data_dir"}  # None is the default, any string a path

@@ -35,6 +35,7 @@ from test_train import committed_steps, restore_final
 
 from lopt import estimators, experiment, metrics, systems, validation
 from lopt.learned import optimizers
+from lopt.main import EXIT_PREEMPTED
 from lopt.tasks import family, inner
 from lopt.train import step as train_step
 
@@ -587,7 +588,12 @@ def test_sigterm_saves_every_group_and_exits_cleanly(dirs, tmp_path):
   try:
     wait_for(lambda: len(metric_steps(workdir)) >= 2, [process], "training")
     process.send_signal(signal.SIGTERM)
-    out = finish(process, "the SIGTERM'd family run", timeout=120)
+    out = finish(
+      process,
+      "the SIGTERM'd family run",
+      timeout=120,
+      status=EXIT_PREEMPTED,
+    )
   finally:
     kill_leftovers()
   assert "SIGTERM: saved the checkpoint of step" in out, out[-3000:]

@@ -43,6 +43,7 @@ from test_train import committed_steps
 
 from configs import tiny
 from lopt import checkpoint, experiment, metrics, sharding
+from lopt.main import EXIT_PREEMPTED
 from lopt.train import step as train_step
 
 # Each test starts several jax.distributed processes: minutes on 2 cores.
@@ -111,11 +112,14 @@ def launch(
   ]
 
 
-def finish_all(processes, what: str) -> list[str]:
+def finish_all(processes, what: str, status: int = 0) -> list[str]:
   deadline = time.monotonic() + TIMEOUT
   return [
     finish(
-      p, f"{what}, process {i}", timeout=max(1.0, deadline - time.monotonic())
+      p,
+      f"{what}, process {i}",
+      timeout=max(1.0, deadline - time.monotonic()),
+      status=status,
     )
     for i, p in enumerate(processes)
   ]
@@ -247,7 +251,8 @@ def test_sigterm_to_every_process_stops_all_at_one_step_and_resumes_exactly(
   for p in processes:
     p.send_signal(signal.SIGTERM)
     time.sleep(0.05)
-  outs = finish_all(processes, "the SIGTERM'd job")  # exit status 0, both
+  # Both exit with the status that tells a scheduler "preempted, restart".
+  outs = finish_all(processes, "the SIGTERM'd job", status=EXIT_PREEMPTED)
   stops = []
   for i, out in enumerate(outs):
     lines = [line for line in out.splitlines() if "Preemption at step" in line]
@@ -373,7 +378,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(dirs, tmp_path):
     "waiting for training steps",
   )
   process.send_signal(signal.SIGTERM)
-  out = finish(process, "the SIGTERM'd run", timeout=60)  # exit status 0
+  out = finish(process, "the SIGTERM'd run", timeout=60, status=EXIT_PREEMPTED)
   logged = [
     line
     for line in out.splitlines()

@@ -145,9 +145,15 @@ def assert_trees_close(a: dict, b: dict, tol: float = 1e-4):
 
 
 def finish(
-  process: subprocess.Popen, what: str, timeout: float = TIMEOUT
+  process: subprocess.Popen,
+  what: str,
+  timeout: float = TIMEOUT,
+  status: int = 0,
 ) -> str:
   """Waits (with a hard timeout) for a process; returns its output.
+
+  Fails unless it exits with `status` (`lopt.main.EXIT_PREEMPTED` for a
+  run that SIGTERM stopped).
 
   The output goes to a file (`process.log_path`), not a pipe: a pipe that
   nobody reads while we wait for another process fills up and stalls its
@@ -163,8 +169,8 @@ def finish(
   with open(process.log_path) as f:
     out = f.read()
   assert not timed_out, f"{what} timed out after {timeout} s:\n{out[-3000:]}"
-  assert process.returncode == 0, (
-    f"{what} failed (exit {process.returncode}):\n{out[-3000:]}"
+  assert process.returncode == status, (
+    f"{what}: exit {process.returncode}, expected {status}:\n{out[-3000:]}"
   )
   return out
 

@@ -6,6 +6,7 @@ subprocesses, real orbax checkpoints on disk, and a SIGKILL.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,42 @@ def test_a_stateless_estimator_checkpoints_and_resumes(tmp_path):
   assert a["estimator_state"] == b["estimator_state"] == {}
   assert int(a["step"]) == int(b["step"]) == 4
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.slow
+def test_saves_by_the_clock_leave_the_trajectory_and_its_resume_exact(
+  tmp_path, tfds_data_dir
+):
+  """Which steps a run saves now depends on timing; what it computes must
+  not: a run that saves by time ends where one that saves only at its end
+  does, and so does a resume from whichever step the clock picked."""
+  del tfds_data_dir  # the session's, through TFDS_DATA_DIR
+  config = tiny.get_config()
+  total = 120
+  config.outer.num_steps = total
+  config.log.every_steps = 1  # the host waits for each step: saves interleave
+  config.eval.every_steps = 0
+  config.checkpoint.keep = 100
+  config.checkpoint.every_steps = total
+  train.train_and_evaluate(config, str(tmp_path / "at_end"))
+  config.checkpoint.every_steps = 0
+  config.checkpoint.every_seconds = 1e-3  # whenever no save is in flight
+  timed = tmp_path / "timed"
+  train.train_and_evaluate(config, str(timed))
+  steps = committed_steps(timed)
+  middle = [s for s in steps if 1 < s < total]
+  assert steps[0] == 1 and steps[-1] == total and middle, steps
+  resumed = tmp_path / "resumed"
+  shutil.copytree(timed, resumed)
+  for s in steps:
+    if s > middle[len(middle) // 2]:
+      shutil.rmtree(resumed / "checkpoints" / str(s))
+  train.train_and_evaluate(config, str(resumed))
+  final = restore_final(tmp_path / "at_end", config)
+  for workdir in (timed, resumed):
+    jax.tree.map(
+      np.testing.assert_array_equal, final, restore_final(workdir, config)
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """The save policy of meta-training checkpoints: `Checkpointer`.
 
 A thin policy layer over orbax's `CheckpointManager`: when to save (every
-`every_steps` steps, on preemption, and the first call of a fresh run), how
-many checkpoints to keep, saving asynchronously without delaying the training
-loop, and which step to restore. What a step holds on disk, and how it is
+`every_steps` steps and/or `every_seconds` seconds, on preemption, and the
+first call of a fresh run), how many checkpoints to keep, saving
+asynchronously without delaying the training loop, and which step to
+restore. What a step holds on disk, and how it is
 read, is `lopt.checkpoint.format`.
 
 Typical use in a training loop::
@@ -43,6 +44,9 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from orbax.checkpoint.checkpoint_managers import (
+  save_decision_policy as _policies,
+)
 
 from lopt.checkpoint import digests
 from lopt.checkpoint.digests import CorruptCheckpointError
@@ -97,11 +101,33 @@ def _device_copy(tree: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, leaves)
 
 
+def save_policy(
+  every_steps: int, every_seconds: float
+) -> _policies.AnySavePolicy:
+  """Orbax's decision of when to save: every `every_steps` steps and/or
+  `every_seconds` seconds (0 turns either off), on preemption, and the first
+  step of a fresh run."""
+  policies = [
+    _policies.InitialSavePolicy(),
+    _policies.PreemptionCheckpointingPolicy(),
+  ]
+  if every_steps:
+    policies.append(_policies.FixedIntervalPolicy(every_steps))
+  if every_seconds:
+    policies.append(
+      _policies.ContinuousCheckpointingPolicy(
+        minimum_interval_secs=every_seconds
+      )
+    )
+  return _policies.AnySavePolicy(policies)
+
+
 class Checkpointer:
   """Saves and restores the run state of meta-training.
 
   A thin policy layer over `ocp.CheckpointManager`: call `save` every step and
-  the manager decides (every `every_steps` steps, on preemption, and always
+  the manager decides (every `every_steps` steps or `every_seconds` seconds, on
+  preemption, and always
   the first call of a fresh run: orbax's InitialSavePolicy); keeps the newest
   `keep` checkpoints; saves asynchronously.
 
@@ -122,29 +148,43 @@ class Checkpointer:
     self,
     directory: str | os.PathLike[str],
     *,
-    every_steps: int,
+    every_steps: int = 0,
+    every_seconds: float = 0.0,
     keep: int,
+    keep_period: int = 0,
     async_save: bool = True,
   ):
     """Opens (and creates) a checkpoint directory.
 
     Args:
       directory: where the step directories go; local or a URL (gs://...).
-      every_steps: save every this many steps (config `checkpoint.every_steps`).
+      every_steps: save at every multiple of this step (config
+        `checkpoint.every_steps`); 0 = not by step count.
+      every_seconds: save at the first step at least this many seconds after
+        the previous save began, so that a hard kill loses at most about
+        that much work whatever a step costs (`checkpoint.every_seconds`;
+        orbax's `ContinuousCheckpointingPolicy`, which process 0 decides for
+        every process); 0 = not by time. At least one of the two is set.
       keep: how many of the newest checkpoints to keep (`checkpoint.keep`).
+      keep_period: also keep every checkpoint whose step is a multiple of
+        this (`checkpoint.keep_period`); 0 = none.
       async_save: write in the background (see the class docstring); False
         writes every save before `save` returns.
     """
-    if every_steps < 1:
+    if (
+      every_steps < 0 or every_seconds < 0 or not (every_steps or every_seconds)
+    ):
       raise ValueError(
-        f"checkpoint.every_steps must be >= 1, got {every_steps}"
+        "checkpoint.every_steps and checkpoint.every_seconds must be >= 0 "
+        f"and not both 0, got {every_steps} and {every_seconds}"
       )
     if keep < 1:
       raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
     self._directory = as_path(directory)
     self._options = manager_options(
-      save_interval_steps=every_steps,
+      save_decision_policy=save_policy(every_steps, every_seconds),
       max_to_keep=keep,
+      keep_period=keep_period or None,
       enable_async_checkpointing=async_save,
       create=True,
     )

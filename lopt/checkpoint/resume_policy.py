@@ -38,7 +38,12 @@ RESUMABLE_FIELDS: dict[str, str] = {
     "when the run state is saved; a resume from any step follows the same "
     "trajectory"
   ),
+  "checkpoint.every_seconds": (
+    "when the run state is saved, by the clock; the trajectory does not "
+    "depend on which steps were saved"
+  ),
   "checkpoint.keep": "how many saved steps stay on disk",
+  "checkpoint.keep_period": "which older saved steps stay on disk",
   "task.data_dir": "where the dataset is read from, not which dataset",
 }
 

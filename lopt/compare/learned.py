@@ -66,6 +66,7 @@ def run_config(
   cfg.seed = int(seed)
   cfg.outer.num_steps = num_steps
   cfg.checkpoint.every_steps = interval
+  cfg.checkpoint.every_seconds = 0.0  # the curve's steps, and only those
   cfg.checkpoint.keep = num_steps // interval + 2
   cfg.log.every_steps = interval
   cfg.eval.every_steps = 0  # every checkpoint is evaluated afterwards

@@ -119,7 +119,9 @@ def _train_and_evaluate(
   ckpt = checkpoint.Checkpointer(
     ckpt_dir,
     every_steps=config.checkpoint.every_steps,
+    every_seconds=config.checkpoint.get("every_seconds", 0.0),
     keep=config.checkpoint.keep,
+    keep_period=config.checkpoint.get("keep_period", 0),
   )
   writer = metrics.MetricWriter(workdir)  # a no-op on processes other than 0
   try:
