@@ -12,7 +12,10 @@
 # (jax.distributed.initialize() reads only the coordinator address from the
 # environment, not the process count or id, so they go as flags.) The script
 # waits for all of them; when one fails it stops the others, prints the end of
-# the failing log and exits 1.
+# the failing log and exits 1. When they stop preempted (exit 75, lopt.main's
+# EXIT_PREEMPTED: SIGTERM or a preemption notice, checkpoint saved), it exits
+# 75 too; SIGTERM or SIGINT to the script is passed on to every process, which
+# saves and stops. Run it under launch/supervise.sh to restart it on 75.
 #
 # Environment:
 #   PYTHON               interpreter (default: the repo's .venv/bin/python,
@@ -95,9 +98,11 @@ stop_all() {
     kill -TERM "${pid}" 2>/dev/null || true
   done
 }
-trap 'stop_all; exit 130' INT TERM
+readonly EXIT_PREEMPTED=75
+stopping=0
+trap 'stopping=1; stop_all' INT TERM
 
-for ((i = 0; i < num; i++)); do
+for ((i = 0; i < num && !stopping; i++)); do
   env_vars=("JAX_PLATFORMS=${platforms}"
     "PYTHONPATH=${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}")
   case "${platforms}" in
@@ -133,15 +138,20 @@ echo "${SCRIPT_NAME}: ${num} processes (PIDs ${pids[*]}), coordinator localhost:
 # in a collective until the distributed heartbeat times out).
 declare -A status=()
 failed=()
-while [[ ${#status[@]} -lt ${num} ]]; do
-  for ((i = 0; i < num; i++)); do
+preempted=()
+started=${#pids[@]}  # fewer than N if a signal came while starting them
+while [[ ${#status[@]} -lt ${started} ]]; do
+  for ((i = 0; i < started; i++)); do
     if [[ -n "${status[${i}]:-}" ]] || kill -0 "${pids[i]}" 2>/dev/null; then
       continue
     fi
     rc=0
     wait "${pids[i]}" || rc=$?
     status[${i}]="${rc}"
-    if [[ "${rc}" != 0 && ${#failed[@]} -eq 0 ]]; then
+    if [[ "${rc}" == "${EXIT_PREEMPTED}" ]]; then
+      # Every process reaches the same preemption step: no one to stop.
+      preempted+=("${i}")
+    elif [[ "${rc}" != 0 && ${#failed[@]} -eq 0 ]]; then
       failed+=("${i}")
       echo "${SCRIPT_NAME}: process ${i} failed (exit ${rc}); stopping the others" >&2
       stop_all
@@ -161,5 +171,9 @@ if [[ ${#failed[@]} -gt 0 ]]; then
     summary+=" ${i}:${status[${i}]}"
   done
   die "failed processes (id:exit):${summary}; first failure: process ${first}, see ${logs[first]}"
+fi
+if [[ ${#preempted[@]} -gt 0 ]]; then
+  echo "${SCRIPT_NAME}: preempted: processes ${preempted[*]} saved a checkpoint and stopped (exit ${EXIT_PREEMPTED}); the same command resumes" >&2
+  exit "${EXIT_PREEMPTED}"
 fi
 echo "${SCRIPT_NAME}: all ${num} processes finished" >&2

@@ -6,13 +6,17 @@
 # e.g. launch/run.sh configs/fashion_mnist8_nres.py gs://$BUCKET/lopt/fm8 \
 #          --config.estimator.num_particles=256
 #
-# On --worker=all, in $REMOTE_DIR: kills stale python processes that hold the
-# TPU and removes $TPU_LOCKFILE (a crashed run leaves it behind and the next
-# one fails with "TPU in use"), then
-#   nohup env TFDS_DATA_DIR=... .venv/bin/python -m lopt.main \
-#     --config=CONFIG --workdir=WORKDIR --distributed --alsologtostderr \
-#     [overrides] > ~/lopt_worker.log 2>&1 &
-# and writes the PID to ~/lopt_worker.pid (stop.sh uses it). The previous log
+# On --worker=all, in $REMOTE_DIR: stops the job of an earlier run.sh if it
+# is still there, kills stale python processes that hold the TPU and removes
+# $TPU_LOCKFILE (a crashed run leaves it behind and the next one fails with
+# "TPU in use"), then
+#   nohup env TFDS_DATA_DIR=... bash launch/supervise.sh \
+#     .venv/bin/python -m lopt.main --config=CONFIG --workdir=WORKDIR \
+#     --distributed --alsologtostderr [overrides] > ~/lopt_worker.log 2>&1 &
+# and writes the PID to ~/lopt_worker.pid (stop.sh uses it). supervise.sh
+# restarts the job each time it exits with status 75 (preempted: SIGTERM or
+# a maintenance notice made every host save and stop), so it resumes by
+# itself; stop.sh's SIGTERM goes through it and ends it for good. The previous log
 # is kept as ~/lopt_worker.log.prev. CONFIG is relative to the repository.
 # WORKDIR must be storage every host shares (gs://...): all hosts write their
 # checkpoint shards there. Running the same command again resumes from the
@@ -48,7 +52,8 @@ job_env=()
 if [[ -n "${TFDS_DATA_DIR}" ]]; then
   job_env+=("TFDS_DATA_DIR=${TFDS_DATA_DIR}")
 fi
-job=(.venv/bin/python -m lopt.main "--config=${config}" "--workdir=${workdir}"
+job=(bash launch/supervise.sh
+  .venv/bin/python -m lopt.main "--config=${config}" "--workdir=${workdir}"
   --distributed --alsologtostderr "${overrides[@]}")
 
 # Expanded by the remote shell, not here.
@@ -56,6 +61,8 @@ job=(.venv/bin/python -m lopt.main "--config=${config}" "--workdir=${workdir}"
 log='~/lopt_worker.log'
 remote="cd $(q "${REMOTE_DIR}") || exit 1; "
 remote+="[ -x .venv/bin/python ] || { echo 'no .venv: run launch/setup.sh first' >&2; exit 1; }; "
+# An earlier run.sh's supervisor must not restart the job killed below.
+remote+="if [ -f ~/lopt_worker.pid ]; then kill -TERM \"\$(cat ~/lopt_worker.pid)\" 2>/dev/null; fi; "
 remote+="$(remote_free_tpu); "
 remote+="if [ -f ${log} ]; then mv -f ${log} ${log}.prev; fi; "
 remote+="nohup env $(quote_args "${job_env[@]}" "${job[@]}") > ${log} 2>&1 < /dev/null & "

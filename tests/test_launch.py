@@ -156,6 +156,7 @@ def test_scripts_parse_and_are_executable():
     "stop.sh",
     "delete.sh",
     "local_multiprocess.sh",
+    "supervise.sh",
   }
   for script in SCRIPTS:
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -490,6 +491,7 @@ def test_run_remote_command_starts_job(launch):
   repo = launch.home / "lopt"
   (repo / ".venv" / "bin").mkdir(parents=True)
   _write_exe(repo / ".venv" / "bin" / "python", FAKE_JOB_PYTHON)
+  shutil.copytree(LAUNCH, repo / "launch")  # as setup.sh leaves the worker
   (launch.home / "lopt_worker.log").write_text("old run\n")
   lock = launch.tmp / "libtpu_lockfile"
   lock.write_text("")
@@ -798,3 +800,102 @@ def test_local_multiprocess_runs_waits_and_reports_failure(launch):
   assert proc.returncode == 1
   assert "process 1 failed (exit 3)" in proc.stderr
   assert "process_1.log" in proc.stderr
+
+
+# A job that exits 75 (lopt.main's EXIT_PREEMPTED) for its first FAKE_PREEMPTIONS
+# runs and then with FAKE_FINAL; with FAKE_WAIT it waits for SIGTERM, saves
+# (exit 75) and counts it. Each run appends a line to FAKE_RUNS.
+FAKE_PREEMPTIBLE_JOB = f"""#!{sys.executable}
+import os, signal, sys, time
+runs = os.environ["FAKE_RUNS"]
+with open(runs, "a") as f:
+  f.write("run\\n")
+n = len(open(runs).read().splitlines())
+if os.environ.get("FAKE_WAIT"):
+  def saved(*_):
+    open(runs + ".sigterm", "w").close()
+    sys.exit(75)
+  signal.signal(signal.SIGTERM, saved)
+  open(runs + ".waiting", "w").close()
+  time.sleep(60)
+  sys.exit(0)
+sys.exit(75 if n <= int(os.environ.get("FAKE_PREEMPTIONS", "0"))
+         else int(os.environ.get("FAKE_FINAL", "0")))
+"""
+
+
+def _supervise(tmp_path, *, timeout=60, **env):
+  job = tmp_path / "job"
+  _write_exe(job, FAKE_PREEMPTIBLE_JOB)
+  runs = tmp_path / "runs"
+  full_env = dict(os.environ, FAKE_RUNS=str(runs), RESTART_DELAY="0", **env)
+  proc = subprocess.Popen(
+    ["bash", str(LAUNCH / "supervise.sh"), str(job), "--some=flag"],
+    env=full_env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  return proc, runs
+
+
+def _num_runs(runs) -> int:
+  return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+@pytest.mark.parametrize(
+  "preemptions,final,max_restarts,runs,status",
+  [
+    (2, 0, "100", 3, 0),  # preempted twice, then finished
+    (0, 1, "100", 1, 1),  # a failure is not retried
+    (1, 3, "100", 2, 3),  # ... nor is it after a restart
+    (5, 0, "2", 3, 75),  # gives up after MAX_RESTARTS, still "preempted"
+  ],
+)
+def test_supervise_restarts_exactly_the_preempted_runs(
+  tmp_path, preemptions, final, max_restarts, runs, status
+):
+  proc, runs_file = _supervise(
+    tmp_path,
+    FAKE_PREEMPTIONS=str(preemptions),
+    FAKE_FINAL=str(final),
+    MAX_RESTARTS=max_restarts,
+  )
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == status, err
+  assert _num_runs(runs_file) == runs
+  assert err.count("preempted (exit 75); restart") == runs - 1
+
+
+def test_supervise_passes_sigterm_on_and_does_not_restart(tmp_path):
+  """stop.sh's SIGTERM: the job saves (exit 75) and stays stopped."""
+  proc, runs = _supervise(tmp_path, FAKE_WAIT="1")
+  deadline = time.monotonic() + 60
+  while not (tmp_path / "runs.waiting").exists():
+    assert time.monotonic() < deadline and proc.poll() is None
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 75, err
+  assert (tmp_path / "runs.sigterm").exists()  # the job got it and saved
+  assert _num_runs(runs) == 1 and "restart" not in err
+
+
+def test_local_multiprocess_reports_a_preemption_as_75(launch):
+  """Every process stops preempted: the script says so with their status,
+  neither success nor failure, and stops no one early."""
+  job = launch.tmp / "fakepython"
+  _write_exe(job, FAKE_PREEMPTIBLE_JOB)
+  proc = launch(
+    "local_multiprocess.sh",
+    "2",
+    "c.py",
+    str(launch.tmp / "wd"),
+    check=False,
+    PYTHON=str(job),
+    FAKE_RUNS=str(launch.tmp / "runs"),
+    FAKE_PREEMPTIONS="2",
+  )
+  assert proc.returncode == 75, proc.stderr
+  assert "preempted: processes 0 1 saved a checkpoint" in proc.stderr
+  assert "failed" not in proc.stderr

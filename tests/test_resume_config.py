@@ -221,11 +221,28 @@ def test_the_allow_list_is_what_the_issue_allows():
     "log.every_steps",
     "eval.every_steps",
     "checkpoint.every_steps",
+    "checkpoint.every_seconds",
     "checkpoint.keep",
+    "checkpoint.keep_period",
     "task.data_dir",
   }
   # Every allowed field exists, so a rename cannot silently drop it.
   assert set(resume_policy.RESUMABLE_FIELDS) <= set(FIELDS)
+
+
+def test_a_checkpoint_from_before_saving_by_the_clock_resumes():
+  """Runs saved before `checkpoint.every_seconds` existed resume under
+  today's configs, which save by the clock."""
+  config = tiny.get_config()
+  config.checkpoint.every_seconds = 60.0
+  saved = {"config": json.loads(config.to_json())}
+  for field in ("every_seconds", "keep_period"):
+    del saved["config"]["checkpoint"][field]
+  changes = resume_policy.check_resume(saved, config)
+  assert {c.field for c in changes} == {
+    "checkpoint.every_seconds",
+    "checkpoint.keep_period",
+  }
 
 
 def test_a_field_the_checkpoint_lacks_is_a_change():
