@@ -255,7 +255,7 @@ def test_quick_bench_with_a_flag_sized_case_writes_the_documented_json(
   assert report["machine"]["backend"] in ("cpu", "gpu", "tpu")
   assert report["matmul_peak_gflops"] > 0
   digits = [c for c in report["cases"] if c["name"].startswith("digits_")]
-  assert [c["name"] for c in digits] == ["digits_mlp_nres_n2_w10"]
+  assert [c["name"] for c in digits] == ["digits_adaptive_nres_n2_w10"]
   assert report["memory_bandwidth_gbs"] == digits[0]["memory_bandwidth_gbs"]
   for case in digits:
     assert case["estimator"] == "nres" and case["unroll_length"] == 10
@@ -311,6 +311,14 @@ def test_quick_bench_with_a_flag_sized_case_writes_the_documented_json(
   low, high = detail["checkpoint_overhead_interval"]
   assert low <= report["checkpoint_overhead"] <= high
   assert detail["blocks"] == 2 and len(detail["wall_seconds"][0]) == 2
+  # The default config's clock cadence: one save per minute of training.
+  assert detail["default_every_seconds"] == 60.0
+  assert detail["checkpoint_overhead_default_cadence"] == pytest.approx(
+    detail["seconds_per_save"] / 60.0
+  )
+  low, high = detail["checkpoint_overhead_default_cadence_interval"]
+  assert low <= high
+  assert "at the default cadence (a save every 60 s)" in result.stdout
   assert set(report["sharding_detail"]) == {"1", "8"}
   throughput = report["family"]["throughput"]
   assert throughput["ratio"] > 0 and throughput["family"]["compile_seconds"] > 0

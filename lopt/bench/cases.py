@@ -341,7 +341,8 @@ def _dispatch_config(spec: dict):
 
 
 def checkpoint_case(spec: dict) -> dict:
-  """Outer-step time with async checkpoints every 10 steps vs none.
+  """Outer-step time with async checkpoints every 10 steps vs none, and
+  what a save costs at the config's clock cadence (`every_seconds`).
 
   A shared machine's speed can drift by tens of percent within seconds, so
   the two are interleaved finely: `blocks` times, a few dispatches without
@@ -356,7 +357,8 @@ def checkpoint_case(spec: dict) -> dict:
 
   from lopt import checkpoint  # pylint: disable=g-import-not-at-top
 
-  exp, data, init_fn, steps_fn = _production(_dispatch_config(spec))
+  config = _dispatch_config(spec)
+  exp, data, init_fn, steps_fn = _production(config)
   run_state, _ = steps_fn(data, init_fn(data))
   jax.block_until_ready(run_state)
   saved = exp.saved_config()
@@ -398,9 +400,14 @@ def checkpoint_case(spec: dict) -> dict:
 
   ratios = wall[1].mean(1) / wall[0].mean(1)  # per block
   rng = np.random.default_rng(0)
-  resampled = np.median(ratios[rng.integers(0, blocks, (1000, blocks))], axis=1)
+  draws = rng.integers(0, blocks, (1000, blocks))
+  resampled = np.median(ratios[draws], axis=1)
   median_without = float(np.median(wall[0]))
   per_save = float(np.median(wall[1])) - median_without
+  # The config's own cadence, by the clock: one save per `every` seconds of
+  # training costs per_save / every of it.
+  every = float(config.checkpoint.get("every_seconds", 0.0))
+  save_costs = wall[1].mean(1) - wall[0].mean(1)  # per block, seconds
   return {
     "name": "checkpoint_overhead",
     "checkpoint_overhead": float(np.median(ratios) - 1),
@@ -417,8 +424,20 @@ def checkpoint_case(spec: dict) -> dict:
       process_cpu[1].sum() / process_cpu[0].sum() - 1
     ),
     "cpu_seconds_per_10_steps_without": float(np.median(process_cpu[0])),
-    # The default config saves every 100 steps, not every 10.
-    "checkpoint_overhead_every_100_steps": per_save / (10 * median_without),
+    # The config's cadence (configs/default.py: every 60 s), from the
+    # measured cost of a save, with the blocks' bootstrap interval.
+    "default_every_seconds": every,
+    "checkpoint_overhead_default_cadence": per_save / every if every else None,
+    "checkpoint_overhead_default_cadence_interval": (
+      [
+        float(q) / every
+        for q in np.quantile(
+          np.median(save_costs[draws], axis=1), [0.025, 0.975]
+        )
+      ]
+      if every
+      else None
+    ),
     "seconds_per_10_steps_without": median_without,
     "seconds_per_10_steps_with": float(np.median(wall[1])),
     "checkpoint_mb": tree_bytes(run_state) / 1e6,

@@ -20,6 +20,7 @@ Run in its own process by `lopt.bench.run.run_case`, like the other cases.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -124,7 +125,7 @@ def kinds_case(spec: dict) -> dict:
     g["flops_share"] = (
       g["flops_per_inner_step"] * g["inner_steps_per_outer_step"] / flops
     )
-  name = spec.get("task_kind") or "family"
+  name = spec.get("task_kind") or os.path.basename(spec["config"])[:-3]
   result = {
     "name": f"kind_{name}_n{spec['num_particles']}_w{spec['unroll_length']}",
     "task_kind": name,
@@ -148,11 +149,12 @@ def kinds_case(spec: dict) -> dict:
 
 
 def plan(quick: bool) -> list[dict]:
-  """One `kinds` case per task kind, then configs/wide_generalist.py's family.
+  """One `kinds` case per task kind, then the families users meta-train:
+  configs/generalist.py's and configs/wide_generalist.py's.
 
   Args:
     quick: 4 particles a group, 2 timed dispatches and the seconds-long
-      family of configs/tiny_kinds.py; else 8, 5 and the wide generalist's.
+      family of configs/tiny_kinds.py alone; else 8 and 5.
   """
   n, reps = (4, 2) if quick else (8, 5)
   specs = [
@@ -161,12 +163,17 @@ def plan(quick: bool) -> list[dict]:
     )
     for k in TASK_KINDS
   ]
-  family = repo_config("tiny_kinds" if quick else "wide_generalist")
-  specs.append(
+  families = ["tiny_kinds"] if quick else ["generalist", "wide_generalist"]
+  specs += [
     dict(
-      kind="kinds", config=family, num_particles=n, unroll_length=10, reps=reps
+      kind="kinds",
+      config=repo_config(name),
+      num_particles=n,
+      unroll_length=10,
+      reps=reps,
     )
-  )
+    for name in families
+  ]
   return specs
 
 
