@@ -4,6 +4,7 @@ Structure checks follow algorithms.md oracle O13 (parameter count, features,
 momenta, scale invariance, zero theta gives the identity optimizer).
 """
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -170,6 +171,28 @@ def test_update_matches_mlp_on_full_features():
 
   got, expected = both(tx.init(params))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_bfloat16_activations_keep_the_update_within_their_rounding():
+  """`activation_dtype='bfloat16'` stores the MLP's hidden activations in
+  half the bytes: the update stays float32 and moves by bfloat16's rounding
+  of them (8 bits of mantissa, relative 2^-8 per value), not more."""
+  params = _params()
+  grads = _grads(1, params)
+  cfg = LOptConfig(out_init_scale=1.0, step_mult=0.1, exp_mult=0.5)
+  theta = opt.init_theta(cfg, jax.random.key(3))
+
+  def updates(cfg):
+    tx = opt.learned_optimizer(theta, cfg)
+    _, state = tx.update(grads, tx.init(params), params)
+    got, _ = tx.update(grads, state, params)
+    return jnp.concatenate([u.reshape(-1) for u in jax.tree.leaves(got)])
+
+  full = updates(cfg)
+  half = updates(dataclasses.replace(cfg, activation_dtype="bfloat16"))
+  assert half.dtype == jnp.float32
+  error = jnp.max(jnp.abs(half - full)) / jnp.max(jnp.abs(full))
+  assert 0 < error < 2e-2, error  # rounded, but only by that
 
 
 def test_nominal_at_init_is_adam_with_linear_decay():
@@ -510,6 +533,7 @@ def test_update_without_params_raises():
     (dict(hypergradient_decay=1.0), "hypergradient_decay"),
     (dict(hypergradient_decay=-0.1), "hypergradient_decay"),
     (dict(hypergradient_decay="0.9"), "hypergradient_decay"),
+    (dict(activation_dtype="float16"), "activation_dtype"),
   ],
 )
 def test_bad_config_field_raises_naming_it(kwargs, field):

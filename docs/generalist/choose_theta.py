@@ -2,6 +2,9 @@
 
     python docs/generalist/choose_theta.py --workdir=/tmp/generalist \
         --steps=500,1000,1500 [--output=docs/generalist]
+    python docs/generalist/choose_theta.py --workdir=/tmp/wide \
+        --config=configs/wide_generalist.py --seeds=2 \
+        --steps=100,300,500 --output=docs/wide/choose
 
 The outer loop's estimates are mostly noise, so theta random-walks around
 what it has learned: on the held-out suite single tasks move by up to 0.355
@@ -35,6 +38,10 @@ from family_suite import family_suite, score  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "A meta-training workdir.")
 _STEPS = flags.DEFINE_list("steps", ["500", "1000", "1500"], "Checkpoints.")
 _OUTPUT = flags.DEFINE_string("output", "docs/generalist", "Output directory.")
+_CONFIG = flags.DEFINE_string(
+  "config", None, "The run's family config; default configs/generalist.py."
+)
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per task.")
 
 
 def add_intervals(rows: list[dict], best: dict) -> None:
@@ -62,7 +69,10 @@ def main(argv) -> None:
   del argv
   console.setup()
   steps = [int(s) for s in _STEPS.value]
-  tasks = family_suite()
+  tasks = family_suite(
+    *([_CONFIG.value] if _CONFIG.value else []),
+    seeds=tuple(range(_SEEDS.value)),
+  )
   rows = []
   candidates = [
     (f"step {s}", export.load_theta(_WORKDIR.value, s)[:2]) for s in steps

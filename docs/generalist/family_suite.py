@@ -1,4 +1,5 @@
-"""The meta-training family of configs/generalist.py as a suite.
+"""The meta-training family of configs/generalist.py (or another family
+config) as a suite.
 
 Shared by screen_adaptive.py and choose_theta.py: both judge optimizers on
 the family's own tasks (with seeds meta-training never drew), never on the
@@ -18,13 +19,16 @@ _CONFIG = os.path.join(
 )
 
 
-def family_suite() -> suite_tasks.Suite:
-  """configs/generalist.py's tasks as a suite (seeds new to meta-training)."""
-  config = experiment.load_config(_CONFIG)
+def family_suite(
+  config_path: str = _CONFIG, seeds: tuple[int, ...] = (0, 1, 2)
+) -> suite_tasks.Suite:
+  """A family config's tasks as a suite (seeds new to meta-training)."""
+  config = experiment.load_config(config_path)
+  name = os.path.basename(config_path)
   return suite_tasks.Suite(
-    name="family",
-    description="the six meta-training tasks of configs/generalist.py",
-    seeds=(0, 1, 2),
+    name="family" if config_path == _CONFIG else f"family_{name[:-3]}",
+    description=f"the meta-training tasks of configs/{name}",
+    seeds=seeds,
     tasks=tuple(
       suite_tasks.SuiteTask(
         spec.name,
@@ -35,6 +39,10 @@ def family_suite() -> suite_tasks.Suite:
         image_size=spec.image_size,
         batch_size=spec.batch_size,
         horizon=spec.horizon,
+        heads=spec.heads,
+        seq_len=spec.seq_len,
+        norm=spec.norm,
+        reconstruction=spec.reconstruction,
       )
       for spec in family.resolve(config).specs
     ),

@@ -46,6 +46,8 @@ def _digits_config(spec: dict):
   config.estimator.num_particles = spec["num_particles"]
   config.estimator.unroll_length = spec["unroll_length"]
   config.lopt.kind = spec["lopt"]
+  if spec.get("activation_dtype"):
+    config.lopt.activation_dtype = spec["activation_dtype"]
   # Enough work per dispatch that dispatch overhead does not dominate.
   config.outer.steps_per_dispatch = max(1, 100 // spec["unroll_length"])
   # Throughput does not depend on where particles sit in their episodes;
@@ -107,7 +109,9 @@ def digits_case(spec: dict) -> dict:
     "name": (
       f"digits_{spec['lopt']}_{spec['estimator']}"
       f"_n{spec['num_particles']}_w{spec['unroll_length']}"
+      + ("_bf16" if exp.lopt.activation_dtype == "bfloat16" else "")
     ),
+    "activation_dtype": exp.lopt.activation_dtype,
     "estimator": spec["estimator"],
     "lopt": spec["lopt"],
     "lopt_params": sum(x.size for x in jax.tree.leaves(theta)),

@@ -209,6 +209,9 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   | lopt state | parameters, gradient, K momenta (Adam kinds: + v; adaptive: + last step) | parameters, K momenta (+ v, + last step) |
   | lopt activations | features F x P, each hidden layer h_l x P, the output 2 x P, once each | the same |
 
+  The hidden layers count at 2 bytes an element when the learned optimizer
+  stores them in bfloat16 (`LOptConfig.activation_dtype`).
+
   `min_bytes` is the sum: a step that writes each layer's activation to
   memory once and reads it back once, which is how XLA runs the per-
   parameter MLP here (one activation per layer of all parameters of all
@@ -233,14 +236,16 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   feature_rows = 2 + momenta + 2 * nominal
   # Extra per-parameter state: Adam's v; the adaptive kind's last step.
   extra = nominal + (lopt_cfg.kind == "adaptive")
+  hidden_bytes = 2 if lopt_cfg.activation_dtype == "bfloat16" else dtype_bytes
   parts = {
     "inner_data": b * (math.prod(task.input_shape) + 1),
     "inner_model": 2 * p + p,
     "inner_activations": 4 * b * sum(_layer_outputs(task)),
     "lopt_state": (2 + momenta + extra) * p + (1 + momenta + extra) * p,
-    "lopt_activations": 2 * p * (feature_rows + sum(lopt_cfg.hidden) + 2),
+    "lopt_activations": 2 * p * (feature_rows + 2),
   }
   parts = {k: v * dtype_bytes for k, v in parts.items()}
+  parts["lopt_activations"] += 2 * p * sum(lopt_cfg.hidden) * hidden_bytes
   parts["min_bytes"] = sum(parts.values())
   parts["state_bytes"] = (
     parts["min_bytes"] - parts["inner_activations"] - parts["lopt_activations"]

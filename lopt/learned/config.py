@@ -21,6 +21,9 @@ KINDS = ("mlp", "nominal", "adaptive")
 ADAM_KINDS = ("nominal", "adaptive")
 # The adaptive kind's hypergradient cosine: on g, or on g / sqrt(v_hat).
 HYPERGRADIENT_METRICS = ("euclidean", "adam")
+# How the per-parameter MLP stores its hidden activations between layers
+# (its sums are float32 either way; lopt.learned.network).
+ACTIVATION_DTYPES = ("float32", "bfloat16")
 
 
 def _positive(x):
@@ -83,6 +86,11 @@ class LOptConfig:
     hypergradient_decay: the adaptive kind compares g_t with a trace of
       its past steps, trace <- decay * trace + step, in [0, 1); 0 (the
       default) compares it with the last step alone.
+    activation_dtype: 'float32' (the default) or 'bfloat16': the dtype the
+      MLP's hidden activations are stored in between layers, the largest
+      traffic of an inner step (docs/performance.md); every sum is still
+      accumulated in float32. Part of the architecture: a theta meta-trained
+      with one is used with it.
   """
 
   kind: str = "mlp"
@@ -99,8 +107,14 @@ class LOptConfig:
   lr_adapt_max: float = 2.0
   hypergradient_metric: str = "euclidean"
   hypergradient_decay: float = 0.0
+  activation_dtype: str = "float32"
 
   def __post_init__(self):
+    if self.activation_dtype not in ACTIVATION_DTYPES:
+      raise ValueError(
+        "LOptConfig.activation_dtype must be one of "
+        f"{list(ACTIVATION_DTYPES)}, got {self.activation_dtype!r}."
+      )
     if self.hypergradient_metric not in HYPERGRADIENT_METRICS:
       raise ValueError(
         "LOptConfig.hypergradient_metric must be one of "

@@ -47,6 +47,7 @@ def _apply_layers(
   layers: Sequence[tuple[jax.Array, jax.Array]],
   features: jax.Array,
   shared: jax.Array,
+  dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
   """The MLP's arithmetic: (F - S, P) and (S,) features -> (P, 2).
 
@@ -62,12 +63,17 @@ def _apply_layers(
     the bias and ReLU, and so small an inner dimension keeps a matmul far
     below the machine's matmul rate.
 
+  * with `dtype` bfloat16 each hidden activation is written to memory (and
+    read back by the next layer's matmul) in half the bytes; the matmuls
+    accumulate in float32 and the output is float32.
+
   Measurements: docs/performance.md.
 
   Args:
     layers: (kernel, bias) per layer, kernels (in, out).
     features: (F - S, P) per-parameter features, channel-major.
     shared: (S,) features common to every parameter.
+    dtype: the dtype of the stored hidden activations.
 
   Returns:
     (P, 2): the direction and the log-magnitude of each parameter's step.
@@ -77,7 +83,9 @@ def _apply_layers(
   bias = bias + shared @ kernel[num_rows:]
   x = bias + sum(features[f][:, None] * kernel[f] for f in range(num_rows))
   for kernel, bias in layers[1:]:
-    x = jax.nn.relu(x) @ kernel + bias
+    x = jax.nn.relu(x).astype(dtype)
+    x = jnp.dot(x, kernel.astype(dtype), preferred_element_type=jnp.float32)
+    x = x + bias
   return x
 
 
@@ -94,10 +102,12 @@ class MLPLOpt(nn.Module):
   Attributes:
     hidden: hidden-layer widths.
     out_init_scale: scale of the output layer's initial kernel.
+    activation_dtype: the stored hidden activations' dtype (`_apply_layers`).
   """
 
   hidden: Sequence[int] = (32, 32)
   out_init_scale: float = 0.01
+  activation_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, features: jax.Array, shared: jax.Array) -> jax.Array:
@@ -128,13 +138,19 @@ class MLPLOpt(nn.Module):
         _DenseParams(fan_in, width, kernel_init, name=f"layer_{i}")()
       )
       fan_in = width
-    return _apply_layers(layers, features, shared)
+    return _apply_layers(
+      layers, features, shared, jnp.dtype(self.activation_dtype)
+    )
 
 
 def module(cfg: LOptConfig) -> MLPLOpt:
   """The MLP of cfg (the Adam kinds start their output layer at zero)."""
   scale = cfg.out_init_scale if cfg.kind == "mlp" else 0.0
-  return MLPLOpt(hidden=cfg.hidden, out_init_scale=scale)
+  return MLPLOpt(
+    hidden=cfg.hidden,
+    out_init_scale=scale,
+    activation_dtype=cfg.activation_dtype,
+  )
 
 
 def reflection_symmetric(
