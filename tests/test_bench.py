@@ -50,6 +50,18 @@ def test_inner_step_bytes_by_hand():
   assert {k: moved[k] for k in expected} == expected
   assert moved["min_bytes"] == sum(expected.values()) == 135_648
   assert moved["state_bytes"] == 4 * (1040 + 1830 + 10370)
+  # The adaptive kind: its MLP runs on x and -x (twice the activations) and
+  # it keeps the last step (one more state array read and written); with
+  # bfloat16 activations the hidden layer's take 2 bytes an element.
+  adaptive = measure.inner_step_bytes(
+    task, LOptConfig(kind="adaptive", hidden=(4,))
+  )
+  assert adaptive["lopt_activations"] == 2 * expected["lopt_activations"]
+  assert adaptive["lopt_state"] == expected["lopt_state"] + 4 * 2 * 610
+  half = measure.inner_step_bytes(
+    task, LOptConfig(kind="nominal", hidden=(4,), activation_dtype="bfloat16")
+  )
+  assert half["lopt_activations"] == 2 * 610 * (4 * (10 + 2) + 2 * 4)
 
 
 def test_roofline_is_consistent():

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -335,3 +336,78 @@ def test_example_weights_average_the_kept_examples(kind):
   np.testing.assert_allclose(
     weighted, task.loss(params, xb[:3], yb[:3]), rtol=1e-6
   )
+
+
+@pytest.mark.parametrize(
+  "kernel,channels", [((3, 3), (3, 5)), ((1, 1), (4, 2))]
+)
+def test_the_networks_convolution_is_lax_with_a_loop_friendly_gradient(
+  kernel, channels
+):
+  """`networks.conv` computes lax's 'SAME' convolution and its gradients,
+  also for a batch of kernels under vmap (the particles of a run)."""
+  from jax import lax
+
+  from lopt.tasks import networks
+
+  cin, cout = channels
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (2, 4, 6, 8, cin))
+  w = jax.random.normal(keys[1], (2, *kernel, cin, cout))
+  g = jax.random.normal(keys[2], (2, 4, 6, 8, cout))
+  numbers = lax.conv_dimension_numbers(x.shape[1:], w.shape[1:], networks._NHWC)
+
+  def loss(conv, x, w, g):
+    return jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=numbers) * g)
+
+  def grads(conv):
+    return jax.vmap(jax.value_and_grad(lambda *a: loss(conv, *a), (0, 1)))(
+      x, w, g
+    )
+
+  ours, reference = grads(networks.conv), grads(lax.conv_general_dilated)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_scanned_training_steps_keep_every_convolution_in_the_fast_layout(
+  model,
+):
+  """Inside `lax.scan` XLA:CPU runs a convolution fast only in the NHWC /
+  HWIO layout (networks.conv); JAX's own kernel gradient is a convolution
+  in a permuted layout, which it would run as a naive loop (docs/
+  performance.md). Every convolution of a scanned Adam step of lopt's
+  convolutional models must be in the fast layout."""
+  task = models.make_task(
+    model,
+    hidden=(4, 8),
+    num_classes=10,
+    input_shape=(8, 8, 1),
+    activation="relu",
+    batch_size=4,
+  )
+  tx = optax.adam(1e-3)
+  params = task.model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  images, labels = jnp.zeros((4, 8, 8, 1)), jnp.zeros((4,), jnp.int32)
+
+  def step(carry, _):
+    params, opt_state = carry
+    grads = jax.grad(
+      lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        task.model.apply(p, images), labels
+      ).mean()
+    )(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  hlo = (
+    jax.jit(lambda c: jax.lax.scan(step, c, None, length=3)[0])
+    .lower((params, tx.init(params)))
+    .compile()
+    .as_text()
+  )
+  layouts = re.findall(r"convolution\([^\n]*dim_labels=(\S+?),", hlo)
+  # At least each layer forward and its kernel gradient (2 and 6 layers).
+  assert len(layouts) >= 2 * (2 if model == "cnn" else 6), len(layouts)
+  assert set(layouts) == {"b01f_01io->b01f"}, sorted(set(layouts))

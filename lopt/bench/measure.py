@@ -172,7 +172,14 @@ def analytic_matmul_flops(task, lopt_cfg, lopt_theta, batch_size: int) -> float:
   shared = len(features.TIME_SCALES) + (lopt_cfg.kind in ADAM_KINDS)
   lopt_kernels[0][0] -= shared
   learned = 2 * task.num_params * sum(a * b for a, b in lopt_kernels)
+  learned *= mlp_runs(lopt_cfg)
   return float(forward + backward + learned)
+
+
+def mlp_runs(lopt_cfg) -> int:
+  """How often an inner step runs the per-parameter MLP on every parameter:
+  twice for the adaptive kind (on x and -x, `network.reflection_symmetric`)."""
+  return 2 if lopt_cfg.kind == "adaptive" else 1
 
 
 def _layer_outputs(task) -> list[int]:
@@ -210,7 +217,9 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   | lopt activations | features F x P, each hidden layer h_l x P, the output 2 x P, once each | the same |
 
   The hidden layers count at 2 bytes an element when the learned optimizer
-  stores them in bfloat16 (`LOptConfig.activation_dtype`).
+  stores them in bfloat16 (`LOptConfig.activation_dtype`); the activations
+  count twice for the adaptive kind, whose MLP runs on x and -x
+  (`mlp_runs`).
 
   `min_bytes` is the sum: a step that writes each layer's activation to
   memory once and reads it back once, which is how XLA runs the per-
@@ -246,6 +255,7 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
   }
   parts = {k: v * dtype_bytes for k, v in parts.items()}
   parts["lopt_activations"] += 2 * p * sum(lopt_cfg.hidden) * hidden_bytes
+  parts["lopt_activations"] *= mlp_runs(lopt_cfg)
   parts["min_bytes"] = sum(parts.values())
   parts["state_bytes"] = (
     parts["min_bytes"] - parts["inner_activations"] - parts["lopt_activations"]

@@ -17,6 +17,9 @@ Every kernel is a 2-D (or conv) array whose last axis is its output, so the
 inner tasks' initialisation (`lopt.tasks.models.Task.init`) reads each
 kernel's fan-in from its shape; attention is written with dense layers for
 the same reason (Flax's attention keeps 3-D head kernels).
+
+Every convolution goes through `conv`, whose backward pass XLA:CPU runs at
+full speed inside `lax.scan` (why: its docstring).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "gelu": functools.partial(jax.nn.gelu, approximate=True),
@@ -37,6 +41,100 @@ ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 #: Normalisation layers of `ResNet`.
 NORMS = ("layer", "group")
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+  kh, kw = w.shape[:2]
+  pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+  return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_NHWC)
+
+
+@jax.custom_vjp
+def _conv_same_vjp(x: jax.Array, w: jax.Array) -> jax.Array:
+  return _conv_same(x, w)
+
+
+def _conv_same_fwd(x, w):
+  return _conv_same(x, w), (x, w)
+
+
+def _conv_same_bwd(residuals, g):
+  x, w = residuals
+  # The input's gradient: the output's, convolved with the kernel flipped
+  # in space and transposed in channels.
+  dx = _conv_same(g, jnp.flip(w, (0, 1)).swapaxes(2, 3))
+  # The kernel's: channels as the batch and the batch as the channels,
+  # dw[i, j, c, o] = sum_{b, h, w} x[b, h + i, w + j, c] g[b, h, w, o].
+  kh, kw = w.shape[:2]
+  pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+  dw = lax.conv_general_dilated(
+    x.transpose(3, 1, 2, 0),
+    g.transpose(1, 2, 0, 3),
+    (1, 1),
+    pad,
+    dimension_numbers=_NHWC,
+  )
+  return dx, dw.transpose(1, 2, 0, 3)
+
+
+_conv_same_vjp.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+def conv(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+):
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=conv)`.
+
+  The same function, with the gradient written out for the convolutions
+  lopt's networks use (stride 1, 'SAME', odd kernels, NHWC): as
+  convolutions in the layouts XLA:CPU's fast convolution kernels take, with
+  explicit transposes. JAX's own rule computes the kernel's gradient as a
+  convolution in a permuted layout; in a jitted step XLA rewrites it to the
+  fast form, but not inside a `lax.scan` (a while loop), where it falls back
+  to a naive loop nest: measured on a 2-conv CNN's Adam step, 6.1 ms a step
+  in a scan against 0.74 ms jitted alone, and 0.63 ms in a scan with this
+  gradient (identical values). Other convolutions go to lax unchanged.
+  """
+  kernel = rhs.shape[:-2]
+  plain = (
+    lhs.ndim == 4
+    and tuple(window_strides) == (1, 1)
+    and all(k % 2 for k in kernel)
+    and padding in ("SAME", tuple((k // 2, k // 2) for k in kernel))
+    and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+    and feature_group_count == 1
+    and precision is None
+    and dimension_numbers
+    == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
+  if plain:
+    return _conv_same_vjp(lhs, rhs)
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+  )
+
+
+def _conv_layer(width: int, kernel: tuple[int, int]) -> nn.Conv:
+  return nn.Conv(width, kernel, padding="SAME", conv_general_dilated=conv)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -95,7 +193,7 @@ class CNN(nn.Module):
     act = activation(self.activation)
     x = _with_channels(x)
     for width in self.channels:
-      x = act(nn.Conv(width, (3, 3), padding="SAME")(x))
+      x = act(_conv_layer(width, (3, 3))(x))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.num_outputs)(x)
@@ -133,18 +231,14 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = activation(self.activation)
-    x = nn.Conv(self.channels[0], (3, 3), padding="SAME")(_with_channels(x))
+    x = _conv_layer(self.channels[0], (3, 3))(_with_channels(x))
     for i, width in enumerate(self.channels):
       if i:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
       if x.shape[-1] != width:
-        x = nn.Conv(width, (1, 1))(x)
-      y = nn.Conv(width, (3, 3), padding="SAME")(
-        act(_norm(self.norm, width)(x))
-      )
-      y = nn.Conv(width, (3, 3), padding="SAME")(
-        act(_norm(self.norm, width)(y))
-      )
+        x = _conv_layer(width, (1, 1))(x)
+      y = _conv_layer(width, (3, 3))(act(_norm(self.norm, width)(x)))
+      y = _conv_layer(width, (3, 3))(act(_norm(self.norm, width)(y)))
       x = x + y
     x = act(_norm(self.norm, x.shape[-1])(x)).mean(axis=(1, 2))
     return nn.Dense(self.num_outputs)(x)
