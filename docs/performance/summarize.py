@@ -18,6 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: The README's lopt rows: (label, bench case, learned optimizer).
 LOPT_ROWS = (
+  ("lopt NRES", "digits_adaptive_nres_n16_w10", "adaptive (the generalists')"),
   ("lopt NRES", "digits_mlp_nres_n16_w10", "MLPLOpt"),
   ("lopt PES", "digits_mlp_pes_n16_w10", "MLPLOpt"),
   ("lopt NRES", "digits_nominal_nres_n16_w10", "nominal"),
@@ -127,10 +128,29 @@ def summarize() -> dict:
       "interval": checkpoint["checkpoint_overhead_interval"],
       "cpu_ms_per_save": 1e3 * checkpoint["cpu_seconds_per_save"],
       "ms_per_save": 1e3 * checkpoint["seconds_per_save"],
-      "overhead_every_100_steps": checkpoint[
-        "checkpoint_overhead_every_100_steps"
+      "every_seconds": checkpoint["default_every_seconds"],
+      "overhead_default_cadence": checkpoint[
+        "checkpoint_overhead_default_cadence"
+      ],
+      "overhead_default_cadence_interval": checkpoint[
+        "checkpoint_overhead_default_cadence_interval"
       ],
       "cpu_overhead": checkpoint["checkpoint_cpu_overhead"],
+    },
+    # What users meta-train: a case per task kind and the generalists'
+    # families, through the production step.
+    "kinds": {
+      c["task_kind"]: {
+        "inner_params": sum(g["inner_params"] for g in c["groups"].values()),
+        "groups": len(c["groups"]),
+        "inner_steps_per_sec": c["inner_steps_per_sec"],
+        "achieved_gflops": c["achieved_gflops"],
+        "percent_of_matmul_peak": 100 * c["achieved_gflops"] / peak,
+        "seconds_per_outer_step": c["outer_step_seconds"],
+        "compile_seconds": c["compile_seconds"],
+        "lopt_time_share": c.get("lopt_time_share"),
+      }
+      for c in bench.get("kinds", [])
     },
   }
 
