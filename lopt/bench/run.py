@@ -107,15 +107,8 @@ CASES = {
   **bench_cases.CASES,
 }
 
-SECTIONS = (
-  "digits",
-  "kinds",
-  "lorenz",
-  "budget",
-  "soak",
-  "checkpoint",
-  "sharding",
-  "family",
+SECTIONS = tuple(
+  "digits kinds lorenz budget soak checkpoint sharding family".split()
 )
 
 
@@ -212,7 +205,7 @@ def plan(
   kinds = [("adaptive", "nres")]
   if not quick:
     kinds += [(k, e) for k in ("mlp", "nominal") for e in ("nres", "pes")]
-  return [
+  specs = [
     dict(
       kind="digits",
       config=config,
@@ -226,6 +219,12 @@ def plan(
     for n in particles
     for w in unroll_lengths
   ]
+  if not quick:  # the N = 16, W = 10 case with bfloat16 activations
+    same = [
+      s for s in specs if (s["num_particles"], s["unroll_length"]) == (16, 10)
+    ]
+    specs.insert(1, dict((same or specs)[0], activation_dtype="bfloat16"))
+  return specs
 
 
 def family_plan(quick: bool, config: str = "", devices: int = 1) -> dict:
