@@ -408,8 +408,14 @@ def test_a_task_kind_case_reports_throughput_flops_and_the_lopt_share():
   assert group["flops_per_inner_step"] > 2 * 32 * 4929  # forward alone
   assert case["inner_steps_per_sec"] > 0 and case["achieved_gflops"] > 0
   assert 0.0 <= case["lopt_time_share"] < 1.0
+  # Its roofline, from the bytes an inner step moves (one group: its own).
+  assert case["min_bytes_per_inner_step"] == group["min_bytes_per_inner_step"]
+  assert group["min_bytes_per_inner_step"] > 4 * 3 * 4929  # params, state
+  measure.add_roofline(case, 100.0, 10.0)
+  assert case["bound"] == "memory" and 0 < case["roofline_fraction"]
   lines = bench_kinds.table_lines([case])
   assert lines[-1].startswith("| regression | 4,929 |")
+  assert "| memory, " in lines[-1]
   assert [s.get("task_kind") for s in bench_kinds.plan(True)] == [
     *bench_kinds.TASK_KINDS,
     None,

@@ -10,6 +10,9 @@ by default), each through the production step
   group (costing the step itself, not the scanned dispatch, whose loop body
   XLA counts once), times that group's trajectories and unroll length;
   `achieved_gflops` divides it by the measured outer-step time;
+* the memory roofline, as for the digits cases (`measure.add_roofline`,
+  against the digits cases' median bandwidth): the least bytes of an inner
+  step of each group (`measure.inner_step_bytes`, from the shapes);
 * where the time goes: each group's share of those FLOPs, and for a single
   kind the learned optimizer's share of one inner step's time, measured as
   1 - t(Adam) / t(learned) on the same model, batches and steps
@@ -96,6 +99,9 @@ def kinds_case(spec: dict) -> dict:
       "model": group.spec.model,
       "inner_params": group.task.num_params,
       "flops_per_inner_step": measure.xla_flops(step),
+      "min_bytes_per_inner_step": measure.inner_step_bytes(
+        group.task, exp.lopt
+      )["min_bytes"],
       "inner_steps_per_outer_step": trajectories
       * config.estimator.unroll_length,
     }
@@ -121,6 +127,10 @@ def kinds_case(spec: dict) -> dict:
     g["flops_per_inner_step"] * g["inner_steps_per_outer_step"]
     for g in groups.values()
   )
+  moved = sum(
+    g["min_bytes_per_inner_step"] * g["inner_steps_per_outer_step"]
+    for g in groups.values()
+  )
   for g in groups.values():
     g["flops_share"] = (
       g["flops_per_inner_step"] * g["inner_steps_per_outer_step"] / flops
@@ -138,6 +148,11 @@ def kinds_case(spec: dict) -> dict:
     "inner_steps_per_sec": inner_steps / per_outer,
     "flops_per_outer_step": flops,
     "achieved_gflops": flops / per_outer / 1e9,
+    # Per inner step, averaged over the groups' steps: `add_roofline`'s
+    # inputs, as for the digits cases.
+    "flops_per_inner_step": flops / inner_steps,
+    "min_bytes_per_inner_step": moved / inner_steps,
+    "achieved_gbs": moved / per_outer / 1e9,
     "dispatch_seconds": times,
     "peak_rss_mb": measure.peak_rss_mb(),
   }
@@ -180,8 +195,9 @@ def plan(quick: bool) -> list[dict]:
 def table_lines(cases: list[dict]) -> list[str]:
   lines = [
     "| kind | inner params | compile s | inner steps/s | MFLOP/outer step | "
-    "GFLOP/s | learned optimizer's time share | largest FLOP share |",
-    "|---|---|---|---|---|---|---|---|",
+    "GFLOP/s | bound, % roofline | learned optimizer's time share | "
+    "largest FLOP share |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for c in cases:
     groups = c["groups"]
@@ -192,7 +208,12 @@ def table_lines(cases: list[dict]) -> list[str]:
       f"| {c['task_kind']} | {params:,} | {c['compile_seconds']:.1f} | "
       f"{c['inner_steps_per_sec']:.0f} | {c['flops_per_outer_step'] / 1e6:.0f} "
       f"| {c['achieved_gflops']:.1f} | "
-      f"{'-' if share is None else f'{100 * share:.0f} %'} | "
+      + (
+        f"{c['bound']}, {100 * c['roofline_fraction']:.0f} % | "
+        if "roofline_fraction" in c
+        else "- | "
+      )
+      + f"{'-' if share is None else f'{100 * share:.0f} %'} | "
       f"{top} {100 * groups[top]['flops_share']:.0f} % |"
     )
   return lines

@@ -187,7 +187,10 @@ def _layer_outputs(task) -> list[int]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  x = jax.ShapeDtypeStruct((1, *task.input_shape), jnp.float32)
+  text = task.objective == "language_model"
+  x = jax.ShapeDtypeStruct(
+    (1, *task.input_shape), jnp.int32 if text else jnp.float32
+  )
   _, state = jax.eval_shape(
     lambda p, x: task.model.apply(
       {"params": p}, x, capture_intermediates=True, mutable=["intermediates"]
@@ -264,14 +267,14 @@ def inner_step_bytes(task, lopt_cfg, dtype_bytes: int = 4) -> dict[str, int]:
 
 
 def add_roofline(case: dict, peak_gflops: float, bandwidth_gbs: float) -> None:
-  """Adds a digits case's roofline, in place.
+  """Adds a digits or kinds case's roofline, in place.
 
   `arithmetic_intensity` is FLOPs per byte of the layer-wise minimum; the
   roofline is min(peak, intensity x bandwidth), and `bound` says which of
   the two limits the case (the ridge point is peak / bandwidth).
 
   Args:
-    case: a `digits_case` result.
+    case: a `digits_case` or `kinds.kinds_case` result.
     peak_gflops: the matmul peak of this run.
     bandwidth_gbs: the memory bandwidth (the case's own measurement).
   """

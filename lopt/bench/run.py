@@ -490,6 +490,10 @@ def main(f: dict) -> None:
     report["family"] = run_case(family_plan(quick, config, jax.device_count()))
   if "kinds" in sections:
     report["kinds"] = [run_case(s) for s in bench_kinds.plan(quick)]
+    # Against the digits cases' bandwidth, or one measured here.
+    bandwidth = report["memory_bandwidth_gbs"] or measure.memory_bandwidth_gbs()
+    for case in report["kinds"]:
+      measure.add_roofline(case, report["matmul_peak_gflops"], bandwidth)
   with open(f["output"], "w") as out:
     json.dump(report, out, indent=2)
   print(format_table(report))
