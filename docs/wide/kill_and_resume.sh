@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Kill and resume configs/wide_generalist.py itself, against the run that
-# shipped the generalist.
+# Kill and resume configs/wide_generalist.py itself.
 #
 #   docs/wide/kill_and_resume.sh RUN WORKDIR [STEP] [END]
 #
-# RUN is the workdir of an uninterrupted `python -m lopt.main
-# --config=configs/wide_generalist.py` run with checkpoints at STEP (10) and
-# END (100). WORKDIR starts as that run would have been left by a kill right
-# after its save of STEP: only that checkpoint. The script resumes it with
-# the same command (under today's code and config, to outer.num_steps =
-# END), SIGKILLs it once it has committed a checkpoint past STEP (the clock
-# saves every 60 s), resumes again, and compares the END checkpoint's
-# per-array digests (lopt.checkpoint.digests: dtype and checksum of every
-# array of theta, the outer state, the keys and every group's particles)
-# with RUN's. Equal digests: the twice-interrupted run is bit-identical.
+# RUN is the workdir of a `python -m lopt.main --config=configs/
+# wide_generalist.py` run with a checkpoint at STEP (10): the run that
+# shipped the generalist. WORKDIR starts as that run was left by a kill
+# right after its save of STEP: only that checkpoint. The script resumes it
+# with the same command (to outer.num_steps = END, 100), SIGKILLs it once it
+# has committed a checkpoint past STEP (the clock saves every 60 s), resumes
+# again to END; the reference, WORKDIR_straight, goes from the same
+# checkpoint to END without a kill (RUN's own END checkpoint cannot serve:
+# the code changed since, e.g. networks.conv). Then it compares the END
+# checkpoints' per-array digests (lopt.checkpoint.digests: dtype and
+# checksum of every array of theta, the outer state, the keys and every
+# group's particles). Equal digests: the interrupted run is bit-identical.
 set -euo pipefail
 run="${1:?RUN}"
 workdir="${2:?WORKDIR}"
@@ -45,7 +46,13 @@ wait "${pid}" || true
 "${command[@]}" > "${workdir}.2.log" 2>&1
 echo "$(date +%T) resumed run finished in $((SECONDS - start)) s in all"
 grep -h "Resum" "${workdir}.2.log" || true
-"${py}" - "${run}/checkpoints/${end}/digest/metadata" \
+straight="${workdir}_straight"
+rm -rf "${straight}"
+mkdir -p "${straight}/checkpoints"
+cp -r "${run}/checkpoints/${step}" "${straight}/checkpoints/"
+"${py}" -m lopt.main --config=configs/wide_generalist.py \
+  "--workdir=${straight}" "--config.outer.num_steps=${end}" > "${straight}.log" 2>&1
+"${py}" - "${straight}/checkpoints/${end}/digest/metadata" \
   "${workdir}/checkpoints/${end}/digest/metadata" <<'EOF'
 import json, sys
 a, b = (json.load(open(p))["arrays"] for p in sys.argv[1:])
