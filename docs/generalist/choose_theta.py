@@ -101,6 +101,8 @@ def main(argv) -> None:
     )
   result = {
     "workdir": _WORKDIR.value,
+    "steps": steps,
+    "num_tasks": len(tasks.tasks),
     "seeds": list(tasks.seeds),
     "rows": rows,
     "best": best["theta"],
