@@ -149,9 +149,31 @@ def summarize() -> dict:
         "seconds_per_outer_step": c["outer_step_seconds"],
         "compile_seconds": c["compile_seconds"],
         "lopt_time_share": c.get("lopt_time_share"),
+        "bound": c["bound"],
+        "percent_of_roofline": 100 * c["roofline_fraction"],
       }
       for c in bench.get("kinds", [])
     },
+    # The adaptive N = 16, W = 10 case with its hidden activations stored
+    # in bfloat16, against the same case in float32.
+    "bfloat16": _bfloat16(cases),
+  }
+
+
+def _bfloat16(cases: dict) -> dict:
+  full = cases["digits_adaptive_nres_n16_w10"]
+  half = cases["digits_adaptive_nres_n16_w10_bf16"]
+  return {
+    "throughput_ratio": half["inner_steps_per_sec"]
+    / full["inner_steps_per_sec"],
+    "min_kb_per_inner_step": [
+      full["min_bytes_per_inner_step"] / 1e3,
+      half["min_bytes_per_inner_step"] / 1e3,
+    ],
+    "percent_of_roofline": [
+      100 * full["roofline_fraction"],
+      100 * half["roofline_fraction"],
+    ],
   }
 
 
