@@ -4,8 +4,8 @@ A thin policy layer over orbax's `CheckpointManager`: when to save (every
 `every_steps` steps and/or `every_seconds` seconds, on preemption, and the
 first call of a fresh run), how many checkpoints to keep, saving
 asynchronously without delaying the training loop, and which step to
-restore. What a step holds on disk, and how it is
-read, is `lopt.checkpoint.format`.
+restore. What a step holds on disk, and how it is read, is
+`lopt.checkpoint.format`.
 
 Typical use in a training loop::
 
@@ -126,10 +126,10 @@ class Checkpointer:
   """Saves and restores the run state of meta-training.
 
   A thin policy layer over `ocp.CheckpointManager`: call `save` every step and
-  the manager decides (every `every_steps` steps or `every_seconds` seconds, on
-  preemption, and always
-  the first call of a fresh run: orbax's InitialSavePolicy); keeps the newest
-  `keep` checkpoints; saves asynchronously.
+  the manager decides (every `every_steps` steps or `every_seconds` seconds,
+  on preemption, and always the first call of a fresh run: orbax's
+  InitialSavePolicy); keeps the newest `keep` checkpoints (and the multiples
+  of `keep_period`); saves asynchronously.
 
   An async save costs the training loop's thread almost nothing: `save` only
   dispatches an on-device copy of the run state (so the caller may donate

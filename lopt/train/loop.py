@@ -11,7 +11,8 @@ device only at a log point, so dispatches queue back to back in between.
 Preemption: with `jax.distributed`, orbax's preemption sync point makes every
 process save the same step and stop. A single process turns SIGTERM into a
 flag instead, checked between dispatches: the run then saves the step it has
-reached, waits for the save to commit and returns normally (exit code 0).
+reached, waits for the save to commit and returns normally; `lopt.main` then
+exits with status 75 (`EXIT_PREEMPTED`), since the run stopped early.
 """
 
 import os
