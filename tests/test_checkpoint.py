@@ -217,18 +217,19 @@ def test_every_k_and_keep_n_policy(tmp_path):
 def test_every_seconds_saves_by_the_clock_across_restarts(tmp_path):
   """A save waits `every_seconds` after the previous one began, whatever the
   step count, and a restarted run counts from the newest one on disk."""
-  every = 1.5
+  every = 3.0  # seconds; margins for a loaded machine either side
   state = make_run_state(num_particles=2)
   directory = tmp_path / "ckpt"
   with checkpoint.Checkpointer(directory, every_seconds=every, keep=5) as ckpt:
     assert ckpt.save(1, state, CONFIG)  # a fresh run's first step
     assert not any(ckpt.save(s, state, CONFIG) for s in range(2, 40))
-    time.sleep(every + 0.2)
+    ckpt.wait_until_finished()  # a save in flight would also say no
+    time.sleep(every + 0.3)
     assert ckpt.save(40, state, CONFIG)
     assert not ckpt.save(41, state, CONFIG)
   with checkpoint.Checkpointer(directory, every_seconds=every, keep=5) as ckpt:
     assert not ckpt.save(42, state, CONFIG)  # step 40 is not old enough
-    time.sleep(every + 0.2)
+    time.sleep(every + 0.3)
     assert ckpt.save(43, state, CONFIG)
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == [1, 40, 43]
