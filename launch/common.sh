@@ -23,6 +23,10 @@ LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck disable=SC2034  # used by the scripts that source this file
 REPO_ROOT="$(cd "${LAUNCH_DIR}/.." && pwd)"
 SCRIPT_NAME="launch/$(basename "$0")"
+# lopt.main's exit status after SIGTERM or a preemption notice, once its
+# checkpoint is saved (lopt.main.EXIT_PREEMPTED): run the same command again.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+readonly EXIT_PREEMPTED=75
 
 source "${LAUNCH_DIR}/env.sh"
 

@@ -98,7 +98,6 @@ stop_all() {
     kill -TERM "${pid}" 2>/dev/null || true
   done
 }
-readonly EXIT_PREEMPTED=75
 stopping=0
 trap 'stopping=1; stop_all' INT TERM
 

@@ -20,21 +20,21 @@
 #   MAX_RESTARTS   restarts before giving up and exiting 75 (default 100)
 #   RESTART_DELAY  seconds between a preemption and the restart (default 10)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-readonly EXIT_PREEMPTED=75
 max_restarts="${MAX_RESTARTS:-100}"
 delay="${RESTART_DELAY:-10}"
-name="$(basename "$0")"
 if [[ $# -eq 0 ]]; then
-  echo "usage: ${name} CMD [ARG ...]" >&2
+  echo "usage: ${SCRIPT_NAME} CMD [ARG ...]" >&2
   exit 2
 fi
 [[ "${max_restarts}" =~ ^[0-9]+$ ]] || {
-  echo "${name}: MAX_RESTARTS must be a number, got '${max_restarts}'" >&2
+  echo "${SCRIPT_NAME}: MAX_RESTARTS must be a number, got '${max_restarts}'" >&2
   exit 2
 }
 [[ "${delay}" =~ ^[0-9]+$ ]] || {
-  echo "${name}: RESTART_DELAY must be a number of seconds, got '${delay}'" >&2
+  echo "${SCRIPT_NAME}: RESTART_DELAY must be a number of seconds, got '${delay}'" >&2
   exit 2
 }
 
@@ -69,11 +69,11 @@ while :; do
     exit "${status}"
   fi
   if ((restarts >= max_restarts)); then
-    echo "${name}: preempted again after ${restarts} restarts; giving up" >&2
+    echo "${SCRIPT_NAME}: preempted again after ${restarts} restarts; giving up" >&2
     exit "${status}"
   fi
   restarts=$((restarts + 1))
-  echo "${name}: preempted (exit ${status}); restart ${restarts} of at most ${max_restarts} in ${delay} s" >&2
+  echo "${SCRIPT_NAME}: preempted (exit ${status}); restart ${restarts} of at most ${max_restarts} in ${delay} s" >&2
   sleep "${delay}" &
   child=$!
   wait "${child}" || true

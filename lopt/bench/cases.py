@@ -91,14 +91,7 @@ def digits_case(spec: dict) -> dict:
   start = time.perf_counter()
   compiled = steps_fn.lower(data, run_state).compile()
   compile_seconds = time.perf_counter() - start
-  run_state, _ = compiled(data, run_state)  # warm-up
-  jax.block_until_ready(run_state)
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    run_state, _ = compiled(data, run_state)
-    jax.block_until_ready(run_state)
-    times.append(time.perf_counter() - start)
+  times = measure.dispatch_seconds(compiled, data, run_state, reps)
   per_dispatch = statistics.median(times)
   est = exp.estimator(data)
   k = config.outer.steps_per_dispatch
@@ -455,14 +448,9 @@ def sharding_case(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   _, data, init_fn, steps_fn = _production(_dispatch_config(spec))
-  run_state, _ = steps_fn(data, init_fn(data))
-  jax.block_until_ready(run_state)
-  times = []
-  for _ in range(spec.get("reps", 5)):
-    start = time.perf_counter()
-    run_state, _ = steps_fn(data, run_state)
-    jax.block_until_ready(run_state)
-    times.append(time.perf_counter() - start)
+  times = measure.dispatch_seconds(
+    steps_fn, data, init_fn(data), spec.get("reps", 5)
+  )
   return {
     "name": f"sharding_{jax.device_count()}dev",
     "backend": jax.default_backend(),

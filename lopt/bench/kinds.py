@@ -108,19 +108,9 @@ def kinds_case(spec: dict) -> dict:
   start = time.perf_counter()
   compiled = steps_fn.lower(data, run_state).compile()
   compile_seconds = time.perf_counter() - start
-
-  def dispatch(state):
-    return compiled(data, state)[0]
-
-  # Donated state: each call consumes it, so time a chain of dispatches.
-  run_state = dispatch(run_state)
-  jax.block_until_ready(run_state)
-  times = []
-  for _ in range(spec.get("reps", 5)):
-    begin = time.perf_counter()
-    run_state = dispatch(run_state)
-    jax.block_until_ready(run_state)
-    times.append(time.perf_counter() - begin)
+  times = measure.dispatch_seconds(
+    compiled, data, run_state, spec.get("reps", 5)
+  )
   per_outer = statistics.median(times) / config.outer.steps_per_dispatch
   inner_steps = sum(g["inner_steps_per_outer_step"] for g in groups.values())
   flops = sum(

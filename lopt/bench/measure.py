@@ -62,6 +62,23 @@ def median_seconds(fn, *args, reps: int) -> float:
   return statistics.median(times)
 
 
+def dispatch_seconds(steps_fn, data, run_state, reps: int) -> list[float]:
+  """Wall-clock of `reps` chained dispatches of `steps_fn(data, run_state)`
+  after one warm-up dispatch. Each dispatch consumes (donates) the state the
+  previous one returned, as the training loop's do."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  run_state, _ = steps_fn(data, run_state)
+  jax.block_until_ready(run_state)
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    run_state, _ = steps_fn(data, run_state)
+    jax.block_until_ready(run_state)
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def matmul_peak_gflops(
   n: int | None = None, reps: int = 10, precision=None
 ) -> float:

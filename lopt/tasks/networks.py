@@ -46,9 +46,13 @@ NORMS = ("layer", "group")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _same_padding(kernel: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """'SAME' padding of an odd kernel, per spatial axis."""
+  return tuple((k // 2, k // 2) for k in kernel)
+
+
 def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
-  kh, kw = w.shape[:2]
-  pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+  pad = _same_padding(w.shape[:2])
   return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_NHWC)
 
 
@@ -68,13 +72,11 @@ def _conv_same_bwd(residuals, g):
   dx = _conv_same(g, jnp.flip(w, (0, 1)).swapaxes(2, 3))
   # The kernel's: channels as the batch and the batch as the channels,
   # dw[i, j, c, o] = sum_{b, h, w} x[b, h + i, w + j, c] g[b, h, w, o].
-  kh, kw = w.shape[:2]
-  pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
   dw = lax.conv_general_dilated(
     x.transpose(3, 1, 2, 0),
     g.transpose(1, 2, 0, 3),
     (1, 1),
-    pad,
+    _same_padding(w.shape[:2]),
     dimension_numbers=_NHWC,
   )
   return dx, dw.transpose(1, 2, 0, 3)
@@ -111,7 +113,7 @@ def conv(
     lhs.ndim == 4
     and tuple(window_strides) == (1, 1)
     and all(k % 2 for k in kernel)
-    and padding in ("SAME", tuple((k // 2, k // 2) for k in kernel))
+    and padding in ("SAME", _same_padding(kernel))
     and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
     and feature_group_count == 1
     and precision is None
